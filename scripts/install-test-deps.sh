@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Everything the test suite and the benchmarks need, from Debian (libvirt 11
+# + QEMU 10 from bookworm-backports). Idempotent.
+set -euo pipefail
+here=$(dirname "$0")
+. "$here/lib.sh"
+
+"$here/install-libvirt.sh"
+# promtool (metrics lint, rules) and the Prometheus server; the Debian
+# libvirt exporter is the peer the benchmark compares against.
+apt_install_missing prometheus prometheus-libvirt-exporter procps curl
+ensure_cargo

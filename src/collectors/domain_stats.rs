@@ -1,0 +1,250 @@
+//! Domain statistics: one `virConnectGetAllDomainStats` call per cycle for
+//! every stats group the daemon supports, with NOWAIT so that a domain whose
+//! job lock is held (a hung QEMU, a migration) gives what it can without
+//! blocking the others.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::blocking::CallTracker;
+use super::domain_info::{parse_domain_xml, InfoCache};
+use super::{CollectError, Collector};
+use crate::filter::DomainFilter;
+use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
+use crate::libvirt::{ConnectionManager, LibvirtError, Session};
+use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
+use crate::selfmon::Registry;
+use crate::stat_keys::unit_of;
+
+pub const SOURCE: &str = "domain_stats";
+
+/// Domain XML reads per cycle at most, so a host with hundreds of new
+/// domains spreads the work over a few cycles.
+const MAX_INFO_READS_PER_CYCLE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub groups: u32,
+    pub backing_chain: bool,
+    pub nowait: bool,
+}
+
+/// Who and where, stamped on every record.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host: Arc<str>,
+    pub uri: Arc<str>,
+}
+
+pub struct DomainStatsCollector {
+    manager: Arc<ConnectionManager>,
+    settings: Settings,
+    filter: Arc<DomainFilter>,
+    identity: Identity,
+    tracker: CallTracker,
+    registry: Arc<Registry>,
+    caps: Option<(u64, StatsCapabilities)>,
+    info: InfoCache,
+    warned_undecoded: HashSet<String>,
+}
+
+impl DomainStatsCollector {
+    pub fn new(
+        manager: Arc<ConnectionManager>,
+        settings: Settings,
+        filter: Arc<DomainFilter>,
+        identity: Identity,
+        tracker: CallTracker,
+        registry: Arc<Registry>,
+        info: InfoCache,
+    ) -> Self {
+        registry
+            .wanted_groups
+            .store(u64::from(settings.groups), Ordering::Relaxed);
+        Self {
+            manager,
+            settings,
+            filter,
+            identity,
+            tracker,
+            registry,
+            caps: None,
+            info,
+            warned_undecoded: HashSet::new(),
+        }
+    }
+
+    fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.settings.nowait {
+            f |= FLAG_NOWAIT;
+        }
+        if self.settings.backing_chain {
+            f |= FLAG_BACKING;
+        }
+        f
+    }
+
+    /// Probes once per connection which groups and flags the daemon accepts.
+    async fn capabilities(&mut self, session: &Session) -> Result<StatsCapabilities, CollectError> {
+        if let Some((gen, caps)) = self.caps {
+            if gen == session.generation {
+                return Ok(caps);
+            }
+        }
+        let (wanted, flags) = (self.settings.groups, self.flags());
+        let s = session.clone();
+        let manager = self.manager.clone();
+        let caps = self
+            .tracker
+            .run(move || {
+                s.conn
+                    .probe_stats(wanted, flags)
+                    .inspect_err(|e| manager.note_error(&s, e))
+            })
+            .await??;
+        let missing = wanted & !caps.groups;
+        tracing::info!(
+            groups = ?group_names(caps.groups),
+            unsupported = ?group_names(missing),
+            nowait = caps.flags & FLAG_NOWAIT != 0,
+            backing = caps.flags & FLAG_BACKING != 0,
+            "probed domain stats support"
+        );
+        self.registry
+            .supported_groups
+            .store(u64::from(caps.groups), Ordering::Relaxed);
+        self.caps = Some((session.generation, caps));
+        Ok(caps)
+    }
+
+    async fn fetch_stats(&self, session: &Session, caps: StatsCapabilities) -> Result<Vec<DomainStats>, CollectError> {
+        let s = session.clone();
+        let manager = self.manager.clone();
+        let filter = self.filter.clone();
+        let stats = self
+            .tracker
+            .run(move || -> Result<Vec<DomainStats>, LibvirtError> {
+                let result = if filter.is_all() {
+                    s.conn.all_domain_stats(caps.groups, caps.flags)
+                } else {
+                    // Only the selected domains are asked for, so excluded
+                    // domains cost the daemon nothing.
+                    s.conn.list_all_domains(0).and_then(|doms| {
+                        let chosen: Vec<_> = doms.into_iter().filter(|d| filter.allows(&d.name())).collect();
+                        s.conn.domain_list_stats(&chosen, caps.groups, caps.flags)
+                    })
+                };
+                result.inspect_err(|e| manager.note_error(&s, e))
+            })
+            .await??;
+        Ok(stats)
+    }
+
+    /// Reads the XML of domains whose cached info is missing or old.
+    async fn refresh_info(&mut self, session: &Session, stats: &[DomainStats]) {
+        let now = Instant::now();
+        let mut due = self.info.due(stats.iter().map(|d| d.uuid.as_str()), now);
+        if due.is_empty() {
+            return;
+        }
+        due.truncate(MAX_INFO_READS_PER_CYCLE);
+        let s = session.clone();
+        let fetched = self
+            .tracker
+            .run(move || {
+                due.into_iter()
+                    .map(|uuid| {
+                        let r = read_info(&s, &uuid);
+                        (uuid, r)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await;
+        let Ok(fetched) = fetched else { return };
+        for (uuid, r) in fetched {
+            match r {
+                Ok(info) => self.info.put(uuid, info, now),
+                Err(e) if e.is_no_domain() => {}
+                Err(e) => tracing::debug!(uuid, error = %e, "cannot read domain info; will retry"),
+            }
+        }
+    }
+
+    fn make_record(&mut self, d: DomainStats, time: SystemTime) -> Record {
+        for u in &d.params.undecoded {
+            if self.warned_undecoded.insert(u.name.clone()) {
+                tracing::warn!(
+                    key = u.name,
+                    type_code = u.type_code,
+                    "libvirt sent a typed parameter of a type this build does not know; it is skipped (upgrade virtpulse)"
+                );
+            }
+        }
+        let info = self.info.get(&d.uuid);
+        let fields = d
+            .params
+            .params
+            .into_iter()
+            .map(|p| {
+                let unit = unit_of(&p.name, &p.value);
+                Field {
+                    key: p.name.into_boxed_str(),
+                    value: p.value,
+                    unit,
+                }
+            })
+            .collect();
+        Record {
+            schema: SCHEMA,
+            kind: RecordKind::DomainStats,
+            time,
+            host: self.identity.host.clone(),
+            libvirt_uri: self.identity.uri.clone(),
+            domain: Some(DomainRef {
+                name: d.name.into(),
+                uuid: d.uuid.into(),
+                info,
+            }),
+            fields,
+        }
+    }
+}
+
+fn read_info(s: &Session, uuid: &str) -> Result<DomainInfo, LibvirtError> {
+    let dom = s.conn.lookup_domain_by_uuid(uuid)?;
+    let xml = dom.xml_desc(0)?;
+    let mut info = parse_domain_xml(&xml).map_err(|m| LibvirtError::new(0, m))?;
+    info.persistent = dom.is_persistent().ok();
+    info.autostart = dom.autostart().ok();
+    Ok(info)
+}
+
+impl Collector for DomainStatsCollector {
+    fn name(&self) -> &'static str {
+        SOURCE
+    }
+
+    async fn collect(&mut self) -> Result<Batch, CollectError> {
+        let session = self.manager.current().ok_or(CollectError::NotConnected)?;
+        let caps = self.capabilities(&session).await?;
+        let mut stats = self.fetch_stats(&session, caps).await?;
+        let time = SystemTime::now();
+        if !self.filter.is_all() {
+            // The listing and the stats call are not atomic; re-check names.
+            stats.retain(|d| self.filter.allows(&d.name));
+        }
+        self.refresh_info(&session, &stats).await;
+        let present: HashSet<&str> = stats.iter().map(|d| d.uuid.as_str()).collect();
+        self.info.retain(&present);
+        let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
+        Ok(Batch {
+            source: SOURCE,
+            snapshot: true,
+            records,
+            ttl: None,
+        })
+    }
+}

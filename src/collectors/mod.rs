@@ -1,0 +1,46 @@
+//! Collectors poll libvirt on a fixed schedule. Each one is driven by the
+//! same controller (see `controller`), makes its libvirt calls on blocking
+//! threads (see `blocking`), and hands a `Batch` of records to the router.
+
+pub mod blocking;
+pub mod controller;
+pub mod domain_info;
+pub mod domain_stats;
+
+use std::fmt;
+use std::future::Future;
+
+use crate::libvirt::LibvirtError;
+use crate::record::Batch;
+
+#[derive(Debug)]
+pub enum CollectError {
+    /// No libvirt connection right now (the manager is reconnecting).
+    NotConnected,
+    Libvirt(LibvirtError),
+    Internal(String),
+}
+
+impl fmt::Display for CollectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CollectError::NotConnected => write!(f, "not connected to libvirt"),
+            CollectError::Libvirt(e) => write!(f, "{e}"),
+            CollectError::Internal(e) => write!(f, "internal error: {e}"),
+        }
+    }
+}
+
+impl From<LibvirtError> for CollectError {
+    fn from(e: LibvirtError) -> Self {
+        CollectError::Libvirt(e)
+    }
+}
+
+pub trait Collector: Send {
+    fn name(&self) -> &'static str;
+    /// One collection. The controller bounds it with a deadline by dropping
+    /// the future; libvirt calls already running go on in the background and
+    /// are tracked as stuck until they return.
+    fn collect(&mut self) -> impl Future<Output = Result<Batch, CollectError>> + Send;
+}

@@ -1,0 +1,86 @@
+//! libvirt errors, captured from the calling thread's last-error slot.
+
+use std::ffi::CStr;
+use std::fmt;
+
+use virt_sys as sys;
+
+/// An error reported by libvirt (or by this layer on libvirt's behalf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtError {
+    /// `virErrorNumber`; 0 when libvirt left no error behind.
+    pub code: i32,
+    /// `virErrorDomain` (which libvirt subsystem raised it).
+    pub domain: i32,
+    pub message: String,
+}
+
+impl LibvirtError {
+    /// Takes the calling thread's last libvirt error. libvirt keeps errors per
+    /// thread, so this must run on the thread that made the failing call.
+    pub fn last() -> Self {
+        // SAFETY: virGetLastError returns NULL or a pointer to this thread's
+        // error object, valid until the next libvirt call on this thread.
+        unsafe {
+            let err = sys::virGetLastError();
+            if err.is_null() {
+                return Self::new(0, "libvirt call failed without reporting an error");
+            }
+            let message = if (*err).message.is_null() {
+                "libvirt call failed without a message".to_string()
+            } else {
+                CStr::from_ptr((*err).message).to_string_lossy().into_owned()
+            };
+            let out = Self {
+                code: (*err).code,
+                domain: (*err).domain,
+                message,
+            };
+            sys::virResetLastError();
+            out
+        }
+    }
+
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            domain: 0,
+            message: message.into(),
+        }
+    }
+
+    /// True when the error means the connection to the daemon is gone and a
+    /// reconnect is needed (as opposed to a per-domain or per-call failure).
+    pub fn is_connection_lost(&self) -> bool {
+        let code = self.code as u32;
+        code == sys::VIR_ERR_RPC
+            || code == sys::VIR_ERR_SYSTEM_ERROR
+            || code == sys::VIR_ERR_NO_CONNECT
+            || code == sys::VIR_ERR_INVALID_CONN
+            || (code == sys::VIR_ERR_INTERNAL_ERROR && self.message.contains("client socket is closed"))
+    }
+
+    /// The domain vanished between listing and reading it.
+    pub fn is_no_domain(&self) -> bool {
+        let code = self.code as u32;
+        code == sys::VIR_ERR_NO_DOMAIN || code == sys::VIR_ERR_INVALID_DOMAIN
+    }
+
+    /// The daemon does not implement what was asked (old libvirt, other driver).
+    pub fn is_unsupported(&self) -> bool {
+        let code = self.code as u32;
+        code == sys::VIR_ERR_NO_SUPPORT
+            || code == sys::VIR_ERR_OPERATION_UNSUPPORTED
+            || code == sys::VIR_ERR_INVALID_ARG
+    }
+}
+
+impl fmt::Display for LibvirtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (libvirt error code {})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for LibvirtError {}
+
+pub type Result<T> = std::result::Result<T, LibvirtError>;

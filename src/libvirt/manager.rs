@@ -1,0 +1,163 @@
+//! Keeps one libvirt connection open: connects in the background (the agent
+//! starts even when libvirtd is down), notices loss through the close
+//! callback, keepalive or failed calls, and reconnects with capped backoff.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::connection::{Connection, OpenOptions, CLOSE_REASON_CALL_FAILED};
+use super::error::LibvirtError;
+
+/// A live connection plus a generation number that changes on every
+/// reconnect, so per-connection facts (probed stats groups, registered event
+/// callbacks) can be redone.
+#[derive(Clone)]
+pub struct Session {
+    pub conn: Arc<Connection>,
+    pub generation: u64,
+}
+
+#[derive(Clone)]
+pub struct ManagerOptions {
+    pub uri: String,
+    pub read_only: bool,
+    pub keepalive_interval: Duration,
+    pub keepalive_count: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+pub struct ConnectionManager {
+    opts: ManagerOptions,
+    current: watch::Sender<Option<Session>>,
+    up: AtomicBool,
+    connects: AtomicU64,
+    failed_attempts: AtomicU64,
+    disconnects: AtomicU64,
+}
+
+impl ConnectionManager {
+    pub fn new(opts: ManagerOptions) -> Arc<Self> {
+        let (current, _) = watch::channel(None);
+        Arc::new(Self {
+            opts,
+            current,
+            up: AtomicBool::new(false),
+            connects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+        })
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.opts.uri
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Successful connections so far (the first one included).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_attempts(&self) -> u64 {
+        self.failed_attempts.load(Ordering::Relaxed)
+    }
+
+    pub fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn current(&self) -> Option<Session> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Session>> {
+        self.current.subscribe()
+    }
+
+    /// Called from a blocking thread after a failed libvirt call: if the
+    /// error means the connection is gone, tells the manager to reconnect.
+    /// `is_alive` is a local check (no RPC), so this is cheap.
+    pub fn note_error(&self, session: &Session, err: &LibvirtError) {
+        if err.is_connection_lost() && !session.conn.is_alive() {
+            session.conn.close_signal().trip(CLOSE_REASON_CALL_FAILED);
+        }
+    }
+
+    fn open_options(&self) -> OpenOptions {
+        OpenOptions {
+            uri: self.opts.uri.clone(),
+            read_only: self.opts.read_only,
+            keepalive_interval: self.opts.keepalive_interval.as_secs().min(i32::MAX as u64) as i32,
+            keepalive_count: self.opts.keepalive_count,
+        }
+    }
+
+    /// Opens one connection synchronously (used by `--once`).
+    pub fn connect_once(&self) -> Result<Session, LibvirtError> {
+        let conn = Connection::open(&self.open_options())?;
+        Ok(self.publish(conn))
+    }
+
+    fn publish(&self, conn: Connection) -> Session {
+        let generation = self.connects.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Session {
+            conn: Arc::new(conn),
+            generation,
+        };
+        self.up.store(true, Ordering::Relaxed);
+        self.current.send_replace(Some(session.clone()));
+        session
+    }
+
+    /// Runs forever: connect, wait for loss, reconnect.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = self.opts.min_backoff;
+        loop {
+            let opts = self.open_options();
+            let attempt = tokio::task::spawn_blocking(move || Connection::open(&opts)).await;
+            match attempt {
+                Ok(Ok(conn)) => {
+                    backoff = self.opts.min_backoff;
+                    let session = self.publish(conn);
+                    tracing::info!(
+                        uri = %self.opts.uri,
+                        generation = session.generation,
+                        read_only = self.opts.read_only,
+                        keepalive = session.conn.has_keepalive(),
+                        "connected to libvirt"
+                    );
+                    let signal = session.conn.close_signal().clone();
+                    drop(session);
+                    signal.wait().await;
+                    self.up.store(false, Ordering::Relaxed);
+                    self.disconnects.fetch_add(1, Ordering::Relaxed);
+                    self.current.send_replace(None);
+                    tracing::warn!(uri = %self.opts.uri, reason = signal.reason(), "libvirt connection lost; reconnecting");
+                }
+                Ok(Err(err)) => {
+                    self.up.store(false, Ordering::Relaxed);
+                    self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        uri = %self.opts.uri,
+                        error = %err,
+                        retry_in = ?backoff,
+                        "cannot connect to libvirt; is libvirtd (or virtqemud) running and is the socket readable?"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                }
+                Err(join_err) => {
+                    tracing::error!(error = %join_err, "libvirt connect task failed");
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+}

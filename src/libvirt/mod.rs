@@ -1,0 +1,16 @@
+//! The only module that talks to libvirt's C API (and the only one with
+//! `unsafe`). Everything here is blocking: callers run it on blocking threads.
+
+pub mod connection;
+pub mod domain;
+pub mod error;
+pub mod event_loop;
+pub mod manager;
+pub mod stats;
+pub mod typed_params;
+
+pub use connection::{Connection, OpenOptions};
+pub use domain::Domain;
+pub use error::{LibvirtError, Result};
+pub use manager::{ConnectionManager, Session};
+pub use typed_params::{DecodedParams, TypedParam, TypedValue};

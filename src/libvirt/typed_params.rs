@@ -1,0 +1,289 @@
+//! Decoding of libvirt typed parameters (`virTypedParameter` arrays).
+//!
+//! The decoder never panics: names are read within their fixed 80-byte field
+//! even when libvirt forgets the terminator, strings are read only when
+//! non-NULL, and a type code this build does not know is reported back
+//! instead of guessed at.
+
+use std::ffi::{c_char, c_int, CStr};
+
+use serde::Serialize;
+use virt_sys as sys;
+
+/// One decoded value, keeping libvirt's own type so consumers see exactly
+/// what the daemon sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "lowercase")]
+pub enum TypedValue {
+    Int(i32),
+    #[serde(rename = "uint")]
+    UInt(u32),
+    #[serde(rename = "llong")]
+    LLong(i64),
+    #[serde(rename = "ullong")]
+    ULLong(u64),
+    Double(f64),
+    Boolean(bool),
+    String(String),
+}
+
+impl TypedValue {
+    /// Numeric view (booleans as 0/1); `None` for strings.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            TypedValue::Int(v) => Some(v as f64),
+            TypedValue::UInt(v) => Some(v as f64),
+            TypedValue::LLong(v) => Some(v as f64),
+            TypedValue::ULLong(v) => Some(v as f64),
+            TypedValue::Double(v) => Some(v),
+            TypedValue::Boolean(v) => Some(if v { 1.0 } else { 0.0 }),
+            TypedValue::String(_) => None,
+        }
+    }
+
+    /// Integer view for values that are indices or counts; `None` for
+    /// strings, doubles and negative numbers.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            TypedValue::Int(v) => u64::try_from(v).ok(),
+            TypedValue::UInt(v) => Some(u64::from(v)),
+            TypedValue::LLong(v) => u64::try_from(v).ok(),
+            TypedValue::ULLong(v) => Some(v),
+            TypedValue::Boolean(v) => Some(u64::from(v)),
+            TypedValue::Double(_) | TypedValue::String(_) => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            TypedValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// libvirt's name for the type, as used in records and error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            TypedValue::Int(_) => "int",
+            TypedValue::UInt(_) => "uint",
+            TypedValue::LLong(_) => "llong",
+            TypedValue::ULLong(_) => "ullong",
+            TypedValue::Double(_) => "double",
+            TypedValue::Boolean(_) => "boolean",
+            TypedValue::String(_) => "string",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypedParam {
+    pub name: String,
+    pub value: TypedValue,
+}
+
+/// A parameter this build could not decode (a type code newer than it knows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodedParam {
+    pub name: String,
+    pub type_code: i32,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DecodedParams {
+    pub params: Vec<TypedParam>,
+    pub undecoded: Vec<UndecodedParam>,
+}
+
+impl DecodedParams {
+    pub fn get(&self, name: &str) -> Option<&TypedValue> {
+        self.params.iter().find(|p| p.name == name).map(|p| &p.value)
+    }
+}
+
+fn field_name(field: &[c_char; sys::VIR_TYPED_PARAM_FIELD_LENGTH as usize]) -> String {
+    let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Decodes `n` parameters starting at `params`.
+///
+/// # Safety
+/// `params` must be NULL or point to `n` initialised `virTypedParameter`s whose
+/// string members are NULL or NUL-terminated, as libvirt hands them out.
+pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int) -> DecodedParams {
+    let mut out = DecodedParams::default();
+    if params.is_null() || n <= 0 {
+        return out;
+    }
+    let slice = std::slice::from_raw_parts(params, n as usize);
+    out.params.reserve(slice.len());
+    for p in slice {
+        let name = field_name(&p.field);
+        let value = match p.type_ as u32 {
+            sys::VIR_TYPED_PARAM_INT => TypedValue::Int(p.value.i),
+            sys::VIR_TYPED_PARAM_UINT => TypedValue::UInt(p.value.ui),
+            sys::VIR_TYPED_PARAM_LLONG => TypedValue::LLong(p.value.l),
+            sys::VIR_TYPED_PARAM_ULLONG => TypedValue::ULLong(p.value.ul),
+            sys::VIR_TYPED_PARAM_DOUBLE => TypedValue::Double(p.value.d),
+            sys::VIR_TYPED_PARAM_BOOLEAN => TypedValue::Boolean(p.value.b != 0),
+            sys::VIR_TYPED_PARAM_STRING => {
+                let s = p.value.s;
+                if s.is_null() {
+                    TypedValue::String(String::new())
+                } else {
+                    TypedValue::String(CStr::from_ptr(s).to_string_lossy().into_owned())
+                }
+            }
+            other => {
+                out.undecoded.push(UndecodedParam {
+                    name,
+                    type_code: other as i32,
+                });
+                continue;
+            }
+        };
+        out.params.push(TypedParam { name, value });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CString;
+
+    fn param(name: &str, type_: u32, value: sys::_virTypedParameter__bindgen_ty_1) -> sys::virTypedParameter {
+        let mut field = [0 as c_char; 80];
+        for (i, b) in name.bytes().take(80).enumerate() {
+            field[i] = b as c_char;
+        }
+        sys::virTypedParameter {
+            field,
+            type_: type_ as c_int,
+            value,
+        }
+    }
+
+    #[test]
+    fn decodes_every_type() {
+        let s = CString::new("vnet0").unwrap();
+        let params = [
+            param(
+                "a",
+                sys::VIR_TYPED_PARAM_INT,
+                sys::_virTypedParameter__bindgen_ty_1 { i: -3 },
+            ),
+            param(
+                "b",
+                sys::VIR_TYPED_PARAM_UINT,
+                sys::_virTypedParameter__bindgen_ty_1 { ui: 7 },
+            ),
+            param(
+                "c",
+                sys::VIR_TYPED_PARAM_LLONG,
+                sys::_virTypedParameter__bindgen_ty_1 { l: -1 << 40 },
+            ),
+            param(
+                "d",
+                sys::VIR_TYPED_PARAM_ULLONG,
+                sys::_virTypedParameter__bindgen_ty_1 { ul: u64::MAX },
+            ),
+            param(
+                "e",
+                sys::VIR_TYPED_PARAM_DOUBLE,
+                sys::_virTypedParameter__bindgen_ty_1 { d: 1.5 },
+            ),
+            param(
+                "f",
+                sys::VIR_TYPED_PARAM_BOOLEAN,
+                sys::_virTypedParameter__bindgen_ty_1 { b: 1 },
+            ),
+            param(
+                "g",
+                sys::VIR_TYPED_PARAM_STRING,
+                sys::_virTypedParameter__bindgen_ty_1 {
+                    s: s.as_ptr() as *mut c_char,
+                },
+            ),
+        ];
+        let d = unsafe { decode(params.as_ptr(), params.len() as c_int) };
+        assert!(d.undecoded.is_empty());
+        let values: Vec<_> = d.params.iter().map(|p| p.value.clone()).collect();
+        assert_eq!(
+            values,
+            vec![
+                TypedValue::Int(-3),
+                TypedValue::UInt(7),
+                TypedValue::LLong(-1 << 40),
+                TypedValue::ULLong(u64::MAX),
+                TypedValue::Double(1.5),
+                TypedValue::Boolean(true),
+                TypedValue::String("vnet0".into()),
+            ]
+        );
+        assert_eq!(d.get("g").and_then(|v| v.as_str()), Some("vnet0"));
+    }
+
+    #[test]
+    fn unknown_type_is_reported_not_guessed() {
+        let params = [
+            param("new.kind", 99, sys::_virTypedParameter__bindgen_ty_1 { ul: 1 }),
+            param(
+                "ok",
+                sys::VIR_TYPED_PARAM_UINT,
+                sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
+            ),
+        ];
+        let d = unsafe { decode(params.as_ptr(), 2) };
+        assert_eq!(d.params.len(), 1);
+        assert_eq!(
+            d.undecoded,
+            vec![UndecodedParam {
+                name: "new.kind".into(),
+                type_code: 99
+            }]
+        );
+    }
+
+    #[test]
+    fn unterminated_name_and_null_string_are_safe() {
+        let long = "x".repeat(80);
+        let params = [
+            param(
+                &long,
+                sys::VIR_TYPED_PARAM_UINT,
+                sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
+            ),
+            param(
+                "s",
+                sys::VIR_TYPED_PARAM_STRING,
+                sys::_virTypedParameter__bindgen_ty_1 {
+                    s: std::ptr::null_mut(),
+                },
+            ),
+        ];
+        let d = unsafe { decode(params.as_ptr(), 2) };
+        assert_eq!(d.params[0].name.len(), 80);
+        assert_eq!(d.params[1].value, TypedValue::String(String::new()));
+    }
+
+    #[test]
+    fn empty_and_null_inputs() {
+        assert_eq!(unsafe { decode(std::ptr::null(), 5) }, DecodedParams::default());
+        let params = [param(
+            "a",
+            sys::VIR_TYPED_PARAM_UINT,
+            sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
+        )];
+        assert_eq!(unsafe { decode(params.as_ptr(), 0) }, DecodedParams::default());
+        assert_eq!(unsafe { decode(params.as_ptr(), -1) }, DecodedParams::default());
+    }
+
+    #[test]
+    fn numeric_views() {
+        assert_eq!(TypedValue::Int(-1).as_u64(), None);
+        assert_eq!(TypedValue::Boolean(true).as_f64(), Some(1.0));
+        assert_eq!(TypedValue::String("x".into()).as_f64(), None);
+        assert_eq!(TypedValue::ULLong(5).as_u64(), Some(5));
+    }
+}

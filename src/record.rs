@@ -1,0 +1,222 @@
+//! The normalized record model: everything the agent emits is a `Record`.
+//!
+//! The JSON form is a public contract (Kafka consumers depend on it): it is
+//! versioned by `schema`, described by `schemas/record.v1.json` and
+//! `docs/records.md`. Additive changes (new kinds, new fields, new keys in
+//! `domain`) keep v1; anything that renames or retypes bumps the version.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Serialize, Serializer};
+
+use crate::libvirt::TypedValue;
+
+pub const SCHEMA: &str = "virtpulse.record/v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// One domain's statistics from `virConnectGetAllDomainStats`.
+    DomainStats,
+}
+
+/// The unit of a field's value, exactly as libvirt reports it (records are
+/// lossless; sinks convert to base units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Nanoseconds,
+    Seconds,
+    /// Seconds since the Unix epoch.
+    UnixSeconds,
+    Bytes,
+    Kibibytes,
+    BytesPerSecond,
+    MebibytesPerSecond,
+    /// A plain number of things or events.
+    Count,
+    /// A code from a libvirt enum (documented per key).
+    Enum,
+    Boolean,
+    /// Free text or an identifier (names, paths, modes).
+    Text,
+    /// A ratio or factor without dimension.
+    Ratio,
+    /// A key this build has no table entry for: value kept, unit unknown.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub key: Box<str>,
+    pub value: TypedValue,
+    pub unit: Unit,
+}
+
+/// Descriptive data about a domain, read from its XML on a slow timer and
+/// shared by every record of that domain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DomainInfo {
+    /// Hypervisor type from `<domain type=...>` (kvm, qemu, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub virt_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub openstack: Option<OpenStackInfo>,
+}
+
+/// OpenStack Nova's instance metadata (`<nova:instance>` in the domain XML).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OpenStackInfo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_uuid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_uuid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DomainRef {
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Arc<DomainInfo>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    pub schema: &'static str,
+    pub kind: RecordKind,
+    #[serde(serialize_with = "serialize_time")]
+    pub time: SystemTime,
+    pub host: Arc<str>,
+    pub libvirt_uri: Arc<str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainRef>,
+    #[serde(serialize_with = "serialize_fields")]
+    pub fields: Vec<Field>,
+}
+
+impl Record {
+    pub fn field(&self, key: &str) -> Option<&TypedValue> {
+        self.fields.iter().find(|f| &*f.key == key).map(|f| &f.value)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialization of this model cannot fail (no maps with non-string
+        // keys, no failing Serialize impls); the fallback keeps it panic-free.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
+    }
+}
+
+fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+}
+
+struct FieldBody<'a>(&'a Field);
+
+impl Serialize for FieldBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.0;
+        let mut st = s.serialize_struct("Field", 3)?;
+        st.serialize_field("type", f.value.type_name())?;
+        match &f.value {
+            TypedValue::Int(v) => st.serialize_field("value", v)?,
+            TypedValue::UInt(v) => st.serialize_field("value", v)?,
+            TypedValue::LLong(v) => st.serialize_field("value", v)?,
+            TypedValue::ULLong(v) => st.serialize_field("value", v)?,
+            // JSON has no NaN/Inf: such doubles are written as null.
+            TypedValue::Double(v) if v.is_finite() => st.serialize_field("value", v)?,
+            TypedValue::Double(_) => st.serialize_field("value", &Option::<f64>::None)?,
+            TypedValue::Boolean(v) => st.serialize_field("value", v)?,
+            TypedValue::String(v) => st.serialize_field("value", v)?,
+        }
+        st.serialize_field("unit", &f.unit)?;
+        st.end()
+    }
+}
+
+fn serialize_fields<S: Serializer>(fields: &[Field], s: S) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(fields.len()))?;
+    for f in fields {
+        map.serialize_entry(&*f.key, &FieldBody(f))?;
+    }
+    map.end()
+}
+
+/// What one collector run produced. `snapshot` batches replace everything a
+/// sink holds from the same source (series of vanished domains disappear).
+#[derive(Debug)]
+pub struct Batch {
+    pub source: &'static str,
+    pub snapshot: bool,
+    pub records: Vec<Record>,
+    /// How long a snapshot stays valid if no newer one arrives.
+    pub ttl: Option<std::time::Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn json_form_is_stable() {
+        let r = Record {
+            schema: SCHEMA,
+            kind: RecordKind::DomainStats,
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            host: "hv1".into(),
+            libvirt_uri: "qemu:///system".into(),
+            domain: Some(DomainRef {
+                name: "web \"1\"".into(),
+                uuid: "0f0e".into(),
+                info: Some(Arc::new(DomainInfo {
+                    vcpus: Some(2),
+                    persistent: Some(true),
+                    ..Default::default()
+                })),
+            }),
+            fields: vec![
+                Field {
+                    key: "cpu.time".into(),
+                    value: TypedValue::ULLong(5),
+                    unit: Unit::Nanoseconds,
+                },
+                Field {
+                    key: "x".into(),
+                    value: TypedValue::Double(f64::NAN),
+                    unit: Unit::Unknown,
+                },
+            ],
+        };
+        assert_eq!(
+            r.to_json(),
+            r#"{"schema":"virtpulse.record/v1","kind":"domain_stats","time":"2023-11-14T22:13:20.123000000Z","host":"hv1","libvirt_uri":"qemu:///system","domain":{"name":"web \"1\"","uuid":"0f0e","info":{"vcpus":2,"persistent":true}},"fields":{"cpu.time":{"type":"ullong","value":5,"unit":"nanoseconds"},"x":{"type":"double","value":null,"unit":"unknown"}}}"#
+        );
+    }
+}

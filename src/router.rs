@@ -1,0 +1,134 @@
+//! Fans batches out to sinks. Each sink has its own bounded queue: a slow or
+//! stuck sink fills its own queue and loses (counted) batches, while
+//! collection and every other sink go on.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::record::Batch;
+use crate::selfmon::SinkStats;
+
+/// The receiving end a sink task drains.
+pub struct SinkQueue {
+    pub rx: mpsc::Receiver<Arc<Batch>>,
+    pub stats: Arc<SinkStats>,
+}
+
+impl SinkQueue {
+    /// Next batch, or `None` once the router is gone (shutdown).
+    pub async fn recv(&mut self) -> Option<Arc<Batch>> {
+        let b = self.rx.recv().await;
+        if b.is_some() {
+            self.stats.dequeued();
+        }
+        b
+    }
+
+    /// Blocking variant for sinks that run on their own OS thread.
+    pub fn blocking_recv(&mut self) -> Option<Arc<Batch>> {
+        let b = self.rx.blocking_recv();
+        if b.is_some() {
+            self.stats.dequeued();
+        }
+        b
+    }
+}
+
+struct Route {
+    tx: mpsc::Sender<Arc<Batch>>,
+    stats: Arc<SinkStats>,
+}
+
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a sink with a queue of `capacity` batches.
+    pub fn add_sink(&mut self, stats: Arc<SinkStats>) -> SinkQueue {
+        let (tx, rx) = mpsc::channel(stats.capacity.max(1));
+        self.routes.push(Route {
+            tx,
+            stats: stats.clone(),
+        });
+        SinkQueue { rx, stats }
+    }
+
+    /// Never blocks: a full queue drops the batch for that sink only.
+    pub fn route(&self, batch: Batch) {
+        let n = batch.records.len() as u64;
+        let batch = Arc::new(batch);
+        for r in &self.routes {
+            match r.tx.try_send(batch.clone()) {
+                Ok(()) => r.stats.enqueued(),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    r.stats.dropped(n);
+                    tracing::warn!(sink = r.stats.name, records = n, "sink queue full; batch dropped");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    r.stats.dropped(n);
+                    tracing::error!(sink = r.stats.name, records = n, "sink stopped; batch dropped");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Batch {
+        use crate::record::*;
+        Batch {
+            source: "t",
+            snapshot: true,
+            records: (0..n)
+                .map(|_| Record {
+                    schema: SCHEMA,
+                    kind: RecordKind::DomainStats,
+                    time: std::time::SystemTime::now(),
+                    host: "h".into(),
+                    libvirt_uri: "u".into(),
+                    domain: None,
+                    fields: vec![],
+                })
+                .collect(),
+            ttl: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_only_for_that_sink() {
+        let mut router = Router::new();
+        let slow = SinkStats::new("slow", 1);
+        let fast = SinkStats::new("fast", 8);
+        let mut slow_q = router.add_sink(slow.clone());
+        let mut fast_q = router.add_sink(fast.clone());
+        router.route(batch(3));
+        router.route(batch(2));
+        assert_eq!(slow.dropped_records(), 2);
+        assert_eq!(slow.depth(), 1);
+        assert_eq!(fast.dropped_records(), 0);
+        assert_eq!(fast.depth(), 2);
+        assert_eq!(fast_q.recv().await.unwrap().records.len(), 3);
+        assert_eq!(fast_q.recv().await.unwrap().records.len(), 2);
+        assert_eq!(fast.depth(), 0);
+        assert_eq!(slow_q.recv().await.unwrap().records.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn closed_sink_counts_drops() {
+        let mut router = Router::new();
+        let s = SinkStats::new("gone", 4);
+        drop(router.add_sink(s.clone()));
+        router.route(batch(5));
+        assert_eq!(s.dropped_records(), 5);
+    }
+}

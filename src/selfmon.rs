@@ -1,0 +1,212 @@
+//! The agent's own health: per-collector and per-sink counters, read by the
+//! Prometheus sink at scrape time.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleOutcome {
+    Ok,
+    Error,
+    Timeout,
+    NotConnected,
+}
+
+impl CycleOutcome {
+    pub const ALL: [CycleOutcome; 4] = [
+        CycleOutcome::Ok,
+        CycleOutcome::Error,
+        CycleOutcome::Timeout,
+        CycleOutcome::NotConnected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleOutcome::Ok => "ok",
+            CycleOutcome::Error => "error",
+            CycleOutcome::Timeout => "timeout",
+            CycleOutcome::NotConnected => "not_connected",
+        }
+    }
+}
+
+/// Counters of one collector.
+#[derive(Debug)]
+pub struct CollectorStats {
+    pub name: &'static str,
+    pub interval: Duration,
+    outcomes: [AtomicU64; 4],
+    skipped: AtomicU64,
+    last_duration_ns: AtomicU64,
+    last_success_unix_ns: AtomicU64,
+    stuck_calls: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+impl CollectorStats {
+    pub fn new(name: &'static str, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            interval,
+            outcomes: Default::default(),
+            skipped: AtomicU64::new(0),
+            last_duration_ns: AtomicU64::new(0),
+            last_success_unix_ns: AtomicU64::new(0),
+            stuck_calls: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn record(&self, outcome: CycleOutcome, duration: Duration, error: Option<String>) {
+        let idx = CycleOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[idx].fetch_add(1, Ordering::Relaxed);
+        self.last_duration_ns
+            .store(duration.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        if outcome == CycleOutcome::Ok {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            self.last_success_unix_ns
+                .store(now.as_nanos() as u64, Ordering::Relaxed);
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = error;
+        }
+    }
+
+    pub fn skip(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set_stuck_calls(&self, n: usize) {
+        self.stuck_calls.store(n, Ordering::Relaxed);
+    }
+
+    pub fn outcomes(&self, outcome: CycleOutcome) -> u64 {
+        let idx = CycleOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.outcomes[idx].load(Ordering::Relaxed)
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    pub fn last_duration(&self) -> Duration {
+        Duration::from_nanos(self.last_duration_ns.load(Ordering::Relaxed))
+    }
+
+    /// Seconds since the Unix epoch of the last successful cycle (0: none yet).
+    pub fn last_success_unix(&self) -> f64 {
+        self.last_success_unix_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    pub fn stuck_calls(&self) -> usize {
+        self.stuck_calls.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one sink's queue.
+#[derive(Debug)]
+pub struct SinkStats {
+    pub name: &'static str,
+    pub capacity: usize,
+    depth: AtomicUsize,
+    sent_records: AtomicU64,
+    dropped_records: AtomicU64,
+    failed_records: AtomicU64,
+}
+
+impl SinkStats {
+    pub fn new(name: &'static str, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            capacity,
+            depth: AtomicUsize::new(0),
+            sent_records: AtomicU64::new(0),
+            dropped_records: AtomicU64::new(0),
+            failed_records: AtomicU64::new(0),
+        })
+    }
+
+    pub fn enqueued(&self) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dequeued(&self) {
+        // Saturating: a racy read must never wrap to a huge depth.
+        let _ = self
+            .depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
+    }
+
+    pub fn dropped(&self, records: u64) {
+        self.dropped_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn sent(&self, records: u64) {
+        self.sent_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn failed(&self, records: u64) {
+        self.failed_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn sent_records(&self) -> u64 {
+        self.sent_records.load(Ordering::Relaxed)
+    }
+
+    pub fn dropped_records(&self) -> u64 {
+        self.dropped_records.load(Ordering::Relaxed)
+    }
+
+    pub fn failed_records(&self) -> u64 {
+        self.failed_records.load(Ordering::Relaxed)
+    }
+}
+
+/// Everything the agent knows about itself.
+#[derive(Debug, Default)]
+pub struct Registry {
+    collectors: Mutex<Vec<Arc<CollectorStats>>>,
+    sinks: Mutex<Vec<Arc<SinkStats>>>,
+    /// Stats groups the daemon supports (bit mask), from the last probe.
+    pub supported_groups: AtomicU64,
+    /// Groups requested by the configuration.
+    pub wanted_groups: AtomicU64,
+    pub started_unix: f64,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            ..Default::default()
+        })
+    }
+
+    pub fn add_collector(&self, c: Arc<CollectorStats>) {
+        if let Ok(mut v) = self.collectors.lock() {
+            v.push(c);
+        }
+    }
+
+    pub fn add_sink(&self, s: Arc<SinkStats>) {
+        if let Ok(mut v) = self.sinks.lock() {
+            v.push(s);
+        }
+    }
+
+    pub fn collectors(&self) -> Vec<Arc<CollectorStats>> {
+        self.collectors.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn sinks(&self) -> Vec<Arc<SinkStats>> {
+        self.sinks.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,263 @@
+//! Turns records into metric families (rendered once per batch, not per scrape).
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use super::text::{write_header, write_sample};
+use crate::record::{Record, RecordKind};
+use crate::stat_keys::{samples, MetricType, SampleStats};
+
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub help: Cow<'static, str>,
+    pub mtype: MetricType,
+    /// Sample lines, already in exposition format.
+    pub body: String,
+}
+
+pub type Families = BTreeMap<Cow<'static, str>, Family>;
+
+#[derive(Debug, Default)]
+pub struct RenderStats {
+    pub unmapped: BTreeSet<String>,
+    pub wrong_type: BTreeSet<String>,
+    /// Samples dropped because they would have duplicated a series or
+    /// reused a family name with another type (both break a scrape).
+    pub conflicts: u64,
+    pub series: u64,
+}
+
+/// Adds one sample to its family, refusing duplicates and type clashes.
+pub struct FamilyWriter<'a> {
+    families: &'a mut Families,
+    stats: &'a mut RenderStats,
+    seen: HashSet<String>,
+}
+
+impl<'a> FamilyWriter<'a> {
+    pub fn new(families: &'a mut Families, stats: &'a mut RenderStats) -> Self {
+        Self {
+            families,
+            stats,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn add(
+        &mut self,
+        name: Cow<'static, str>,
+        mtype: MetricType,
+        help: Cow<'static, str>,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let fam = match self.families.get_mut(name.as_ref()) {
+            Some(f) => f,
+            None => self.families.entry(name.clone()).or_insert(Family {
+                help,
+                mtype,
+                body: String::new(),
+            }),
+        };
+        if fam.mtype != mtype {
+            self.stats.conflicts += 1;
+            return;
+        }
+        let start = fam.body.len();
+        write_sample(&mut fam.body, &name, labels.iter().copied(), value);
+        // The sample line minus its value identifies the series.
+        let line = &fam.body[start..];
+        let id = line.rsplit_once(' ').map(|(id, _)| id).unwrap_or(line);
+        if !self.seen.insert(id.to_string()) {
+            fam.body.truncate(start);
+            self.stats.conflicts += 1;
+            return;
+        }
+        self.stats.series += 1;
+    }
+}
+
+fn state_name(code: Option<f64>) -> &'static str {
+    match code.map(|c| c as i64) {
+        Some(0) => "nostate",
+        Some(1) => "running",
+        Some(2) => "blocked",
+        Some(3) => "paused",
+        Some(4) => "shutdown",
+        Some(5) => "shutoff",
+        Some(6) => "crashed",
+        Some(7) => "pmsuspended",
+        _ => "unknown",
+    }
+}
+
+fn opt_str(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("")
+}
+
+fn opt_bool(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "",
+    }
+}
+
+/// Renders domain stats records into families.
+pub fn render_domain_stats(records: &[Record], families: &mut Families, stats: &mut RenderStats) {
+    let mut w = FamilyWriter::new(families, stats);
+    for r in records.iter().filter(|r| r.kind == RecordKind::DomainStats) {
+        let Some(d) = &r.domain else { continue };
+        let (name, uuid) = (&*d.name, &*d.uuid);
+        let info = d.info.as_deref().cloned().unwrap_or_default();
+        let vcpus = info.vcpus.map(|v| v.to_string()).unwrap_or_default();
+        let maxmem = info.max_memory_bytes.map(|v| v.to_string()).unwrap_or_default();
+        let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
+        w.add(
+            "libvirt_domain_info".into(),
+            MetricType::Gauge,
+            "Descriptive data about the domain (value is always 1); join on domain/uuid.".into(),
+            &[
+                ("domain", name),
+                ("uuid", uuid),
+                ("state", state),
+                ("virt_type", opt_str(&info.virt_type)),
+                ("os_type", opt_str(&info.os_type)),
+                ("arch", opt_str(&info.arch)),
+                ("machine", opt_str(&info.machine)),
+                ("vcpus", &vcpus),
+                ("max_memory_bytes", &maxmem),
+                ("persistent", opt_bool(info.persistent)),
+                ("autostart", opt_bool(info.autostart)),
+            ],
+            1.0,
+        );
+        if let Some(os) = &info.openstack {
+            w.add(
+                "libvirt_domain_openstack_info".into(),
+                MetricType::Gauge,
+                "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.".into(),
+                &[
+                    ("domain", name),
+                    ("uuid", uuid),
+                    ("instance_name", opt_str(&os.instance_name)),
+                    ("flavor", opt_str(&os.flavor)),
+                    ("project_name", opt_str(&os.project_name)),
+                    ("project_uuid", opt_str(&os.project_uuid)),
+                    ("user_name", opt_str(&os.user_name)),
+                    ("user_uuid", opt_str(&os.user_uuid)),
+                ],
+                1.0,
+            );
+        }
+        let mut ss = SampleStats::default();
+        for s in samples(r, &mut ss) {
+            let mut labels: Vec<(&str, &str)> = Vec::with_capacity(2 + s.labels.len());
+            labels.push(("domain", name));
+            labels.push(("uuid", uuid));
+            labels.extend(s.labels.iter().map(|(k, v)| (*k, v.as_ref())));
+            w.add(s.name, s.mtype, s.help, &labels, s.value);
+        }
+        w.stats.unmapped.extend(ss.unmapped);
+        w.stats.wrong_type.extend(ss.wrong_type);
+    }
+}
+
+/// Writes families in name order, merging same-named families from several
+/// sources under one header.
+pub fn write_families<'a>(out: &mut String, sources: impl IntoIterator<Item = &'a Families>) {
+    let mut merged: BTreeMap<&str, Vec<&Family>> = BTreeMap::new();
+    for fams in sources {
+        for (name, f) in fams {
+            merged.entry(name.as_ref()).or_default().push(f);
+        }
+    }
+    for (name, fams) in merged {
+        let first = fams[0];
+        write_header(out, name, &first.help, first.mtype.as_str());
+        for f in fams.iter().filter(|f| f.mtype == first.mtype) {
+            out.push_str(&f.body);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::TypedValue;
+    use crate::record::{DomainInfo, DomainRef, Field, Unit, SCHEMA};
+    use std::sync::Arc;
+
+    fn rec(name: &str, fields: Vec<(&str, TypedValue)>) -> Record {
+        Record {
+            schema: SCHEMA,
+            kind: RecordKind::DomainStats,
+            time: std::time::SystemTime::now(),
+            host: "h".into(),
+            libvirt_uri: "u".into(),
+            domain: Some(DomainRef {
+                name: name.into(),
+                uuid: "11111111-2222-3333-4444-555555555555".into(),
+                info: Some(Arc::new(DomainInfo {
+                    vcpus: Some(2),
+                    ..Default::default()
+                })),
+            }),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| Field {
+                    key: k.into(),
+                    value: v,
+                    unit: Unit::Unknown,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn renders_info_state_and_stats() {
+        let r = rec(
+            "we\"ird\\name",
+            vec![
+                ("state.state", TypedValue::Int(1)),
+                ("cpu.time", TypedValue::ULLong(2_000_000_000)),
+            ],
+        );
+        let mut fams = Families::new();
+        let mut st = RenderStats::default();
+        render_domain_stats(&[r], &mut fams, &mut st);
+        let mut out = String::new();
+        write_families(&mut out, [&fams]);
+        assert!(
+            out.contains("# TYPE libvirt_domain_cpu_time_seconds_total counter\n"),
+            "{out}"
+        );
+        assert!(out.contains("libvirt_domain_cpu_time_seconds_total{domain=\"we\\\"ird\\\\name\",uuid=\"11111111-2222-3333-4444-555555555555\"} 2\n"), "{out}");
+        assert!(out.contains("state=\"running\""), "{out}");
+        assert!(out.contains("vcpus=\"2\""), "{out}");
+        assert_eq!(st.conflicts, 0);
+        assert_eq!(st.series, 3);
+    }
+
+    #[test]
+    fn duplicate_series_and_type_clashes_are_dropped() {
+        // Two disks reporting the same name without a backing index.
+        let r = rec(
+            "d",
+            vec![
+                ("block.0.name", TypedValue::String("vda".into())),
+                ("block.0.rd.bytes", TypedValue::ULLong(1)),
+                ("block.1.name", TypedValue::String("vda".into())),
+                ("block.1.rd.bytes", TypedValue::ULLong(2)),
+                ("vm.x.sum", TypedValue::ULLong(1)),
+                ("vm.x_total.cur", TypedValue::ULLong(1)),
+            ],
+        );
+        let mut fams = Families::new();
+        let mut st = RenderStats::default();
+        render_domain_stats(&[r], &mut fams, &mut st);
+        assert_eq!(st.conflicts, 2);
+        let body = &fams["libvirt_domain_block_read_bytes_total"].body;
+        assert_eq!(body.lines().count(), 1);
+    }
+}

@@ -1,0 +1,335 @@
+//! The agent's own metrics, rendered at scrape time.
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::render::{Families, FamilyWriter, RenderStats};
+use crate::libvirt::stats::ALL_GROUPS;
+use crate::libvirt::ConnectionManager;
+use crate::selfmon::{CycleOutcome, Registry};
+use crate::stat_keys::MetricType::{self, Counter, Gauge};
+
+/// (name, type, help) of every self-metric, for the docs.
+pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
+    ("libvirt_up", Gauge, "1 if the agent is connected to libvirt, else 0."),
+    ("virtpulse_build_info", Gauge, "Agent version (value is always 1)."),
+    (
+        "virtpulse_libvirt_connects_total",
+        Counter,
+        "Successful libvirt connections (the first included).",
+    ),
+    (
+        "virtpulse_libvirt_connect_failures_total",
+        Counter,
+        "Failed libvirt connection attempts.",
+    ),
+    (
+        "virtpulse_libvirt_disconnects_total",
+        Counter,
+        "libvirt connections lost.",
+    ),
+    (
+        "virtpulse_collections_total",
+        Counter,
+        "Collection cycles by collector and result (ok, error, timeout, not_connected).",
+    ),
+    (
+        "virtpulse_collection_skipped_total",
+        Counter,
+        "Collection cycles skipped because earlier libvirt calls were still stuck or a cycle overran its interval.",
+    ),
+    (
+        "virtpulse_collection_duration_seconds",
+        Gauge,
+        "Duration of the last collection cycle.",
+    ),
+    (
+        "virtpulse_collection_last_success_timestamp_seconds",
+        Gauge,
+        "When the collector last succeeded (Unix time).",
+    ),
+    (
+        "virtpulse_collection_age_seconds",
+        Gauge,
+        "Seconds since the collector last succeeded.",
+    ),
+    (
+        "virtpulse_libvirt_stuck_calls",
+        Gauge,
+        "libvirt calls still running past their collection's deadline (hung QEMU).",
+    ),
+    (
+        "virtpulse_stats_group_enabled",
+        Gauge,
+        "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
+    ),
+    (
+        "virtpulse_sink_queue_depth",
+        Gauge,
+        "Batches waiting in the sink's queue.",
+    ),
+    (
+        "virtpulse_sink_queue_capacity",
+        Gauge,
+        "Capacity of the sink's queue in batches.",
+    ),
+    (
+        "virtpulse_sink_records_sent_total",
+        Counter,
+        "Records delivered by the sink.",
+    ),
+    (
+        "virtpulse_sink_records_dropped_total",
+        Counter,
+        "Records dropped because the sink's queue was full or closed.",
+    ),
+    (
+        "virtpulse_sink_records_failed_total",
+        Counter,
+        "Records the sink could not deliver.",
+    ),
+    (
+        "virtpulse_prometheus_unmapped_stat_keys",
+        Gauge,
+        "Distinct libvirt stat keys in the last snapshot with no metric mapping (kept in records).",
+    ),
+    (
+        "virtpulse_prometheus_series_conflicts_total",
+        Counter,
+        "Samples dropped because they duplicated a series or clashed on type.",
+    ),
+    (
+        "virtpulse_prometheus_series",
+        Gauge,
+        "Series in the last rendered snapshot.",
+    ),
+    (
+        "process_resident_memory_bytes",
+        Gauge,
+        "Resident memory of the agent process.",
+    ),
+    (
+        "process_virtual_memory_bytes",
+        Gauge,
+        "Virtual memory of the agent process.",
+    ),
+    (
+        "process_cpu_seconds_total",
+        Counter,
+        "CPU time used by the agent process.",
+    ),
+    ("process_open_fds", Gauge, "Open file descriptors of the agent process."),
+    (
+        "process_start_time_seconds",
+        Gauge,
+        "Start time of the agent process (Unix time).",
+    ),
+];
+
+fn help(name: &str) -> Cow<'static, str> {
+    SELF_METRICS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, h)| Cow::Borrowed(*h))
+        .unwrap_or(Cow::Borrowed(""))
+}
+
+fn add(w: &mut FamilyWriter, name: &'static str, labels: &[(&str, &str)], value: f64) {
+    let mtype = SELF_METRICS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, t, _)| *t)
+        .unwrap_or(Gauge);
+    w.add(Cow::Borrowed(name), mtype, help(name), labels, value);
+}
+
+/// Render-time facts the sink keeps about its own work.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SinkFacts {
+    pub unmapped_keys: usize,
+    pub conflicts_total: u64,
+    pub series: u64,
+}
+
+struct ProcStat {
+    cpu_seconds: f64,
+    start_unix: f64,
+    rss_bytes: f64,
+    vsize_bytes: f64,
+}
+
+fn proc_stat() -> Option<ProcStat> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))?;
+    Some(ProcStat {
+        cpu_seconds: (num(11)? + num(12)?) / ticks,
+        start_unix: boot + num(19)? / ticks,
+        vsize_bytes: num(20)?,
+        rss_bytes: num(21)? * page,
+    })
+}
+
+pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: SinkFacts) -> Families {
+    let mut fams = Families::new();
+    let mut stats = RenderStats::default();
+    let mut w = FamilyWriter::new(&mut fams, &mut stats);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+
+    add(
+        &mut w,
+        "virtpulse_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    if let Some(m) = manager {
+        let uri = m.uri();
+        add(&mut w, "libvirt_up", &[("uri", uri)], if m.is_up() { 1.0 } else { 0.0 });
+        add(
+            &mut w,
+            "virtpulse_libvirt_connects_total",
+            &[("uri", uri)],
+            m.connects() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_libvirt_connect_failures_total",
+            &[("uri", uri)],
+            m.failed_attempts() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_libvirt_disconnects_total",
+            &[("uri", uri)],
+            m.disconnects() as f64,
+        );
+    }
+    for c in registry.collectors() {
+        let name = c.name;
+        for o in CycleOutcome::ALL {
+            add(
+                &mut w,
+                "virtpulse_collections_total",
+                &[("collector", name), ("result", o.as_str())],
+                c.outcomes(o) as f64,
+            );
+        }
+        add(
+            &mut w,
+            "virtpulse_collection_skipped_total",
+            &[("collector", name)],
+            c.skipped() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_collection_duration_seconds",
+            &[("collector", name)],
+            c.last_duration().as_secs_f64(),
+        );
+        add(
+            &mut w,
+            "virtpulse_libvirt_stuck_calls",
+            &[("collector", name)],
+            c.stuck_calls() as f64,
+        );
+        let last = c.last_success_unix();
+        if last > 0.0 {
+            add(
+                &mut w,
+                "virtpulse_collection_last_success_timestamp_seconds",
+                &[("collector", name)],
+                last,
+            );
+            add(
+                &mut w,
+                "virtpulse_collection_age_seconds",
+                &[("collector", name)],
+                (now - last).max(0.0),
+            );
+        }
+    }
+    let wanted = registry.wanted_groups.load(std::sync::atomic::Ordering::Relaxed);
+    let supported = registry.supported_groups.load(std::sync::atomic::Ordering::Relaxed);
+    if supported != 0 {
+        for g in ALL_GROUPS.iter().filter(|g| wanted & u64::from(g.bit) != 0) {
+            add(
+                &mut w,
+                "virtpulse_stats_group_enabled",
+                &[("group", g.name)],
+                if supported & u64::from(g.bit) != 0 { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    for s in registry.sinks() {
+        let name = s.name;
+        add(
+            &mut w,
+            "virtpulse_sink_queue_depth",
+            &[("sink", name)],
+            s.depth() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_sink_queue_capacity",
+            &[("sink", name)],
+            s.capacity as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_sink_records_sent_total",
+            &[("sink", name)],
+            s.sent_records() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_sink_records_dropped_total",
+            &[("sink", name)],
+            s.dropped_records() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_sink_records_failed_total",
+            &[("sink", name)],
+            s.failed_records() as f64,
+        );
+    }
+    add(
+        &mut w,
+        "virtpulse_prometheus_unmapped_stat_keys",
+        &[],
+        facts.unmapped_keys as f64,
+    );
+    add(
+        &mut w,
+        "virtpulse_prometheus_series_conflicts_total",
+        &[],
+        facts.conflicts_total as f64,
+    );
+    add(&mut w, "virtpulse_prometheus_series", &[], facts.series as f64);
+    if let Some(p) = proc_stat() {
+        add(&mut w, "process_resident_memory_bytes", &[], p.rss_bytes);
+        add(&mut w, "process_virtual_memory_bytes", &[], p.vsize_bytes);
+        add(&mut w, "process_cpu_seconds_total", &[], p.cpu_seconds);
+        add(&mut w, "process_start_time_seconds", &[], p.start_unix);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        add(&mut w, "process_open_fds", &[], dir.count() as f64);
+    }
+    fams
+}

@@ -1,0 +1,116 @@
+//! Prometheus text exposition format 0.0.4: escaping and number formatting.
+
+use std::fmt::Write;
+
+/// Label values: backslash, double quote and line feed are escaped; every
+/// other character (UTF-8 included) is written as is.
+pub fn escape_label_value(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// HELP text: backslash and line feed are escaped.
+pub fn escape_help(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+pub fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        // Display gives the shortest form that round-trips.
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// Writes `name{k="v",...} value\n`.
+pub fn write_sample<'a>(
+    out: &mut String,
+    name: &str,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+    value: f64,
+) {
+    out.push_str(name);
+    let mut first = true;
+    for (k, v) in labels {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    if !first {
+        out.push('}');
+    }
+    out.push(' ');
+    write_value(out, value);
+    out.push('\n');
+}
+
+pub fn write_header(out: &mut String, name: &str, help: &str, mtype: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    escape_help(out, help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(mtype);
+    out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_label_values() {
+        let mut s = String::new();
+        write_sample(&mut s, "m", [("domain", "a\"b\\c\nd é")], 1.0);
+        assert_eq!(s, "m{domain=\"a\\\"b\\\\c\\nd é\"} 1\n");
+    }
+
+    #[test]
+    fn formats_values() {
+        let mut s = String::new();
+        for v in [
+            0.0,
+            1.5,
+            1e-9,
+            18446744073709551615.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -2.0,
+        ] {
+            write_value(&mut s, v);
+            s.push(' ');
+        }
+        assert_eq!(s, "0 1.5 0.000000001 18446744073709552000 NaN +Inf -Inf -2 ");
+    }
+
+    #[test]
+    fn no_labels_no_braces() {
+        let mut s = String::new();
+        write_sample(&mut s, "up", std::iter::empty(), 1.0);
+        assert_eq!(s, "up 1\n");
+        let mut h = String::new();
+        write_header(&mut h, "up", "a\\b\nc", "gauge");
+        assert_eq!(h, "# HELP up a\\\\b\\nc\n# TYPE up gauge\n");
+    }
+}
