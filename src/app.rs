@@ -61,12 +61,14 @@ fn domain_stats_collector(
     manager: Arc<ConnectionManager>,
     registry: Arc<Registry>,
     tracker: CallTracker,
+    stats: Arc<CollectorStats>,
 ) -> anyhow::Result<DomainStatsCollector> {
     let ds = &cfg.collectors.domain_stats;
     let settings = domain_stats::Settings {
         groups: cfg.stats_groups_mask().map_err(|m| anyhow!(m))?,
         backing_chain: ds.backing_chain,
         nowait: ds.nowait,
+        connect_wait: cfg.domain_stats_schedule().1 / 2,
     };
     let identity = Identity {
         host: cfg.hostname().into(),
@@ -80,6 +82,7 @@ fn domain_stats_collector(
         tracker,
         registry,
         InfoCache::new(ds.metadata_refresh),
+        stats,
     ))
 }
 
@@ -111,15 +114,15 @@ pub async fn run_once(cfg: Config) -> i32 {
         }
     }
     let registry = Registry::new();
-    let mut collector = match domain_stats_collector(&cfg, manager, registry, CallTracker::default()) {
+    let sched = schedule(&cfg);
+    let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
+    let mut collector = match domain_stats_collector(&cfg, manager, registry, CallTracker::default(), stats.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("virtpulse: {e}");
             return EXIT_CONFIG;
         }
     };
-    let sched = schedule(&cfg);
-    let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
     match controller::run_once(&mut collector, &sched, &stats).await {
         Some(batch) => {
             use std::io::Write;
@@ -211,7 +214,7 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         let tracker = CallTracker::default();
         let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
         registry.add_collector(stats.clone());
-        let c = domain_stats_collector(&cfg, manager.clone(), registry.clone(), tracker.clone())?;
+        let c = domain_stats_collector(&cfg, manager.clone(), registry.clone(), tracker.clone(), stats.clone())?;
         tracing::info!(interval = ?sched.interval, timeout = ?sched.timeout, "domain stats collector started");
         collectors.push(tokio::spawn(controller::run(c, sched, tracker, stats, router.clone())));
     }

@@ -41,6 +41,7 @@ pub struct CollectorStats {
     last_duration_ns: AtomicU64,
     last_success_unix_ns: AtomicU64,
     stuck_calls: AtomicUsize,
+    partial_records: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -54,6 +55,7 @@ impl CollectorStats {
             last_duration_ns: AtomicU64::new(0),
             last_success_unix_ns: AtomicU64::new(0),
             stuck_calls: AtomicUsize::new(0),
+            partial_records: AtomicU64::new(0),
             last_error: Mutex::new(None),
         })
     }
@@ -71,6 +73,15 @@ impl CollectorStats {
         if let Ok(mut e) = self.last_error.lock() {
             *e = error;
         }
+    }
+
+    /// A record exported with fewer stats than the domain had before.
+    pub fn partial_record(&self) {
+        self.partial_records.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn partial_records(&self) -> u64 {
+        self.partial_records.load(Ordering::Relaxed)
     }
 
     pub fn skip(&self) {

@@ -3,10 +3,10 @@
 //! job lock is held (a hung QEMU, a migration) gives what it can without
 //! blocking the others.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::blocking::CallTracker;
 use super::domain_info::{parse_domain_xml, InfoCache};
@@ -15,7 +15,7 @@ use crate::filter::DomainFilter;
 use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
 use crate::libvirt::{ConnectionManager, LibvirtError, Session};
 use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
-use crate::selfmon::Registry;
+use crate::selfmon::{CollectorStats, Registry};
 use crate::stat_keys::unit_of;
 
 pub const SOURCE: &str = "domain_stats";
@@ -24,11 +24,17 @@ pub const SOURCE: &str = "domain_stats";
 /// domains spreads the work over a few cycles.
 const MAX_INFO_READS_PER_CYCLE: usize = 64;
 
+/// Pause before re-asking for records cut short by a busy domain job.
+const PARTIAL_RETRY_DELAY: Duration = Duration::from_millis(30);
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub groups: u32,
     pub backing_chain: bool,
     pub nowait: bool,
+    /// How long a cycle waits for a connection in progress (at start-up)
+    /// before reporting "not connected"; kept well inside the deadline.
+    pub connect_wait: Duration,
 }
 
 /// Who and where, stamped on every record.
@@ -48,6 +54,10 @@ pub struct DomainStatsCollector {
     caps: Option<(u64, StatsCapabilities)>,
     info: InfoCache,
     warned_undecoded: HashSet<String>,
+    /// Keys in each running domain's last record, to spot records that
+    /// NOWAIT cut short because someone else held the domain's job.
+    key_counts: HashMap<String, usize>,
+    stats: Arc<CollectorStats>,
 }
 
 impl DomainStatsCollector {
@@ -59,6 +69,7 @@ impl DomainStatsCollector {
         tracker: CallTracker,
         registry: Arc<Registry>,
         info: InfoCache,
+        stats: Arc<CollectorStats>,
     ) -> Self {
         registry
             .wanted_groups
@@ -73,6 +84,8 @@ impl DomainStatsCollector {
             caps: None,
             info,
             warned_undecoded: HashSet::new(),
+            key_counts: HashMap::new(),
+            stats,
         }
     }
 
@@ -141,6 +154,58 @@ impl DomainStatsCollector {
             })
             .await??;
         Ok(stats)
+    }
+
+    /// With NOWAIT, a domain whose job another client holds at that moment
+    /// reports only the stats that need no QEMU monitor. Such records are
+    /// asked for once more, shortly after; what is still short is exported
+    /// as it is (a hung QEMU stays partial until it resumes) and counted.
+    async fn retry_partial(&mut self, session: &Session, caps: StatsCapabilities, stats: &mut [DomainStats]) {
+        let suspects: Vec<String> = stats
+            .iter()
+            .filter(|d| is_running(d) && self.key_counts.get(&d.uuid).is_some_and(|&n| d.params.params.len() < n))
+            .map(|d| d.uuid.clone())
+            .collect();
+        if suspects.is_empty() || caps.flags & FLAG_NOWAIT == 0 {
+            return;
+        }
+        tokio::time::sleep(PARTIAL_RETRY_DELAY).await;
+        let s = session.clone();
+        let again = self
+            .tracker
+            .run(move || {
+                let doms: Vec<_> = suspects
+                    .iter()
+                    .filter_map(|u| s.conn.lookup_domain_by_uuid(u).ok())
+                    .collect();
+                s.conn.domain_list_stats(&doms, caps.groups, caps.flags)
+            })
+            .await;
+        let Ok(Ok(again)) = again else { return };
+        for fresh in again {
+            if let Some(old) = stats.iter_mut().find(|d| d.uuid == fresh.uuid) {
+                if fresh.params.params.len() > old.params.params.len() {
+                    *old = fresh;
+                }
+            }
+        }
+        for d in stats.iter() {
+            if is_running(d) && self.key_counts.get(&d.uuid).is_some_and(|&n| d.params.params.len() < n) {
+                self.stats.partial_record();
+                tracing::debug!(
+                    domain = d.name,
+                    "domain stats incomplete: its job is held (busy or hung QEMU)"
+                );
+            }
+        }
+    }
+
+    fn remember_key_counts(&mut self, stats: &[DomainStats]) {
+        self.key_counts = stats
+            .iter()
+            .filter(|d| is_running(d))
+            .map(|d| (d.uuid.clone(), d.params.params.len()))
+            .collect();
     }
 
     /// Reads the XML of domains whose cached info is missing or old.
@@ -213,6 +278,11 @@ impl DomainStatsCollector {
     }
 }
 
+/// state.state 1 = running (only running domains can have monitor stats).
+fn is_running(d: &DomainStats) -> bool {
+    d.params.get("state.state").and_then(|v| v.as_u64()) == Some(1)
+}
+
 fn read_info(s: &Session, uuid: &str) -> Result<DomainInfo, LibvirtError> {
     let dom = s.conn.lookup_domain_by_uuid(uuid)?;
     let xml = dom.xml_desc(0)?;
@@ -228,7 +298,11 @@ impl Collector for DomainStatsCollector {
     }
 
     async fn collect(&mut self) -> Result<Batch, CollectError> {
-        let session = self.manager.current().ok_or(CollectError::NotConnected)?;
+        let session = self
+            .manager
+            .session_within(self.settings.connect_wait)
+            .await
+            .ok_or(CollectError::NotConnected)?;
         let caps = self.capabilities(&session).await?;
         let mut stats = self.fetch_stats(&session, caps).await?;
         let time = SystemTime::now();
@@ -236,6 +310,8 @@ impl Collector for DomainStatsCollector {
             // The listing and the stats call are not atomic; re-check names.
             stats.retain(|d| self.filter.allows(&d.name));
         }
+        self.retry_partial(&session, caps, &mut stats).await;
+        self.remember_key_counts(&stats);
         self.refresh_info(&session, &stats).await;
         let present: HashSet<&str> = stats.iter().map(|d| d.uuid.as_str()).collect();
         self.info.retain(&present);

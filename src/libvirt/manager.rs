@@ -81,6 +81,20 @@ impl ConnectionManager {
         self.current.subscribe()
     }
 
+    /// The current session, waiting up to `max` for one (at start-up the
+    /// first connection may still be in progress).
+    pub async fn session_within(&self, max: Duration) -> Option<Session> {
+        if let Some(s) = self.current() {
+            return Some(s);
+        }
+        let mut rx = self.subscribe();
+        let waited = tokio::time::timeout(max, rx.wait_for(|s| s.is_some())).await;
+        match waited {
+            Ok(Ok(s)) => s.clone(),
+            _ => None,
+        }
+    }
+
     /// Called from a blocking thread after a failed libvirt call: if the
     /// error means the connection is gone, tells the manager to reconnect.
     /// `is_alive` is a local check (no RPC), so this is cheap.

@@ -1,0 +1,164 @@
+//! The agent binary under test, with its own config, port and log file.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::exposition::{parse, Scrape};
+use super::wait_for;
+
+pub struct Agent {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// A TOML basic string (test domain names contain no glob characters).
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_virtpulse")
+}
+
+impl Agent {
+    /// Starts the agent with `extra` TOML appended to a config that listens
+    /// on a free loopback port. Waits until /metrics answers.
+    pub fn start(extra: &str) -> Agent {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Starts an agent that watches only these domains, so that tests running
+    /// side by side do not contend for each other's domain jobs.
+    pub fn start_for(names: &[&str], extra: &str) -> Agent {
+        let list: Vec<String> = names.iter().map(|n| toml_str(n)).collect();
+        Self::start(&format!("{extra}\n[domains]\ninclude = [{}]\n", list.join(", ")))
+    }
+
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n");
+        let cfg_path = dir.path().join("config.toml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&cfg_path)
+            .envs(env.iter().copied())
+            .env("VIRTPULSE_AGENT__LOG_LEVEL", "virtpulse=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        let agent = Agent { port, child, dir };
+        wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || {
+            agent.try_scrape_text().ok()
+        });
+        agent
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+
+    pub fn try_scrape_text(&self) -> Result<String, String> {
+        let resp = ureq::get(&self.url())
+            .timeout(Duration::from_secs(5))
+            .call()
+            .map_err(|e| e.to_string())?;
+        let mut body = String::new();
+        resp.into_reader()
+            .read_to_string(&mut body)
+            .map_err(|e| e.to_string())?;
+        Ok(body)
+    }
+
+    pub fn scrape_text(&self) -> String {
+        self.try_scrape_text()
+            .unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()))
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        parse(&self.scrape_text())
+    }
+
+    /// Times one scrape.
+    pub fn timed_scrape(&self) -> (Scrape, Duration) {
+        let t = Instant::now();
+        let s = self.scrape();
+        (s, t.elapsed())
+    }
+
+    pub fn ok_cycles(&self) -> f64 {
+        self.scrape()
+            .value(
+                "virtpulse_collections_total",
+                &[("collector", "domain_stats"), ("result", "ok")],
+            )
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until at least `n` more successful collections have completed.
+    pub fn wait_cycles(&self, n: u32, timeout: Duration) {
+        let start = self.ok_cycles();
+        wait_for(timeout, "collection cycles", || {
+            (self.ok_cycles() >= start + f64::from(n)).then_some(())
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- agent log ----\n{}\n---- end of agent log ----", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,70 @@
+//! Test harness shared by the end-to-end tests: a real libvirtd, tiny real
+//! guests, the agent binary, and readers for /metrics and virsh.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod exposition;
+pub mod guest;
+pub mod virsh;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn project_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts virtlogd/libvirtd when they are not running (once per test binary)
+/// and removes guests left behind by earlier, killed test runs.
+pub fn ensure_libvirtd() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        start_libvirtd();
+        guest::sweep_leftovers();
+    });
+}
+
+pub fn start_libvirtd() {
+    let script = project_root().join("scripts/start-libvirtd.sh");
+    let out = Command::new(&script).output().expect("run start-libvirtd.sh");
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A directory libvirt-qemu can traverse (disk images live there).
+pub fn scratch_dir(tag: &str) -> tempfile::TempDir {
+    let base = PathBuf::from("/var/tmp/virtpulse-tests");
+    std::fs::create_dir_all(&base).expect("create /var/tmp/virtpulse-tests");
+    set_mode(&base, 0o755);
+    let d = tempfile::Builder::new()
+        .prefix(&format!("{tag}-"))
+        .tempdir_in(&base)
+        .expect("tempdir");
+    set_mode(d.path(), 0o755);
+    d
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+}

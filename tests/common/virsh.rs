@@ -1,0 +1,71 @@
+//! virsh as the reference the agent is compared with.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use virtpulse::libvirt::TypedValue;
+
+pub const URI: &str = "qemu:///system";
+
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run virsh: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "virsh {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+pub fn must(args: &[&str]) -> String {
+    run(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Parses a virsh value the way libvirt typed it (as far as text tells).
+pub fn typed(v: &str) -> TypedValue {
+    if v == "yes" {
+        TypedValue::Boolean(true)
+    } else if v == "no" {
+        TypedValue::Boolean(false)
+    } else if let Ok(u) = v.parse::<u64>() {
+        TypedValue::ULLong(u)
+    } else if let Ok(i) = v.parse::<i64>() {
+        TypedValue::LLong(i)
+    } else if let Ok(d) = v.parse::<f64>() {
+        TypedValue::Double(d)
+    } else {
+        TypedValue::String(v.to_string())
+    }
+}
+
+/// `virsh domstats --backing NAME` (all groups) as key -> value.
+pub fn domstats(name: &str, extra: &[&str]) -> BTreeMap<String, String> {
+    let mut args = vec!["domstats", "--backing"];
+    args.extend_from_slice(extra);
+    args.push(name);
+    let out = must(&args);
+    out.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn domuuid(name: &str) -> String {
+    must(&["domuuid", name]).trim().to_string()
+}
+
+pub fn qemu_pid(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,439 @@
+//! Domain statistics against a real libvirtd and real guests, compared with
+//! `virsh domstats` for the same domains.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::agent::{bin, Agent};
+use common::exposition::Scrape;
+use common::guest::{Guest, GuestSpec};
+use common::{virsh, wait_for};
+use virtpulse::record::{DomainRef, Field, Record, RecordKind, SCHEMA};
+use virtpulse::stat_keys::{self, MetricType, SampleStats};
+
+const FAST: &str = "[collectors]\ninterval = \"1s\"\n";
+
+type SeriesKey = (String, BTreeMap<String, String>);
+
+/// What the agent must export for this virsh output, via the stat-key table.
+fn expected(
+    name: &str,
+    uuid: &str,
+    stats: &BTreeMap<String, String>,
+) -> BTreeMap<SeriesKey, (MetricType, String, f64)> {
+    let record = Record {
+        schema: SCHEMA,
+        kind: RecordKind::DomainStats,
+        time: SystemTime::now(),
+        host: "h".into(),
+        libvirt_uri: "qemu:///system".into(),
+        domain: Some(DomainRef {
+            name: name.into(),
+            uuid: uuid.into(),
+            info: None,
+        }),
+        fields: stats
+            .iter()
+            .map(|(k, v)| {
+                let value = virsh::typed(v);
+                Field {
+                    key: k.as_str().into(),
+                    unit: stat_keys::unit_of(k, &value),
+                    value,
+                }
+            })
+            .collect(),
+    };
+    let mut st = SampleStats::default();
+    let mut out = BTreeMap::new();
+    // Map each sample back to the key it came from, for messages and rules.
+    for s in stat_keys::samples(&record, &mut st) {
+        let mut labels: BTreeMap<String, String> = s
+            .labels
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        labels.insert("domain".into(), name.into());
+        labels.insert("uuid".into(), uuid.into());
+        out.insert((s.name.to_string(), labels), (s.mtype, s.help.to_string(), s.value));
+    }
+    assert!(
+        st.unmapped.is_empty(),
+        "virsh shows keys the table does not map: {:?}",
+        st.unmapped
+    );
+    out
+}
+
+fn scraped(scrape: &Scrape, uuid: &str) -> BTreeMap<SeriesKey, f64> {
+    scrape
+        .of_domain(uuid)
+        .filter(|s| !s.name.ends_with("_info"))
+        .map(|s| {
+            let labels = s
+                .labels
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            ((s.name.clone(), labels), s.value)
+        })
+        .collect()
+}
+
+/// Gauges that legitimately move between two reads of an idle guest.
+fn volatile(name: &str) -> bool {
+    name == "libvirt_domain_vcpu_state"
+        || name == "libvirt_domain_vcpu_halted"
+        || name == "libvirt_domain_balloon_rss_bytes"
+        || name.starts_with("libvirt_domain_vm_")
+        || name.starts_with("libvirt_domain_vcpu_kvm_")
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Compares one domain; returns the mismatches.
+fn compare(
+    g: &Guest,
+    before: &BTreeMap<String, String>,
+    scrape: &Scrape,
+    after: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let b = expected(&g.name, &g.uuid, before);
+    let a = expected(&g.name, &g.uuid, after);
+    let got = scraped(scrape, &g.uuid);
+    let mut problems = Vec::new();
+    let want: BTreeSet<_> = b.keys().chain(a.keys()).collect();
+    for k in got.keys().filter(|k| !want.contains(k)) {
+        problems.push(format!("exported but not in virsh domstats: {k:?}"));
+    }
+    for k in &want {
+        let Some(&v) = got.get(*k) else {
+            problems.push(format!("in virsh domstats but not exported: {k:?}"));
+            continue;
+        };
+        let (Some((mtype, _, vb)), Some((_, _, va))) = (b.get(*k), a.get(*k)) else {
+            continue;
+        };
+        let (lo, hi) = (vb.min(*va), vb.max(*va));
+        let ok = match mtype {
+            MetricType::Counter => (vb <= &v || close(*vb, v)) && (v <= *va || close(v, *va)),
+            MetricType::Gauge if volatile(&k.0) => v.is_finite() && v >= 0.0,
+            MetricType::Gauge => (lo <= v || close(lo, v)) && (v <= hi || close(v, hi)),
+        };
+        if !ok {
+            problems.push(format!("{k:?}: agent {v}, virsh before {vb}, after {va} ({mtype:?})"));
+        }
+    }
+    problems
+}
+
+fn has_full_stats(scrape: &Scrape, uuid: &str) -> bool {
+    scrape
+        .value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)])
+        .is_some()
+        && scrape
+            .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", uuid)])
+            .len()
+            > 0
+}
+
+#[test]
+fn every_exported_value_matches_virsh_domstats() {
+    let g1 = Guest::start("stats", GuestSpec::default());
+    let g2 = Guest::start(
+        "stats",
+        GuestSpec {
+            vcpus: 1,
+            ..Default::default()
+        },
+    );
+    let agent = Agent::start(FAST);
+    wait_for(Duration::from_secs(30), "full stats of both guests", || {
+        let s = agent.scrape();
+        (has_full_stats(&s, &g1.uuid) && has_full_stats(&s, &g2.uuid)).then_some(())
+    });
+
+    let before: Vec<_> = [&g1, &g2].iter().map(|g| virsh::domstats(&g.name, &[])).collect();
+    // Two completed cycles guarantee one that started after `before`.
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let scrape = agent.scrape();
+    let after: Vec<_> = [&g1, &g2].iter().map(|g| virsh::domstats(&g.name, &[])).collect();
+
+    let mut problems = Vec::new();
+    for (i, g) in [&g1, &g2].iter().enumerate() {
+        problems.extend(compare(g, &before[i], &scrape, &after[i]));
+        // Named series from the issue, checked by hand against raw virsh values.
+        let raw = |k: &str| {
+            after[i]
+                .get(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("virsh lacks {k}"))
+        };
+        let rawb = |k: &str| before[i].get(k).and_then(|v| v.parse::<f64>().ok()).unwrap();
+        let v = |n: &str, l: &[(&str, &str)]| {
+            let mut all = vec![("uuid", g.uuid.as_str())];
+            all.extend_from_slice(l);
+            scrape.value(n, &all).unwrap_or_else(|| {
+                let have: Vec<_> = scrape
+                    .find(n, &[("uuid", g.uuid.as_str())])
+                    .into_iter()
+                    .map(|s| &s.labels)
+                    .collect();
+                panic!("{n} {l:?} missing for {}; exported: {have:?}", g.name)
+            })
+        };
+        let cpu = v("libvirt_domain_cpu_time_seconds_total", &[]);
+        assert!(rawb("cpu.time") / 1e9 <= cpu + 1e-9 && cpu <= raw("cpu.time") / 1e9 + 1e-9);
+        assert_eq!(
+            v("libvirt_domain_balloon_current_bytes", &[]),
+            raw("balloon.current") * 1024.0
+        );
+        assert_eq!(v("libvirt_domain_state", &[]), 1.0);
+        let vt = v("libvirt_domain_vcpu_time_seconds_total", &[("vcpu", "0")]);
+        assert!(rawb("vcpu.0.time") / 1e9 <= vt + 1e-9 && vt <= raw("vcpu.0.time") / 1e9 + 1e-9);
+        let rd = v(
+            "libvirt_domain_block_read_bytes_total",
+            &[("device", "vda"), ("backing_index", "1")],
+        );
+        assert!(rawb("block.0.rd.bytes") <= rd && rd <= raw("block.0.rd.bytes"));
+        v("libvirt_domain_block_write_bytes_total", &[("device", "vda")]);
+        let ifname = after[i]["net.0.name"].clone();
+        let rx = v(
+            "libvirt_domain_interface_receive_bytes_total",
+            &[("interface", &ifname)],
+        );
+        assert!(rawb("net.0.rx.bytes") <= rx && rx <= raw("net.0.rx.bytes"));
+        v(
+            "libvirt_domain_interface_transmit_bytes_total",
+            &[("interface", &ifname)],
+        );
+        let info = scrape
+            .find("libvirt_domain_info", &[("uuid", g.uuid.as_str())])
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no libvirt_domain_info for {}", g.name));
+        assert_eq!(info.labels["domain"], g.name);
+        assert_eq!(info.labels["state"], "running");
+        assert_eq!(info.labels["persistent"], "true");
+        assert_eq!(info.labels["os_type"], "hvm");
+        assert_eq!(info.labels["vcpus"], if i == 0 { "2" } else { "1" });
+        assert_eq!(info.labels["max_memory_bytes"], (32u64 << 20).to_string());
+    }
+    assert!(
+        problems.is_empty(),
+        "agent and virsh disagree:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn once_prints_records_matching_virsh() {
+    let g = Guest::start("once", GuestSpec::default());
+    wait_for(Duration::from_secs(20), "the guest's block stats", || {
+        virsh::domstats(&g.name, &[])
+            .contains_key("block.0.rd.reqs")
+            .then_some(())
+    });
+    let before = virsh::domstats(&g.name, &[]);
+    let out = Command::new(bin())
+        .arg("--once")
+        .env("VIRTPULSE_DOMAINS__INCLUDE", &g.name)
+        .env("VIRTPULSE_AGENT__LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    let after = virsh::domstats(&g.name, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "the include filter selects exactly one domain");
+    let r = &lines[0];
+    assert_eq!(r["schema"], "virtpulse.record/v1");
+    assert_eq!(r["kind"], "domain_stats");
+    assert_eq!(r["domain"]["name"], g.name.as_str());
+    assert_eq!(r["domain"]["uuid"], g.uuid.as_str());
+    assert_eq!(r["domain"]["info"]["vcpus"], 2);
+    let fields = r["fields"].as_object().unwrap();
+    let keys: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
+    let vkeys: BTreeSet<&str> = after.keys().map(String::as_str).collect();
+    assert_eq!(keys, vkeys, "record keys differ from virsh domstats keys");
+    for (k, f) in fields {
+        assert_ne!(f["unit"], "unknown", "{k} has no known unit");
+        let (vb, va) = (virsh::typed(&before[k.as_str()]), virsh::typed(&after[k.as_str()]));
+        match (&f["value"], vb.as_f64(), va.as_f64()) {
+            (serde_json::Value::String(s), _, _) => assert_eq!(s, &after[k.as_str()], "{k}"),
+            (serde_json::Value::Bool(b), Some(x), Some(y)) => assert!(
+                x.min(y) <= f64::from(u8::from(*b)) || k.ends_with(".cur") || k.ends_with("halted"),
+                "{k}"
+            ),
+            (n, Some(x), Some(y)) => {
+                let n = n.as_f64().unwrap();
+                let volatile = k.ends_with(".cur") || k == "balloon.rss" || k.ends_with(".state");
+                assert!(
+                    volatile || (x.min(y) <= n && n <= x.max(y)),
+                    "{k}: record {n}, virsh {x}..{y}"
+                );
+            }
+            (v, _, _) => panic!("{k}: unexpected value {v}"),
+        }
+    }
+}
+
+#[test]
+fn destroyed_domains_lose_their_series_on_the_next_scrape() {
+    let mut persistent = Guest::start("gone", GuestSpec::default());
+    let transient = Guest::start(
+        "gone",
+        GuestSpec {
+            persistent: false,
+            ..Default::default()
+        },
+    );
+    let agent = Agent::start_for(&[&persistent.name, &transient.name], FAST);
+    wait_for(Duration::from_secs(30), "both guests", || {
+        let s = agent.scrape();
+        (has_full_stats(&s, &persistent.uuid) && has_full_stats(&s, &transient.uuid)).then_some(())
+    });
+
+    transient.destroy();
+    persistent.destroy();
+    let off_before = virsh::domstats(&persistent.name, &[]);
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let s = agent.scrape();
+    let off_after = virsh::domstats(&persistent.name, &[]);
+    assert_eq!(
+        s.of_domain(&transient.uuid).count(),
+        0,
+        "a destroyed transient domain has no series"
+    );
+    // A destroyed persistent domain is shut off: it keeps the series libvirt
+    // still reports for inactive domains, and loses the runtime ones.
+    let pu = persistent.uuid.as_str();
+    assert_eq!(s.value("libvirt_domain_state", &[("uuid", pu)]), Some(5.0));
+    assert!(s
+        .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", pu)])
+        .is_empty());
+    assert!(s
+        .find("libvirt_domain_interface_receive_bytes_total", &[("uuid", pu)])
+        .is_empty());
+    assert_eq!(
+        s.find("libvirt_domain_info", &[("uuid", pu), ("state", "shutoff")])
+            .len(),
+        1
+    );
+    let problems = compare(&persistent, &off_before, &s, &off_after);
+    assert!(
+        problems.is_empty(),
+        "shut-off domain differs from virsh:\n{}",
+        problems.join("\n")
+    );
+
+    persistent.undefine();
+    agent.wait_cycles(2, Duration::from_secs(20));
+    assert_eq!(
+        agent.scrape().of_domain(&persistent.uuid).count(),
+        0,
+        "an undefined domain has no series"
+    );
+}
+
+#[test]
+fn include_and_exclude_filters_select_domains() {
+    let keep = Guest::start("filt-keep", GuestSpec::default());
+    let drop_me = Guest::start("filt-drop", GuestSpec::default());
+    let agent = Agent::start(&format!(
+        "{FAST}[domains]\ninclude = [\"{}*\"]\nexclude = [\"/.*filt-drop.*/\"]\n",
+        common::guest::PREFIX
+    ));
+    wait_for(Duration::from_secs(30), "the included guest", || {
+        has_full_stats(&agent.scrape(), &keep.uuid).then_some(())
+    });
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let s = agent.scrape();
+    assert_eq!(
+        s.of_domain(&drop_me.uuid).count(),
+        0,
+        "excluded domain must not be exported"
+    );
+    assert!(s
+        .samples
+        .iter()
+        .filter(|x| x.name.starts_with("libvirt_domain_"))
+        .all(|x| x.labels["domain"].starts_with(common::guest::PREFIX)));
+}
+
+#[test]
+fn output_passes_promtool_with_hostile_names_and_gzip() {
+    // Quotes, a backslash and UTF-8 in a domain name; Nova metadata in its XML.
+    let nova = r#"<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>web "1"</nova:name><nova:flavor name="m1.tiny"/><nova:owner><nova:user uuid="u1">alice</nova:user><nova:project uuid="p1">shop</nova:project></nova:owner></nova:instance>"#;
+    let g = Guest::start(
+        "esc",
+        GuestSpec {
+            metadata: nova.into(),
+            name_suffix: "-q\"b\\é".into(),
+            ..Default::default()
+        },
+    );
+    let odd = g.name.clone();
+    assert!(odd.contains('"') && odd.contains('\\') && odd.contains('é'));
+    let agent = Agent::start_for(&[&odd], FAST);
+    wait_for(Duration::from_secs(30), "the oddly named guest", || {
+        let s = agent.scrape();
+        (s.find("libvirt_domain_info", &[("domain", odd.as_str())]).len() == 1).then_some(())
+    });
+    let text = agent.scrape_text();
+    let s = common::exposition::parse(&text);
+    let os = s
+        .find("libvirt_domain_openstack_info", &[("uuid", g.uuid.as_str())])
+        .into_iter()
+        .next()
+        .expect("openstack info");
+    assert_eq!(os.labels["instance_name"], "web \"1\"");
+    assert_eq!(os.labels["flavor"], "m1.tiny");
+    assert_eq!(os.labels["project_name"], "shop");
+    assert_eq!(os.labels["user_uuid"], "u1");
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(file.path()).unwrap())
+        .output()
+        .unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+
+    // curl shows the headers as sent (ureq would decode gzip and hide them).
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Accept-Encoding: gzip",
+            &agent.url(),
+        ])
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(headers.contains("content-encoding: gzip"), "{headers}");
+    assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+}
