@@ -3,146 +3,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::agent::{bin, Agent};
-use common::exposition::Scrape;
+use common::compare::{compare, has_full_stats};
 use common::guest::{Guest, GuestSpec};
 use common::{virsh, wait_for};
-use virtpulse::record::{DomainRef, Field, Record, RecordKind, SCHEMA};
-use virtpulse::stat_keys::{self, MetricType, SampleStats};
 
 const FAST: &str = "[collectors]\ninterval = \"1s\"\n";
-
-type SeriesKey = (String, BTreeMap<String, String>);
-
-/// What the agent must export for this virsh output, via the stat-key table.
-fn expected(
-    name: &str,
-    uuid: &str,
-    stats: &BTreeMap<String, String>,
-) -> BTreeMap<SeriesKey, (MetricType, String, f64)> {
-    let record = Record {
-        schema: SCHEMA,
-        kind: RecordKind::DomainStats,
-        time: SystemTime::now(),
-        host: "h".into(),
-        libvirt_uri: "qemu:///system".into(),
-        domain: Some(DomainRef {
-            name: name.into(),
-            uuid: uuid.into(),
-            info: None,
-        }),
-        fields: stats
-            .iter()
-            .map(|(k, v)| {
-                let value = virsh::typed(v);
-                Field {
-                    key: k.as_str().into(),
-                    unit: stat_keys::unit_of(k, &value),
-                    value,
-                }
-            })
-            .collect(),
-    };
-    let mut st = SampleStats::default();
-    let mut out = BTreeMap::new();
-    // Map each sample back to the key it came from, for messages and rules.
-    for s in stat_keys::samples(&record, &mut st) {
-        let mut labels: BTreeMap<String, String> = s
-            .labels
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        labels.insert("domain".into(), name.into());
-        labels.insert("uuid".into(), uuid.into());
-        out.insert((s.name.to_string(), labels), (s.mtype, s.help.to_string(), s.value));
-    }
-    assert!(
-        st.unmapped.is_empty(),
-        "virsh shows keys the table does not map: {:?}",
-        st.unmapped
-    );
-    out
-}
-
-fn scraped(scrape: &Scrape, uuid: &str) -> BTreeMap<SeriesKey, f64> {
-    scrape
-        .of_domain(uuid)
-        .filter(|s| !s.name.ends_with("_info"))
-        .map(|s| {
-            let labels = s
-                .labels
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            ((s.name.clone(), labels), s.value)
-        })
-        .collect()
-}
-
-/// Gauges that legitimately move between two reads of an idle guest.
-fn volatile(name: &str) -> bool {
-    name == "libvirt_domain_vcpu_state"
-        || name == "libvirt_domain_vcpu_halted"
-        || name == "libvirt_domain_balloon_rss_bytes"
-        || name.starts_with("libvirt_domain_vm_")
-        || name.starts_with("libvirt_domain_vcpu_kvm_")
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-/// Compares one domain; returns the mismatches.
-fn compare(
-    g: &Guest,
-    before: &BTreeMap<String, String>,
-    scrape: &Scrape,
-    after: &BTreeMap<String, String>,
-) -> Vec<String> {
-    let b = expected(&g.name, &g.uuid, before);
-    let a = expected(&g.name, &g.uuid, after);
-    let got = scraped(scrape, &g.uuid);
-    let mut problems = Vec::new();
-    let want: BTreeSet<_> = b.keys().chain(a.keys()).collect();
-    for k in got.keys().filter(|k| !want.contains(k)) {
-        problems.push(format!("exported but not in virsh domstats: {k:?}"));
-    }
-    for k in &want {
-        let Some(&v) = got.get(*k) else {
-            problems.push(format!("in virsh domstats but not exported: {k:?}"));
-            continue;
-        };
-        let (Some((mtype, _, vb)), Some((_, _, va))) = (b.get(*k), a.get(*k)) else {
-            continue;
-        };
-        let (lo, hi) = (vb.min(*va), vb.max(*va));
-        let ok = match mtype {
-            MetricType::Counter => (vb <= &v || close(*vb, v)) && (v <= *va || close(v, *va)),
-            MetricType::Gauge if volatile(&k.0) => v.is_finite() && v >= 0.0,
-            MetricType::Gauge => (lo <= v || close(lo, v)) && (v <= hi || close(v, hi)),
-        };
-        if !ok {
-            problems.push(format!("{k:?}: agent {v}, virsh before {vb}, after {va} ({mtype:?})"));
-        }
-    }
-    problems
-}
-
-fn has_full_stats(scrape: &Scrape, uuid: &str) -> bool {
-    scrape
-        .value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)])
-        .is_some()
-        && scrape
-            .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", uuid)])
-            .len()
-            > 0
-}
 
 #[test]
 fn every_exported_value_matches_virsh_domstats() {

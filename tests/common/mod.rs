@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod compare;
 pub mod exposition;
 pub mod guest;
 pub mod virsh;

@@ -54,6 +54,11 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "Seconds since the collector last succeeded.",
     ),
     (
+        "virtpulse_collection_partial_records_total",
+        Counter,
+        "Domain records exported with fewer stats than before because the domain's job was held (busy or hung QEMU).",
+    ),
+    (
         "virtpulse_libvirt_stuck_calls",
         Gauge,
         "libvirt calls still running past their collection's deadline (hung QEMU).",
@@ -247,6 +252,12 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
             "virtpulse_libvirt_stuck_calls",
             &[("collector", name)],
             c.stuck_calls() as f64,
+        );
+        add(
+            &mut w,
+            "virtpulse_collection_partial_records_total",
+            &[("collector", name)],
+            c.partial_records() as f64,
         );
         let last = c.last_success_unix();
         if last > 0.0 {

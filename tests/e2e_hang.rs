@@ -1,0 +1,103 @@
+//! A guest whose QEMU process is stopped (SIGSTOP) must delay neither
+//! /metrics nor the other guests' values, and the agent must recover when
+//! the process resumes (SIGCONT).
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::agent::Agent;
+use common::compare::{compare, has_full_stats};
+use common::guest::{Guest, GuestSpec};
+use common::{virsh, wait_for};
+
+const DEADLINE: Duration = Duration::from_secs(1);
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
+    let hung = Guest::start("hang", GuestSpec::default());
+    let healthy = Guest::start("hang", GuestSpec::default());
+    let agent = Agent::start_for(
+        &[&hung.name, &healthy.name],
+        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n",
+    );
+    wait_for(Duration::from_secs(30), "full stats of both guests", || {
+        let s = agent.scrape();
+        (has_full_stats(&s, &hung.uuid) && has_full_stats(&s, &healthy.uuid)).then_some(())
+    });
+
+    hung.signal("-STOP");
+    let stopped_at = now();
+    let mut slowest = Duration::ZERO;
+    let mut timed_scrape = || {
+        let (s, took) = agent.timed_scrape();
+        slowest = slowest.max(took);
+        s
+    };
+
+    // The agent hits the hang, gives up at the deadline, and keeps collecting.
+    wait_for(
+        Duration::from_secs(20),
+        "a collection that timed out on the stopped guest",
+        || {
+            let s = timed_scrape();
+            (s.value("virtpulse_collections_total", &[("result", "timeout")])
+                .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(())
+        },
+    );
+    let s = wait_for(Duration::from_secs(20), "successful collections after the hang", || {
+        let s = timed_scrape();
+        let last = s
+            .value("virtpulse_collection_last_success_timestamp_seconds", &[])
+            .unwrap_or(0.0);
+        (last > stopped_at + DEADLINE.as_secs_f64() + 1.0).then_some(s)
+    });
+    assert!(
+        s.value("virtpulse_libvirt_stuck_calls", &[]).unwrap() >= 1.0,
+        "the stuck call is reported"
+    );
+
+    // The healthy guest's values are fresh and equal virsh's.
+    let before = virsh::domstats(&healthy.name, &[]);
+    let cycles_at = Instant::now();
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let cycle_time = cycles_at.elapsed() / 2;
+    let s = timed_scrape();
+    let after = virsh::domstats(&healthy.name, &[]);
+    let problems = compare(&healthy, &before, &s, &after);
+    assert!(
+        problems.is_empty(),
+        "healthy guest while the other is hung:\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        cycle_time < Duration::from_secs(3),
+        "cycles slowed down to {cycle_time:?} while a guest is hung"
+    );
+
+    // The hung guest still reports what needs no QEMU monitor, and is flagged partial.
+    assert_eq!(
+        s.value("libvirt_domain_state", &[("uuid", hung.uuid.as_str())]),
+        Some(1.0)
+    );
+    assert!(s.value("virtpulse_collection_partial_records_total", &[]).unwrap() >= 1.0);
+    assert!(slowest < DEADLINE, "a scrape took {slowest:?} while a guest was hung");
+
+    hung.signal("-CONT");
+    wait_for(Duration::from_secs(30), "recovery after SIGCONT", || {
+        let s = agent.scrape();
+        (s.value("virtpulse_libvirt_stuck_calls", &[]) == Some(0.0) && has_full_stats(&s, &hung.uuid)).then_some(())
+    });
+    let before = virsh::domstats(&hung.name, &[]);
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let s = agent.scrape();
+    let after = virsh::domstats(&hung.name, &[]);
+    let problems = compare(&hung, &before, &s, &after);
+    assert!(problems.is_empty(), "resumed guest:\n{}", problems.join("\n"));
+}

@@ -1,0 +1,105 @@
+//! The agent against a libvirtd that goes away: (d) stopped and started
+//! again while the agent runs, (e) absent when the agent starts. Both in one
+//! test, because they stop the host's libvirtd (test binaries run one at a
+//! time, so no other test sees it down).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::agent::Agent;
+use common::compare::{compare, has_full_stats};
+use common::guest::{Guest, GuestSpec};
+use common::{start_libvirtd, virsh, wait_for};
+
+fn libvirtd_running() -> bool {
+    Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn stop_libvirtd() {
+    let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+    wait_for(Duration::from_secs(20), "libvirtd to exit", || {
+        (!libvirtd_running()).then_some(())
+    });
+}
+
+/// Starts libvirtd again however the test ends.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if !libvirtd_running() {
+            start_libvirtd();
+        }
+    }
+}
+
+const CONFIG: &str =
+    "[collectors]\ninterval = \"1s\"\n[libvirt]\nreconnect_min_backoff = \"200ms\"\nreconnect_max_backoff = \"1s\"\n";
+
+fn up(agent: &Agent) -> Option<f64> {
+    agent.scrape().value("libvirt_up", &[])
+}
+
+fn assert_matches_virsh(agent: &Agent, g: &Guest) {
+    wait_for(Duration::from_secs(30), "the guest's full stats", || {
+        has_full_stats(&agent.scrape(), &g.uuid).then_some(())
+    });
+    let before = virsh::domstats(&g.name, &[]);
+    agent.wait_cycles(2, Duration::from_secs(20));
+    let s = agent.scrape();
+    let after = virsh::domstats(&g.name, &[]);
+    let problems = compare(g, &before, &s, &after);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn libvirtd_restart_and_late_start() {
+    let _guard = RestartOnDrop;
+    let g = Guest::start("restart", GuestSpec::default());
+
+    // (d) libvirtd goes away and comes back while the agent runs.
+    let agent = Agent::start_for(&[&g.name], CONFIG);
+    wait_for(Duration::from_secs(20), "libvirt_up 1", || {
+        (up(&agent) == Some(1.0)).then_some(())
+    });
+    assert_matches_virsh(&agent, &g);
+    stop_libvirtd();
+    wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || {
+        (up(&agent) == Some(0.0)).then_some(())
+    });
+    start_libvirtd();
+    wait_for(Duration::from_secs(30), "libvirt_up 1 after libvirtd came back", || {
+        (up(&agent) == Some(1.0)).then_some(())
+    });
+    let s = agent.scrape();
+    assert!(s.value("virtpulse_libvirt_connects_total", &[]).unwrap() >= 2.0);
+    assert!(s.value("virtpulse_libvirt_disconnects_total", &[]).unwrap() >= 1.0);
+    assert_matches_virsh(&agent, &g);
+    assert_eq!(agent.stop(), Some(0), "clean exit on SIGTERM");
+
+    // (e) the agent starts while libvirtd is down and catches up later.
+    stop_libvirtd();
+    let agent = Agent::start_for(&[&g.name], CONFIG);
+    let s = agent.scrape();
+    assert_eq!(s.value("libvirt_up", &[]), Some(0.0));
+    assert_eq!(s.of_domain(&g.uuid).count(), 0, "no domain series without libvirt");
+    wait_for(Duration::from_secs(20), "a not_connected cycle", || {
+        (agent
+            .scrape()
+            .value("virtpulse_collections_total", &[("result", "not_connected")])
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    });
+    start_libvirtd();
+    wait_for(Duration::from_secs(30), "libvirt_up 1 once libvirtd appeared", || {
+        (up(&agent) == Some(1.0)).then_some(())
+    });
+    assert_matches_virsh(&agent, &g);
+}
