@@ -10,7 +10,8 @@ use anyhow::{anyhow, Context};
 use crate::collectors::blocking::CallTracker;
 use crate::collectors::controller::{self, Schedule};
 use crate::collectors::domain_info::InfoCache;
-use crate::collectors::domain_stats::{self, DomainStatsCollector, Identity};
+use crate::collectors::domain_stats::{self, DomainStatsCollector};
+use crate::collectors::{CollectorContext, Identity};
 use crate::config::{Config, LogFormat};
 use crate::filter::DomainFilter;
 use crate::libvirt::manager::ManagerOptions;
@@ -56,13 +57,26 @@ fn filter(cfg: &Config) -> anyhow::Result<Arc<DomainFilter>> {
         .map_err(|(k, m)| anyhow!("domains.{k}: {m}"))
 }
 
-fn domain_stats_collector(
+fn collector_context(
     cfg: &Config,
     manager: Arc<ConnectionManager>,
     registry: Arc<Registry>,
-    tracker: CallTracker,
     stats: Arc<CollectorStats>,
-) -> anyhow::Result<DomainStatsCollector> {
+) -> anyhow::Result<CollectorContext> {
+    Ok(CollectorContext {
+        manager,
+        tracker: CallTracker::default(),
+        registry,
+        stats,
+        identity: Identity {
+            host: cfg.hostname().into(),
+            uri: cfg.libvirt.uri.as_str().into(),
+        },
+        filter: filter(cfg)?,
+    })
+}
+
+fn domain_stats_collector(cfg: &Config, ctx: CollectorContext) -> anyhow::Result<DomainStatsCollector> {
     let ds = &cfg.collectors.domain_stats;
     let settings = domain_stats::Settings {
         groups: cfg.stats_groups_mask().map_err(|m| anyhow!(m))?,
@@ -70,19 +84,10 @@ fn domain_stats_collector(
         nowait: ds.nowait,
         connect_wait: cfg.domain_stats_schedule().1 / 2,
     };
-    let identity = Identity {
-        host: cfg.hostname().into(),
-        uri: cfg.libvirt.uri.as_str().into(),
-    };
     Ok(DomainStatsCollector::new(
-        manager,
+        ctx,
         settings,
-        filter(cfg)?,
-        identity,
-        tracker,
-        registry,
         InfoCache::new(ds.metadata_refresh),
-        stats,
     ))
 }
 
@@ -116,7 +121,9 @@ pub async fn run_once(cfg: Config) -> i32 {
     let registry = Registry::new();
     let sched = schedule(&cfg);
     let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
-    let mut collector = match domain_stats_collector(&cfg, manager, registry, CallTracker::default(), stats.clone()) {
+    let built =
+        collector_context(&cfg, manager, registry, stats.clone()).and_then(|ctx| domain_stats_collector(&cfg, ctx));
+    let mut collector = match built {
         Ok(c) => c,
         Err(e) => {
             eprintln!("virtpulse: {e}");
@@ -211,10 +218,11 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let mut collectors = Vec::new();
     if cfg.collectors.domain_stats.enabled {
         let sched = schedule(&cfg);
-        let tracker = CallTracker::default();
         let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
         registry.add_collector(stats.clone());
-        let c = domain_stats_collector(&cfg, manager.clone(), registry.clone(), tracker.clone(), stats.clone())?;
+        let ctx = collector_context(&cfg, manager.clone(), registry.clone(), stats.clone())?;
+        let tracker = ctx.tracker.clone();
+        let c = domain_stats_collector(&cfg, ctx)?;
         tracing::info!(interval = ?sched.interval, timeout = ?sched.timeout, "domain stats collector started");
         collectors.push(tokio::spawn(controller::run(c, sched, tracker, stats, router.clone())));
     }

@@ -5,17 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::blocking::CallTracker;
 use super::domain_info::{parse_domain_xml, InfoCache};
-use super::{CollectError, Collector};
-use crate::filter::DomainFilter;
+use super::{CollectError, Collector, CollectorContext};
 use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
-use crate::libvirt::{ConnectionManager, LibvirtError, Session};
+use crate::libvirt::{LibvirtError, Session};
 use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
-use crate::selfmon::{CollectorStats, Registry};
 use crate::stat_keys::unit_of;
 
 pub const SOURCE: &str = "domain_stats";
@@ -37,55 +33,29 @@ pub struct Settings {
     pub connect_wait: Duration,
 }
 
-/// Who and where, stamped on every record.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub host: Arc<str>,
-    pub uri: Arc<str>,
-}
-
 pub struct DomainStatsCollector {
-    manager: Arc<ConnectionManager>,
+    ctx: CollectorContext,
     settings: Settings,
-    filter: Arc<DomainFilter>,
-    identity: Identity,
-    tracker: CallTracker,
-    registry: Arc<Registry>,
     caps: Option<(u64, StatsCapabilities)>,
     info: InfoCache,
     warned_undecoded: HashSet<String>,
     /// Keys in each running domain's last record, to spot records that
     /// NOWAIT cut short because someone else held the domain's job.
     key_counts: HashMap<String, usize>,
-    stats: Arc<CollectorStats>,
 }
 
 impl DomainStatsCollector {
-    pub fn new(
-        manager: Arc<ConnectionManager>,
-        settings: Settings,
-        filter: Arc<DomainFilter>,
-        identity: Identity,
-        tracker: CallTracker,
-        registry: Arc<Registry>,
-        info: InfoCache,
-        stats: Arc<CollectorStats>,
-    ) -> Self {
-        registry
+    pub fn new(ctx: CollectorContext, settings: Settings, info: InfoCache) -> Self {
+        ctx.registry
             .wanted_groups
             .store(u64::from(settings.groups), Ordering::Relaxed);
         Self {
-            manager,
+            ctx,
             settings,
-            filter,
-            identity,
-            tracker,
-            registry,
             caps: None,
             info,
             warned_undecoded: HashSet::new(),
             key_counts: HashMap::new(),
-            stats,
         }
     }
 
@@ -109,8 +79,9 @@ impl DomainStatsCollector {
         }
         let (wanted, flags) = (self.settings.groups, self.flags());
         let s = session.clone();
-        let manager = self.manager.clone();
+        let manager = self.ctx.manager.clone();
         let caps = self
+            .ctx
             .tracker
             .run(move || {
                 s.conn
@@ -126,7 +97,8 @@ impl DomainStatsCollector {
             backing = caps.flags & FLAG_BACKING != 0,
             "probed domain stats support"
         );
-        self.registry
+        self.ctx
+            .registry
             .supported_groups
             .store(u64::from(caps.groups), Ordering::Relaxed);
         self.caps = Some((session.generation, caps));
@@ -135,9 +107,10 @@ impl DomainStatsCollector {
 
     async fn fetch_stats(&self, session: &Session, caps: StatsCapabilities) -> Result<Vec<DomainStats>, CollectError> {
         let s = session.clone();
-        let manager = self.manager.clone();
-        let filter = self.filter.clone();
+        let manager = self.ctx.manager.clone();
+        let filter = self.ctx.filter.clone();
         let stats = self
+            .ctx
             .tracker
             .run(move || -> Result<Vec<DomainStats>, LibvirtError> {
                 let result = if filter.is_all() {
@@ -172,6 +145,7 @@ impl DomainStatsCollector {
         tokio::time::sleep(PARTIAL_RETRY_DELAY).await;
         let s = session.clone();
         let again = self
+            .ctx
             .tracker
             .run(move || {
                 let doms: Vec<_> = suspects
@@ -191,7 +165,7 @@ impl DomainStatsCollector {
         }
         for d in stats.iter() {
             if is_running(d) && self.key_counts.get(&d.uuid).is_some_and(|&n| d.params.params.len() < n) {
-                self.stats.partial_record();
+                self.ctx.stats.partial_record();
                 tracing::debug!(
                     domain = d.name,
                     "domain stats incomplete: its job is held (busy or hung QEMU)"
@@ -218,6 +192,7 @@ impl DomainStatsCollector {
         due.truncate(MAX_INFO_READS_PER_CYCLE);
         let s = session.clone();
         let fetched = self
+            .ctx
             .tracker
             .run(move || {
                 due.into_iter()
@@ -266,8 +241,8 @@ impl DomainStatsCollector {
             schema: SCHEMA,
             kind: RecordKind::DomainStats,
             time,
-            host: self.identity.host.clone(),
-            libvirt_uri: self.identity.uri.clone(),
+            host: self.ctx.identity.host.clone(),
+            libvirt_uri: self.ctx.identity.uri.clone(),
             domain: Some(DomainRef {
                 name: d.name.into(),
                 uuid: d.uuid.into(),
@@ -299,6 +274,7 @@ impl Collector for DomainStatsCollector {
 
     async fn collect(&mut self) -> Result<Batch, CollectError> {
         let session = self
+            .ctx
             .manager
             .session_within(self.settings.connect_wait)
             .await
@@ -306,9 +282,9 @@ impl Collector for DomainStatsCollector {
         let caps = self.capabilities(&session).await?;
         let mut stats = self.fetch_stats(&session, caps).await?;
         let time = SystemTime::now();
-        if !self.filter.is_all() {
+        if !self.ctx.filter.is_all() {
             // The listing and the stats call are not atomic; re-check names.
-            stats.retain(|d| self.filter.allows(&d.name));
+            stats.retain(|d| self.ctx.filter.allows(&d.name));
         }
         self.retry_partial(&session, caps, &mut stats).await;
         self.remember_key_counts(&stats);

@@ -9,9 +9,32 @@ pub mod domain_stats;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
-use crate::libvirt::LibvirtError;
+use crate::filter::DomainFilter;
+use crate::libvirt::{ConnectionManager, LibvirtError};
 use crate::record::Batch;
+use crate::selfmon::{CollectorStats, Registry};
+use blocking::CallTracker;
+
+/// Who and where, stamped on every record.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host: Arc<str>,
+    pub uri: Arc<str>,
+}
+
+/// What every collector needs besides its own settings.
+#[derive(Clone)]
+pub struct CollectorContext {
+    pub manager: Arc<ConnectionManager>,
+    /// Counts this collector's libvirt calls in flight (stuck ones included).
+    pub tracker: CallTracker,
+    pub registry: Arc<Registry>,
+    pub stats: Arc<CollectorStats>,
+    pub identity: Identity,
+    pub filter: Arc<DomainFilter>,
+}
 
 #[derive(Debug)]
 pub enum CollectError {
