@@ -131,8 +131,7 @@ pub fn has_full_stats(scrape: &Scrape, uuid: &str) -> bool {
     scrape
         .value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)])
         .is_some()
-        && scrape
+        && !scrape
             .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", uuid)])
-            .len()
-            > 0
+            .is_empty()
 }
