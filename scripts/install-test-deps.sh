@@ -8,5 +8,5 @@ here=$(dirname "$0")
 "$here/install-libvirt.sh"
 # promtool (metrics lint, rules) and the Prometheus server; the Debian
 # libvirt exporter is the peer the benchmark compares against.
-apt_install_missing prometheus prometheus-libvirt-exporter procps curl
+apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd
 ensure_cargo

@@ -50,7 +50,8 @@ pub enum Unit {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
-    pub key: Box<str>,
+    /// Shared between records: the same keys come back every collection.
+    pub key: Arc<str>,
     pub value: TypedValue,
     pub unit: Unit,
 }

@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use rustc_hash::FxHashMap;
 
 use crate::libvirt::TypedValue;
 use crate::record::{Record, Unit};
@@ -144,1196 +146,147 @@ const fn row(
 
 use Unit::*;
 
+#[rustfmt::skip]
 pub static TABLE: &[StatSpec] = &[
     // state
-    row(
-        "state.state",
-        "state",
-        Enum,
-        NONE,
-        gauge(
-            "libvirt_domain_state",
-            1.0,
-            "Domain state: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown, 5 shutoff, 6 crashed, 7 pmsuspended.",
-        ),
-    ),
-    row(
-        "state.reason",
-        "state",
-        Enum,
-        NONE,
-        gauge(
-            "libvirt_domain_state_reason",
-            1.0,
-            "Reason code for the current state (virDomain<State>Reason, e.g. paused 5 = I/O error).",
-        ),
-    ),
+    row("state.state", "state", Enum, NONE, gauge("libvirt_domain_state", 1.0, "Domain state: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown, 5 shutoff, 6 crashed, 7 pmsuspended.")),
+    row("state.reason", "state", Enum, NONE, gauge("libvirt_domain_state_reason", 1.0, "Reason code for the current state (virDomain<State>Reason, e.g. paused 5 = I/O error).")),
     // cpu-total
-    row(
-        "cpu.time",
-        "cpu-total",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_cpu_time_seconds_total",
-            NS,
-            "CPU time used by the domain (all threads).",
-        ),
-    ),
-    row(
-        "cpu.user",
-        "cpu-total",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_cpu_user_seconds_total",
-            NS,
-            "User-mode CPU time used by the domain.",
-        ),
-    ),
-    row(
-        "cpu.system",
-        "cpu-total",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_cpu_system_seconds_total",
-            NS,
-            "System-mode CPU time used by the domain.",
-        ),
-    ),
-    row(
-        "cpu.haltpoll.success.time",
-        "cpu-total",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_cpu_haltpoll_success_seconds_total",
-            NS,
-            "Time spent halt-polling that ended with a wakeup.",
-        ),
-    ),
-    row(
-        "cpu.haltpoll.fail.time",
-        "cpu-total",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_cpu_haltpoll_fail_seconds_total",
-            NS,
-            "Time spent halt-polling that ended without a wakeup.",
-        ),
-    ),
-    row(
-        "cpu.cache.monitor.count",
-        "cpu-total",
-        Count,
-        NONE,
-        gauge(
-            "libvirt_domain_cpu_cache_monitors",
-            1.0,
-            "Number of cache (CMT) monitors defined for the domain.",
-        ),
-    ),
+    row("cpu.time", "cpu-total", Nanoseconds, NONE, counter("libvirt_domain_cpu_time_seconds_total", NS, "CPU time used by the domain (all threads).")),
+    row("cpu.user", "cpu-total", Nanoseconds, NONE, counter("libvirt_domain_cpu_user_seconds_total", NS, "User-mode CPU time used by the domain.")),
+    row("cpu.system", "cpu-total", Nanoseconds, NONE, counter("libvirt_domain_cpu_system_seconds_total", NS, "System-mode CPU time used by the domain.")),
+    row("cpu.haltpoll.success.time", "cpu-total", Nanoseconds, NONE, counter("libvirt_domain_cpu_haltpoll_success_seconds_total", NS, "Time spent halt-polling that ended with a wakeup.")),
+    row("cpu.haltpoll.fail.time", "cpu-total", Nanoseconds, NONE, counter("libvirt_domain_cpu_haltpoll_fail_seconds_total", NS, "Time spent halt-polling that ended without a wakeup.")),
+    row("cpu.cache.monitor.count", "cpu-total", Count, NONE, gauge("libvirt_domain_cpu_cache_monitors", 1.0, "Number of cache (CMT) monitors defined for the domain.")),
     row("cpu.cache.monitor.*.name", "cpu-total", Text, NONE, None),
     row("cpu.cache.monitor.*.vcpus", "cpu-total", Text, NONE, None),
-    row(
-        "cpu.cache.monitor.*.bank.count",
-        "cpu-total",
-        Count,
-        CACHE_MON,
-        gauge(
-            "libvirt_domain_cpu_cache_monitor_banks",
-            1.0,
-            "Number of cache banks covered by the monitor.",
-        ),
-    ),
+    row("cpu.cache.monitor.*.bank.count", "cpu-total", Count, CACHE_MON, gauge("libvirt_domain_cpu_cache_monitor_banks", 1.0, "Number of cache banks covered by the monitor.")),
     row("cpu.cache.monitor.*.bank.*.id", "cpu-total", Count, NONE, None),
-    row(
-        "cpu.cache.monitor.*.bank.*.bytes",
-        "cpu-total",
-        Bytes,
-        CACHE_BANK,
-        gauge(
-            "libvirt_domain_cpu_cache_occupancy_bytes",
-            1.0,
-            "Last-level cache occupied by the domain on the bank.",
-        ),
-    ),
+    row("cpu.cache.monitor.*.bank.*.bytes", "cpu-total", Bytes, CACHE_BANK, gauge("libvirt_domain_cpu_cache_occupancy_bytes", 1.0, "Last-level cache occupied by the domain on the bank.")),
     // balloon (libvirt reports KiB)
-    row(
-        "balloon.current",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_current_bytes",
-            KIB,
-            "Memory currently assigned to the domain (balloon size).",
-        ),
-    ),
-    row(
-        "balloon.maximum",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_maximum_bytes",
-            KIB,
-            "Maximum memory the domain may use.",
-        ),
-    ),
-    row(
-        "balloon.swap_in",
-        "balloon",
-        Kibibytes,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_swap_in_bytes_total",
-            KIB,
-            "Data read from swap inside the guest.",
-        ),
-    ),
-    row(
-        "balloon.swap_out",
-        "balloon",
-        Kibibytes,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_swap_out_bytes_total",
-            KIB,
-            "Data written to swap inside the guest.",
-        ),
-    ),
-    row(
-        "balloon.major_fault",
-        "balloon",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_major_faults_total",
-            1.0,
-            "Page faults inside the guest that needed disk I/O.",
-        ),
-    ),
-    row(
-        "balloon.minor_fault",
-        "balloon",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_minor_faults_total",
-            1.0,
-            "Page faults inside the guest served without disk I/O.",
-        ),
-    ),
-    row(
-        "balloon.unused",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_unused_bytes",
-            KIB,
-            "Memory left completely unused by the guest.",
-        ),
-    ),
-    row(
-        "balloon.available",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_available_bytes",
-            KIB,
-            "Memory usable by the guest as it sees it.",
-        ),
-    ),
-    row(
-        "balloon.usable",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_usable_bytes",
-            KIB,
-            "Memory the guest can reclaim without swapping.",
-        ),
-    ),
-    row(
-        "balloon.rss",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_rss_bytes",
-            KIB,
-            "Resident set size of the QEMU process on the host.",
-        ),
-    ),
-    row(
-        "balloon.last-update",
-        "balloon",
-        UnixSeconds,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_last_update_timestamp_seconds",
-            1.0,
-            "When the guest last updated its memory statistics (0: never).",
-        ),
-    ),
-    row(
-        "balloon.disk_caches",
-        "balloon",
-        Kibibytes,
-        NONE,
-        gauge(
-            "libvirt_domain_balloon_disk_caches_bytes",
-            KIB,
-            "Guest memory reclaimable without extra I/O (page cache).",
-        ),
-    ),
-    row(
-        "balloon.hugetlb_pgalloc",
-        "balloon",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_hugetlb_page_allocations_total",
-            1.0,
-            "Successful huge page allocations inside the guest.",
-        ),
-    ),
-    row(
-        "balloon.hugetlb_pgfail",
-        "balloon",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_balloon_hugetlb_page_allocation_failures_total",
-            1.0,
-            "Failed huge page allocations inside the guest.",
-        ),
-    ),
+    row("balloon.current", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_current_bytes", KIB, "Memory currently assigned to the domain (balloon size).")),
+    row("balloon.maximum", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_maximum_bytes", KIB, "Maximum memory the domain may use.")),
+    row("balloon.swap_in", "balloon", Kibibytes, NONE, counter("libvirt_domain_balloon_swap_in_bytes_total", KIB, "Data read from swap inside the guest.")),
+    row("balloon.swap_out", "balloon", Kibibytes, NONE, counter("libvirt_domain_balloon_swap_out_bytes_total", KIB, "Data written to swap inside the guest.")),
+    row("balloon.major_fault", "balloon", Count, NONE, counter("libvirt_domain_balloon_major_faults_total", 1.0, "Page faults inside the guest that needed disk I/O.")),
+    row("balloon.minor_fault", "balloon", Count, NONE, counter("libvirt_domain_balloon_minor_faults_total", 1.0, "Page faults inside the guest served without disk I/O.")),
+    row("balloon.unused", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_unused_bytes", KIB, "Memory left completely unused by the guest.")),
+    row("balloon.available", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_available_bytes", KIB, "Memory usable by the guest as it sees it.")),
+    row("balloon.usable", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_usable_bytes", KIB, "Memory the guest can reclaim without swapping.")),
+    row("balloon.rss", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_rss_bytes", KIB, "Resident set size of the QEMU process on the host.")),
+    row("balloon.last-update", "balloon", UnixSeconds, NONE, gauge("libvirt_domain_balloon_last_update_timestamp_seconds", 1.0, "When the guest last updated its memory statistics (0: never).")),
+    row("balloon.disk_caches", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_disk_caches_bytes", KIB, "Guest memory reclaimable without extra I/O (page cache).")),
+    row("balloon.hugetlb_pgalloc", "balloon", Count, NONE, counter("libvirt_domain_balloon_hugetlb_page_allocations_total", 1.0, "Successful huge page allocations inside the guest.")),
+    row("balloon.hugetlb_pgfail", "balloon", Count, NONE, counter("libvirt_domain_balloon_hugetlb_page_allocation_failures_total", 1.0, "Failed huge page allocations inside the guest.")),
     // vcpu
-    row(
-        "vcpu.current",
-        "vcpu",
-        Count,
-        NONE,
-        gauge("libvirt_domain_vcpus_current", 1.0, "Number of online vCPUs."),
-    ),
-    row(
-        "vcpu.maximum",
-        "vcpu",
-        Count,
-        NONE,
-        gauge("libvirt_domain_vcpus_maximum", 1.0, "Maximum number of vCPUs."),
-    ),
-    row(
-        "vcpu.*.state",
-        "vcpu",
-        Enum,
-        VCPU,
-        gauge(
-            "libvirt_domain_vcpu_state",
-            1.0,
-            "vCPU state: 0 offline, 1 running, 2 blocked.",
-        ),
-    ),
-    row(
-        "vcpu.*.time",
-        "vcpu",
-        Nanoseconds,
-        VCPU,
-        counter(
-            "libvirt_domain_vcpu_time_seconds_total",
-            NS,
-            "CPU time used by the vCPU thread.",
-        ),
-    ),
-    row(
-        "vcpu.*.wait",
-        "vcpu",
-        Nanoseconds,
-        VCPU,
-        counter(
-            "libvirt_domain_vcpu_wait_seconds_total",
-            NS,
-            "Time the vCPU wanted to run but the host ran something else.",
-        ),
-    ),
-    row(
-        "vcpu.*.halted",
-        "vcpu",
-        Boolean,
-        VCPU,
-        gauge("libvirt_domain_vcpu_halted", 1.0, "1 if the vCPU is halted."),
-    ),
-    row(
-        "vcpu.*.delay",
-        "vcpu",
-        Nanoseconds,
-        VCPU,
-        counter(
-            "libvirt_domain_vcpu_delay_seconds_total",
-            NS,
-            "Time the vCPU thread waited in the host run queue (steal time seen by the guest).",
-        ),
-    ),
+    row("vcpu.current", "vcpu", Count, NONE, gauge("libvirt_domain_vcpus_current", 1.0, "Number of online vCPUs.")),
+    row("vcpu.maximum", "vcpu", Count, NONE, gauge("libvirt_domain_vcpus_maximum", 1.0, "Maximum number of vCPUs.")),
+    row("vcpu.*.state", "vcpu", Enum, VCPU, gauge("libvirt_domain_vcpu_state", 1.0, "vCPU state: 0 offline, 1 running, 2 blocked.")),
+    row("vcpu.*.time", "vcpu", Nanoseconds, VCPU, counter("libvirt_domain_vcpu_time_seconds_total", NS, "CPU time used by the vCPU thread.")),
+    row("vcpu.*.wait", "vcpu", Nanoseconds, VCPU, counter("libvirt_domain_vcpu_wait_seconds_total", NS, "Time the vCPU wanted to run but the host ran something else.")),
+    row("vcpu.*.halted", "vcpu", Boolean, VCPU, gauge("libvirt_domain_vcpu_halted", 1.0, "1 if the vCPU is halted.")),
+    row("vcpu.*.delay", "vcpu", Nanoseconds, VCPU, counter("libvirt_domain_vcpu_delay_seconds_total", NS, "Time the vCPU thread waited in the host run queue (steal time seen by the guest).")),
     // interface
     row("net.count", "interface", Count, NONE, None),
     row("net.*.name", "interface", Text, NONE, None),
-    row(
-        "net.*.rx.bytes",
-        "interface",
-        Bytes,
-        NET,
-        counter(
-            "libvirt_domain_interface_receive_bytes_total",
-            1.0,
-            "Bytes received by the guest on the interface.",
-        ),
-    ),
-    row(
-        "net.*.rx.pkts",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_receive_packets_total",
-            1.0,
-            "Packets received by the guest on the interface.",
-        ),
-    ),
-    row(
-        "net.*.rx.errs",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_receive_errors_total",
-            1.0,
-            "Receive errors on the interface.",
-        ),
-    ),
-    row(
-        "net.*.rx.drop",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_receive_drops_total",
-            1.0,
-            "Received packets dropped on the interface.",
-        ),
-    ),
-    row(
-        "net.*.tx.bytes",
-        "interface",
-        Bytes,
-        NET,
-        counter(
-            "libvirt_domain_interface_transmit_bytes_total",
-            1.0,
-            "Bytes transmitted by the guest on the interface.",
-        ),
-    ),
-    row(
-        "net.*.tx.pkts",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_transmit_packets_total",
-            1.0,
-            "Packets transmitted by the guest on the interface.",
-        ),
-    ),
-    row(
-        "net.*.tx.errs",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_transmit_errors_total",
-            1.0,
-            "Transmit errors on the interface.",
-        ),
-    ),
-    row(
-        "net.*.tx.drop",
-        "interface",
-        Count,
-        NET,
-        counter(
-            "libvirt_domain_interface_transmit_drops_total",
-            1.0,
-            "Transmitted packets dropped on the interface.",
-        ),
-    ),
+    row("net.*.rx.bytes", "interface", Bytes, NET, counter("libvirt_domain_interface_receive_bytes_total", 1.0, "Bytes received by the guest on the interface.")),
+    row("net.*.rx.pkts", "interface", Count, NET, counter("libvirt_domain_interface_receive_packets_total", 1.0, "Packets received by the guest on the interface.")),
+    row("net.*.rx.errs", "interface", Count, NET, counter("libvirt_domain_interface_receive_errors_total", 1.0, "Receive errors on the interface.")),
+    row("net.*.rx.drop", "interface", Count, NET, counter("libvirt_domain_interface_receive_drops_total", 1.0, "Received packets dropped on the interface.")),
+    row("net.*.tx.bytes", "interface", Bytes, NET, counter("libvirt_domain_interface_transmit_bytes_total", 1.0, "Bytes transmitted by the guest on the interface.")),
+    row("net.*.tx.pkts", "interface", Count, NET, counter("libvirt_domain_interface_transmit_packets_total", 1.0, "Packets transmitted by the guest on the interface.")),
+    row("net.*.tx.errs", "interface", Count, NET, counter("libvirt_domain_interface_transmit_errors_total", 1.0, "Transmit errors on the interface.")),
+    row("net.*.tx.drop", "interface", Count, NET, counter("libvirt_domain_interface_transmit_drops_total", 1.0, "Transmitted packets dropped on the interface.")),
     // block
     row("block.count", "block", Count, NONE, None),
     row("block.*.name", "block", Text, NONE, None),
     row("block.*.path", "block", Text, NONE, None),
     row("block.*.backingIndex", "block", Count, NONE, None),
-    row(
-        "block.*.rd.reqs",
-        "block",
-        Count,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_read_requests_total",
-            1.0,
-            "Read requests completed.",
-        ),
-    ),
-    row(
-        "block.*.rd.bytes",
-        "block",
-        Bytes,
-        BLOCK,
-        counter("libvirt_domain_block_read_bytes_total", 1.0, "Bytes read."),
-    ),
-    row(
-        "block.*.rd.times",
-        "block",
-        Nanoseconds,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_read_time_seconds_total",
-            NS,
-            "Time spent on reads.",
-        ),
-    ),
-    row(
-        "block.*.wr.reqs",
-        "block",
-        Count,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_write_requests_total",
-            1.0,
-            "Write requests completed.",
-        ),
-    ),
-    row(
-        "block.*.wr.bytes",
-        "block",
-        Bytes,
-        BLOCK,
-        counter("libvirt_domain_block_write_bytes_total", 1.0, "Bytes written."),
-    ),
-    row(
-        "block.*.wr.times",
-        "block",
-        Nanoseconds,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_write_time_seconds_total",
-            NS,
-            "Time spent on writes.",
-        ),
-    ),
-    row(
-        "block.*.fl.reqs",
-        "block",
-        Count,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_flush_requests_total",
-            1.0,
-            "Flush requests completed.",
-        ),
-    ),
-    row(
-        "block.*.fl.times",
-        "block",
-        Nanoseconds,
-        BLOCK,
-        counter(
-            "libvirt_domain_block_flush_time_seconds_total",
-            NS,
-            "Time spent on flushes.",
-        ),
-    ),
-    row(
-        "block.*.errors",
-        "block",
-        Count,
-        BLOCK,
-        counter("libvirt_domain_block_errors_total", 1.0, "I/O errors (Xen only)."),
-    ),
-    row(
-        "block.*.allocation",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_allocation_bytes",
-            1.0,
-            "Highest written offset of the image (what the block threshold compares against).",
-        ),
-    ),
-    row(
-        "block.*.capacity",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_capacity_bytes",
-            1.0,
-            "Logical size of the image as the guest sees it.",
-        ),
-    ),
-    row(
-        "block.*.physical",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_physical_bytes",
-            1.0,
-            "Physical size of the image's container (file or volume).",
-        ),
-    ),
-    row(
-        "block.*.threshold",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_threshold_bytes",
-            1.0,
-            "Write threshold that fires the block-threshold event.",
-        ),
-    ),
-    row(
-        "block.*.limits.request_alignment",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_request_alignment_bytes",
-            1.0,
-            "Required alignment of I/O offset and length.",
-        ),
-    ),
-    row(
-        "block.*.limits.discard_max",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_discard_max_bytes",
-            1.0,
-            "Largest discard request.",
-        ),
-    ),
-    row(
-        "block.*.limits.discard_alignment",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_discard_alignment_bytes",
-            1.0,
-            "Optimal discard alignment.",
-        ),
-    ),
-    row(
-        "block.*.limits.write_zeroes_max",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_write_zeroes_max_bytes",
-            1.0,
-            "Largest write-zeroes request.",
-        ),
-    ),
-    row(
-        "block.*.limits.write_zeroes_alignment",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_write_zeroes_alignment_bytes",
-            1.0,
-            "Optimal write-zeroes alignment.",
-        ),
-    ),
-    row(
-        "block.*.limits.transfer_optimal",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_transfer_optimal_bytes",
-            1.0,
-            "Optimal transfer length.",
-        ),
-    ),
-    row(
-        "block.*.limits.transfer_max",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_transfer_max_bytes",
-            1.0,
-            "Largest transfer length.",
-        ),
-    ),
-    row(
-        "block.*.limits.transfer_hw_max",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_transfer_hw_max_bytes",
-            1.0,
-            "Largest hardware transfer length.",
-        ),
-    ),
-    row(
-        "block.*.limits.iov_max",
-        "block",
-        Count,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_iov_max",
-            1.0,
-            "Most elements in one I/O vector.",
-        ),
-    ),
-    row(
-        "block.*.limits.iov_hw_max",
-        "block",
-        Count,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_iov_hw_max",
-            1.0,
-            "Most elements in one hardware I/O vector.",
-        ),
-    ),
-    row(
-        "block.*.limits.memory_alignment_minimal",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_memory_alignment_minimal_bytes",
-            1.0,
-            "Minimal buffer memory alignment.",
-        ),
-    ),
-    row(
-        "block.*.limits.memory_alignment_optimal",
-        "block",
-        Bytes,
-        BLOCK,
-        gauge(
-            "libvirt_domain_block_limit_memory_alignment_optimal_bytes",
-            1.0,
-            "Optimal buffer memory alignment.",
-        ),
-    ),
+    row("block.*.rd.reqs", "block", Count, BLOCK, counter("libvirt_domain_block_read_requests_total", 1.0, "Read requests completed.")),
+    row("block.*.rd.bytes", "block", Bytes, BLOCK, counter("libvirt_domain_block_read_bytes_total", 1.0, "Bytes read.")),
+    row("block.*.rd.times", "block", Nanoseconds, BLOCK, counter("libvirt_domain_block_read_time_seconds_total", NS, "Time spent on reads.")),
+    row("block.*.wr.reqs", "block", Count, BLOCK, counter("libvirt_domain_block_write_requests_total", 1.0, "Write requests completed.")),
+    row("block.*.wr.bytes", "block", Bytes, BLOCK, counter("libvirt_domain_block_write_bytes_total", 1.0, "Bytes written.")),
+    row("block.*.wr.times", "block", Nanoseconds, BLOCK, counter("libvirt_domain_block_write_time_seconds_total", NS, "Time spent on writes.")),
+    row("block.*.fl.reqs", "block", Count, BLOCK, counter("libvirt_domain_block_flush_requests_total", 1.0, "Flush requests completed.")),
+    row("block.*.fl.times", "block", Nanoseconds, BLOCK, counter("libvirt_domain_block_flush_time_seconds_total", NS, "Time spent on flushes.")),
+    row("block.*.errors", "block", Count, BLOCK, counter("libvirt_domain_block_errors_total", 1.0, "I/O errors (Xen only).")),
+    row("block.*.allocation", "block", Bytes, BLOCK, gauge("libvirt_domain_block_allocation_bytes", 1.0, "Highest written offset of the image (what the block threshold compares against).")),
+    row("block.*.capacity", "block", Bytes, BLOCK, gauge("libvirt_domain_block_capacity_bytes", 1.0, "Logical size of the image as the guest sees it.")),
+    row("block.*.physical", "block", Bytes, BLOCK, gauge("libvirt_domain_block_physical_bytes", 1.0, "Physical size of the image's container (file or volume).")),
+    row("block.*.threshold", "block", Bytes, BLOCK, gauge("libvirt_domain_block_threshold_bytes", 1.0, "Write threshold that fires the block-threshold event.")),
+    row("block.*.limits.request_alignment", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_request_alignment_bytes", 1.0, "Required alignment of I/O offset and length.")),
+    row("block.*.limits.discard_max", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_discard_max_bytes", 1.0, "Largest discard request.")),
+    row("block.*.limits.discard_alignment", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_discard_alignment_bytes", 1.0, "Optimal discard alignment.")),
+    row("block.*.limits.write_zeroes_max", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_write_zeroes_max_bytes", 1.0, "Largest write-zeroes request.")),
+    row("block.*.limits.write_zeroes_alignment", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_write_zeroes_alignment_bytes", 1.0, "Optimal write-zeroes alignment.")),
+    row("block.*.limits.transfer_optimal", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_transfer_optimal_bytes", 1.0, "Optimal transfer length.")),
+    row("block.*.limits.transfer_max", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_transfer_max_bytes", 1.0, "Largest transfer length.")),
+    row("block.*.limits.transfer_hw_max", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_transfer_hw_max_bytes", 1.0, "Largest hardware transfer length.")),
+    row("block.*.limits.iov_max", "block", Count, BLOCK, gauge("libvirt_domain_block_limit_iov_max", 1.0, "Most elements in one I/O vector.")),
+    row("block.*.limits.iov_hw_max", "block", Count, BLOCK, gauge("libvirt_domain_block_limit_iov_hw_max", 1.0, "Most elements in one hardware I/O vector.")),
+    row("block.*.limits.memory_alignment_minimal", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_memory_alignment_minimal_bytes", 1.0, "Minimal buffer memory alignment.")),
+    row("block.*.limits.memory_alignment_optimal", "block", Bytes, BLOCK, gauge("libvirt_domain_block_limit_memory_alignment_optimal_bytes", 1.0, "Optimal buffer memory alignment.")),
     row("block.*.timed_group.count", "block", Count, NONE, None),
     row("block.*.timed_group.*.interval", "block", Seconds, NONE, None),
-    row(
-        "block.*.timed_group.*.rd_latency_min",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_read_latency_min_seconds",
-            NS,
-            "Lowest read latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.rd_latency_max",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_read_latency_max_seconds",
-            NS,
-            "Highest read latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.rd_latency_avg",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_read_latency_avg_seconds",
-            NS,
-            "Average read latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.wr_latency_min",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_write_latency_min_seconds",
-            NS,
-            "Lowest write latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.wr_latency_max",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_write_latency_max_seconds",
-            NS,
-            "Highest write latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.wr_latency_avg",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_write_latency_avg_seconds",
-            NS,
-            "Average write latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.zone_append_latency_min",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_zone_append_latency_min_seconds",
-            NS,
-            "Lowest zone-append latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.zone_append_latency_max",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_zone_append_latency_max_seconds",
-            NS,
-            "Highest zone-append latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.zone_append_latency_avg",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_zone_append_latency_avg_seconds",
-            NS,
-            "Average zone-append latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.flush_latency_min",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_flush_latency_min_seconds",
-            NS,
-            "Lowest flush latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.flush_latency_max",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_flush_latency_max_seconds",
-            NS,
-            "Highest flush latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.flush_latency_avg",
-        "block",
-        Nanoseconds,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_flush_latency_avg_seconds",
-            NS,
-            "Average flush latency in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.rd_queue_depth_avg",
-        "block",
-        Count,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_read_queue_depth_avg",
-            1.0,
-            "Average read queue depth in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.wr_queue_depth_avg",
-        "block",
-        Count,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_write_queue_depth_avg",
-            1.0,
-            "Average write queue depth in the interval window.",
-        ),
-    ),
-    row(
-        "block.*.timed_group.*.zone_append_queue_depth_avg",
-        "block",
-        Count,
-        BLOCK_TIMED,
-        gauge(
-            "libvirt_domain_block_zone_append_queue_depth_avg",
-            1.0,
-            "Average zone-append queue depth in the interval window.",
-        ),
-    ),
+    row("block.*.timed_group.*.rd_latency_min", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_read_latency_min_seconds", NS, "Lowest read latency in the interval window.")),
+    row("block.*.timed_group.*.rd_latency_max", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_read_latency_max_seconds", NS, "Highest read latency in the interval window.")),
+    row("block.*.timed_group.*.rd_latency_avg", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_read_latency_avg_seconds", NS, "Average read latency in the interval window.")),
+    row("block.*.timed_group.*.wr_latency_min", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_write_latency_min_seconds", NS, "Lowest write latency in the interval window.")),
+    row("block.*.timed_group.*.wr_latency_max", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_write_latency_max_seconds", NS, "Highest write latency in the interval window.")),
+    row("block.*.timed_group.*.wr_latency_avg", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_write_latency_avg_seconds", NS, "Average write latency in the interval window.")),
+    row("block.*.timed_group.*.zone_append_latency_min", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_zone_append_latency_min_seconds", NS, "Lowest zone-append latency in the interval window.")),
+    row("block.*.timed_group.*.zone_append_latency_max", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_zone_append_latency_max_seconds", NS, "Highest zone-append latency in the interval window.")),
+    row("block.*.timed_group.*.zone_append_latency_avg", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_zone_append_latency_avg_seconds", NS, "Average zone-append latency in the interval window.")),
+    row("block.*.timed_group.*.flush_latency_min", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_flush_latency_min_seconds", NS, "Lowest flush latency in the interval window.")),
+    row("block.*.timed_group.*.flush_latency_max", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_flush_latency_max_seconds", NS, "Highest flush latency in the interval window.")),
+    row("block.*.timed_group.*.flush_latency_avg", "block", Nanoseconds, BLOCK_TIMED, gauge("libvirt_domain_block_flush_latency_avg_seconds", NS, "Average flush latency in the interval window.")),
+    row("block.*.timed_group.*.rd_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_read_queue_depth_avg", 1.0, "Average read queue depth in the interval window.")),
+    row("block.*.timed_group.*.wr_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_write_queue_depth_avg", 1.0, "Average write queue depth in the interval window.")),
+    row("block.*.timed_group.*.zone_append_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_zone_append_queue_depth_avg", 1.0, "Average zone-append queue depth in the interval window.")),
     // perf (only events enabled on the domain appear)
-    row(
-        "perf.cmt",
-        "perf",
-        Bytes,
-        NONE,
-        gauge("libvirt_domain_perf_cmt_bytes", 1.0, "L3 cache occupancy (Intel CMT)."),
-    ),
-    row(
-        "perf.mbmt",
-        "perf",
-        BytesPerSecond,
-        NONE,
-        gauge(
-            "libvirt_domain_perf_mbmt_bytes_per_second",
-            1.0,
-            "Total memory bandwidth (Intel MBM).",
-        ),
-    ),
-    row(
-        "perf.mbml",
-        "perf",
-        BytesPerSecond,
-        NONE,
-        gauge(
-            "libvirt_domain_perf_mbml_bytes_per_second",
-            1.0,
-            "Local memory bandwidth (Intel MBM).",
-        ),
-    ),
-    row(
-        "perf.cpu_cycles",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_cpu_cycles_total", 1.0, "CPU cycles."),
-    ),
-    row(
-        "perf.instructions",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_instructions_total", 1.0, "Instructions retired."),
-    ),
-    row(
-        "perf.cache_references",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_cache_references_total", 1.0, "Cache references."),
-    ),
-    row(
-        "perf.cache_misses",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_cache_misses_total", 1.0, "Cache misses."),
-    ),
-    row(
-        "perf.branch_instructions",
-        "perf",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_perf_branch_instructions_total",
-            1.0,
-            "Branch instructions retired.",
-        ),
-    ),
-    row(
-        "perf.branch_misses",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_branch_misses_total", 1.0, "Mispredicted branches."),
-    ),
-    row(
-        "perf.bus_cycles",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_bus_cycles_total", 1.0, "Bus cycles."),
-    ),
-    row(
-        "perf.stalled_cycles_frontend",
-        "perf",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_perf_stalled_cycles_frontend_total",
-            1.0,
-            "Cycles stalled in the front end.",
-        ),
-    ),
-    row(
-        "perf.stalled_cycles_backend",
-        "perf",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_perf_stalled_cycles_backend_total",
-            1.0,
-            "Cycles stalled in the back end.",
-        ),
-    ),
-    row(
-        "perf.ref_cpu_cycles",
-        "perf",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_perf_ref_cpu_cycles_total",
-            1.0,
-            "Reference CPU cycles (not scaled by frequency).",
-        ),
-    ),
-    row(
-        "perf.cpu_clock",
-        "perf",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_perf_cpu_clock_seconds_total",
-            NS,
-            "perf cpu-clock software event.",
-        ),
-    ),
-    row(
-        "perf.task_clock",
-        "perf",
-        Nanoseconds,
-        NONE,
-        counter(
-            "libvirt_domain_perf_task_clock_seconds_total",
-            NS,
-            "perf task-clock software event.",
-        ),
-    ),
-    row(
-        "perf.page_faults",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_page_faults_total", 1.0, "Page faults."),
-    ),
-    row(
-        "perf.context_switches",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_context_switches_total", 1.0, "Context switches."),
-    ),
-    row(
-        "perf.cpu_migrations",
-        "perf",
-        Count,
-        NONE,
-        counter(
-            "libvirt_domain_perf_cpu_migrations_total",
-            1.0,
-            "Migrations between host CPUs.",
-        ),
-    ),
-    row(
-        "perf.page_faults_min",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_minor_page_faults_total", 1.0, "Minor page faults."),
-    ),
-    row(
-        "perf.page_faults_maj",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_major_page_faults_total", 1.0, "Major page faults."),
-    ),
-    row(
-        "perf.alignment_faults",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_alignment_faults_total", 1.0, "Alignment faults."),
-    ),
-    row(
-        "perf.emulation_faults",
-        "perf",
-        Count,
-        NONE,
-        counter("libvirt_domain_perf_emulation_faults_total", 1.0, "Emulation faults."),
-    ),
+    row("perf.cmt", "perf", Bytes, NONE, gauge("libvirt_domain_perf_cmt_bytes", 1.0, "L3 cache occupancy (Intel CMT).")),
+    row("perf.mbmt", "perf", BytesPerSecond, NONE, gauge("libvirt_domain_perf_mbmt_bytes_per_second", 1.0, "Total memory bandwidth (Intel MBM).")),
+    row("perf.mbml", "perf", BytesPerSecond, NONE, gauge("libvirt_domain_perf_mbml_bytes_per_second", 1.0, "Local memory bandwidth (Intel MBM).")),
+    row("perf.cpu_cycles", "perf", Count, NONE, counter("libvirt_domain_perf_cpu_cycles_total", 1.0, "CPU cycles.")),
+    row("perf.instructions", "perf", Count, NONE, counter("libvirt_domain_perf_instructions_total", 1.0, "Instructions retired.")),
+    row("perf.cache_references", "perf", Count, NONE, counter("libvirt_domain_perf_cache_references_total", 1.0, "Cache references.")),
+    row("perf.cache_misses", "perf", Count, NONE, counter("libvirt_domain_perf_cache_misses_total", 1.0, "Cache misses.")),
+    row("perf.branch_instructions", "perf", Count, NONE, counter("libvirt_domain_perf_branch_instructions_total", 1.0, "Branch instructions retired.")),
+    row("perf.branch_misses", "perf", Count, NONE, counter("libvirt_domain_perf_branch_misses_total", 1.0, "Mispredicted branches.")),
+    row("perf.bus_cycles", "perf", Count, NONE, counter("libvirt_domain_perf_bus_cycles_total", 1.0, "Bus cycles.")),
+    row("perf.stalled_cycles_frontend", "perf", Count, NONE, counter("libvirt_domain_perf_stalled_cycles_frontend_total", 1.0, "Cycles stalled in the front end.")),
+    row("perf.stalled_cycles_backend", "perf", Count, NONE, counter("libvirt_domain_perf_stalled_cycles_backend_total", 1.0, "Cycles stalled in the back end.")),
+    row("perf.ref_cpu_cycles", "perf", Count, NONE, counter("libvirt_domain_perf_ref_cpu_cycles_total", 1.0, "Reference CPU cycles (not scaled by frequency).")),
+    row("perf.cpu_clock", "perf", Nanoseconds, NONE, counter("libvirt_domain_perf_cpu_clock_seconds_total", NS, "perf cpu-clock software event.")),
+    row("perf.task_clock", "perf", Nanoseconds, NONE, counter("libvirt_domain_perf_task_clock_seconds_total", NS, "perf task-clock software event.")),
+    row("perf.page_faults", "perf", Count, NONE, counter("libvirt_domain_perf_page_faults_total", 1.0, "Page faults.")),
+    row("perf.context_switches", "perf", Count, NONE, counter("libvirt_domain_perf_context_switches_total", 1.0, "Context switches.")),
+    row("perf.cpu_migrations", "perf", Count, NONE, counter("libvirt_domain_perf_cpu_migrations_total", 1.0, "Migrations between host CPUs.")),
+    row("perf.page_faults_min", "perf", Count, NONE, counter("libvirt_domain_perf_minor_page_faults_total", 1.0, "Minor page faults.")),
+    row("perf.page_faults_maj", "perf", Count, NONE, counter("libvirt_domain_perf_major_page_faults_total", 1.0, "Major page faults.")),
+    row("perf.alignment_faults", "perf", Count, NONE, counter("libvirt_domain_perf_alignment_faults_total", 1.0, "Alignment faults.")),
+    row("perf.emulation_faults", "perf", Count, NONE, counter("libvirt_domain_perf_emulation_faults_total", 1.0, "Emulation faults.")),
     // iothread
-    row(
-        "iothread.count",
-        "iothread",
-        Count,
-        NONE,
-        gauge("libvirt_domain_iothreads", 1.0, "Number of IOThreads of the domain."),
-    ),
-    row(
-        "iothread.*.poll-max-ns",
-        "iothread",
-        Nanoseconds,
-        IOTHREAD,
-        gauge(
-            "libvirt_domain_iothread_poll_max_seconds",
-            NS,
-            "Longest polling time of the IOThread (0: polling disabled).",
-        ),
-    ),
-    row(
-        "iothread.*.poll-grow",
-        "iothread",
-        Ratio,
-        IOTHREAD,
-        gauge(
-            "libvirt_domain_iothread_poll_grow_factor",
-            1.0,
-            "Polling time grow factor (0: hypervisor default).",
-        ),
-    ),
-    row(
-        "iothread.*.poll-shrink",
-        "iothread",
-        Ratio,
-        IOTHREAD,
-        gauge(
-            "libvirt_domain_iothread_poll_shrink_divisor",
-            1.0,
-            "Polling time shrink divisor (0: hypervisor default).",
-        ),
-    ),
+    row("iothread.count", "iothread", Count, NONE, gauge("libvirt_domain_iothreads", 1.0, "Number of IOThreads of the domain.")),
+    row("iothread.*.poll-max-ns", "iothread", Nanoseconds, IOTHREAD, gauge("libvirt_domain_iothread_poll_max_seconds", NS, "Longest polling time of the IOThread (0: polling disabled).")),
+    row("iothread.*.poll-grow", "iothread", Ratio, IOTHREAD, gauge("libvirt_domain_iothread_poll_grow_factor", 1.0, "Polling time grow factor (0: hypervisor default).")),
+    row("iothread.*.poll-shrink", "iothread", Ratio, IOTHREAD, gauge("libvirt_domain_iothread_poll_shrink_divisor", 1.0, "Polling time shrink divisor (0: hypervisor default).")),
     // memory (resctrl memory bandwidth monitors)
-    row(
-        "memory.bandwidth.monitor.count",
-        "memory",
-        Count,
-        NONE,
-        gauge(
-            "libvirt_domain_memory_bandwidth_monitors",
-            1.0,
-            "Number of memory bandwidth monitors of the domain.",
-        ),
-    ),
+    row("memory.bandwidth.monitor.count", "memory", Count, NONE, gauge("libvirt_domain_memory_bandwidth_monitors", 1.0, "Number of memory bandwidth monitors of the domain.")),
     row("memory.bandwidth.monitor.*.name", "memory", Text, NONE, None),
     row("memory.bandwidth.monitor.*.vcpus", "memory", Text, NONE, None),
     row("memory.bandwidth.monitor.*.node.count", "memory", Count, NONE, None),
     row("memory.bandwidth.monitor.*.node.*.id", "memory", Count, NONE, None),
-    row(
-        "memory.bandwidth.monitor.*.node.*.bytes.local",
-        "memory",
-        Bytes,
-        MEMBW_NODE,
-        counter(
-            "libvirt_domain_memory_bandwidth_local_bytes_total",
-            1.0,
-            "Bytes moved through the memory controller local to the vCPUs.",
-        ),
-    ),
-    row(
-        "memory.bandwidth.monitor.*.node.*.bytes.total",
-        "memory",
-        Bytes,
-        MEMBW_NODE,
-        counter(
-            "libvirt_domain_memory_bandwidth_bytes_total",
-            1.0,
-            "Bytes moved through all memory controllers.",
-        ),
-    ),
+    row("memory.bandwidth.monitor.*.node.*.bytes.local", "memory", Bytes, MEMBW_NODE, counter("libvirt_domain_memory_bandwidth_local_bytes_total", 1.0, "Bytes moved through the memory controller local to the vCPUs.")),
+    row("memory.bandwidth.monitor.*.node.*.bytes.total", "memory", Bytes, MEMBW_NODE, counter("libvirt_domain_memory_bandwidth_bytes_total", 1.0, "Bytes moved through all memory controllers.")),
     // dirtyrate
-    row(
-        "dirtyrate.calc_status",
-        "dirtyrate",
-        Enum,
-        NONE,
-        gauge(
-            "libvirt_domain_dirtyrate_calc_status",
-            1.0,
-            "Dirty rate calculation status: 0 unstarted, 1 measuring, 2 measured.",
-        ),
-    ),
-    row(
-        "dirtyrate.calc_start_time",
-        "dirtyrate",
-        Seconds,
-        NONE,
-        gauge(
-            "libvirt_domain_dirtyrate_calc_start_time_seconds",
-            1.0,
-            "Start of the last dirty rate calculation (host monotonic clock).",
-        ),
-    ),
-    row(
-        "dirtyrate.calc_period",
-        "dirtyrate",
-        Seconds,
-        NONE,
-        gauge(
-            "libvirt_domain_dirtyrate_calc_period_seconds",
-            1.0,
-            "Length of the last dirty rate calculation.",
-        ),
-    ),
-    row(
-        "dirtyrate.megabytes_per_second",
-        "dirtyrate",
-        MebibytesPerSecond,
-        NONE,
-        gauge(
-            "libvirt_domain_dirtyrate_bytes_per_second",
-            MIB,
-            "Memory dirty rate measured by the last calculation.",
-        ),
-    ),
+    row("dirtyrate.calc_status", "dirtyrate", Enum, NONE, gauge("libvirt_domain_dirtyrate_calc_status", 1.0, "Dirty rate calculation status: 0 unstarted, 1 measuring, 2 measured.")),
+    row("dirtyrate.calc_start_time", "dirtyrate", Seconds, NONE, gauge("libvirt_domain_dirtyrate_calc_start_time_seconds", 1.0, "Start of the last dirty rate calculation (host monotonic clock).")),
+    row("dirtyrate.calc_period", "dirtyrate", Seconds, NONE, gauge("libvirt_domain_dirtyrate_calc_period_seconds", 1.0, "Length of the last dirty rate calculation.")),
+    row("dirtyrate.megabytes_per_second", "dirtyrate", MebibytesPerSecond, NONE, gauge("libvirt_domain_dirtyrate_bytes_per_second", MIB, "Memory dirty rate measured by the last calculation.")),
     row("dirtyrate.calc_mode", "dirtyrate", Text, NONE, None),
-    row(
-        "dirtyrate.vcpu.*.megabytes_per_second",
-        "dirtyrate",
-        MebibytesPerSecond,
-        VCPU,
-        gauge(
-            "libvirt_domain_dirtyrate_vcpu_bytes_per_second",
-            MIB,
-            "Per-vCPU memory dirty rate (dirty-ring mode).",
-        ),
-    ),
+    row("dirtyrate.vcpu.*.megabytes_per_second", "dirtyrate", MebibytesPerSecond, VCPU, gauge("libvirt_domain_dirtyrate_vcpu_bytes_per_second", MIB, "Per-vCPU memory dirty rate (dirty-ring mode).")),
 ];
 
 /// Hypervisor-defined stats, mapped by rule. Described here for the docs.
@@ -1396,10 +349,11 @@ pub fn lookup(key: &str) -> Option<&'static StatSpec> {
 pub struct RuleMatch {
     pub name: String,
     pub mtype: MetricType,
-    pub unit: Unit,
+    /// `None`: the unit follows the value (booleans stay booleans, else a count).
+    pub unit: Option<Unit>,
     pub scale: f64,
     pub help: String,
-    pub labels: Vec<(&'static str, String)>,
+    pub labels: Vec<(&'static str, MappedLabel)>,
 }
 
 fn sanitize(stat: &str) -> String {
@@ -1414,34 +368,20 @@ fn sanitize(stat: &str) -> String {
         .collect()
 }
 
-fn kvm_rule(prefix: &str, stat: &str, kind: &str, value: &TypedValue) -> Option<RuleMatch> {
+fn kvm_rule(prefix: &str, stat: &str, kind: &str) -> Option<RuleMatch> {
     let stat = sanitize(stat);
     if stat.is_empty() {
         return None;
     }
     let (base, unit, scale) = match stat.strip_suffix("_ns") {
-        Some(b) if !b.is_empty() => (format!("{b}_seconds"), Nanoseconds, NS),
-        _ => (
-            stat.clone(),
-            if matches!(value, TypedValue::Boolean(_)) {
-                Boolean
-            } else {
-                Count
-            },
-            1.0,
-        ),
+        Some(b) if !b.is_empty() => (format!("{b}_seconds"), Some(Nanoseconds), NS),
+        _ => (stat.clone(), None, 1.0),
     };
-    let (name, mtype) = match kind {
-        "sum" => (format!("{prefix}{base}_total"), MetricType::Counter),
-        "cur" | "max" => (format!("{prefix}{base}"), MetricType::Gauge),
+    let (name, mtype, what) = match kind {
+        "sum" => (format!("{prefix}{base}_total"), MetricType::Counter, "cumulative"),
+        "cur" => (format!("{prefix}{base}"), MetricType::Gauge, "current"),
+        "max" => (format!("{prefix}{base}"), MetricType::Gauge, "peak"),
         _ => return None,
-    };
-    let what = if kind == "max" {
-        "peak"
-    } else if kind == "sum" {
-        "cumulative"
-    } else {
-        "current"
     };
     Some(RuleMatch {
         help: format!("Hypervisor statistic {stat} ({what}) reported by QEMU query-stats."),
@@ -1453,28 +393,44 @@ fn kvm_rule(prefix: &str, stat: &str, kind: &str, value: &TypedValue) -> Option<
     })
 }
 
+fn sibling(key: &str, n: usize, suffix: &str) -> MappedLabel {
+    match scope_prefix(key, n) {
+        Some(p) => MappedLabel::Sibling(format!("{p}.{suffix}")),
+        None => MappedLabel::Literal(String::new()),
+    }
+}
+
 /// Applies the rules to a key not in the table.
-pub fn rule_for(key: &str, value: &TypedValue) -> Option<RuleMatch> {
+pub fn rule_for(key: &str) -> Option<RuleMatch> {
     let parts: Vec<&str> = key.split('.').collect();
     match parts.as_slice() {
-        ["vm", stat, kind] => kvm_rule("libvirt_domain_vm_", stat, kind, value),
-        ["vcpu", n, stat, kind] if is_index(n) => {
-            kvm_rule("libvirt_domain_vcpu_kvm_", stat, kind, value).map(|mut m| {
-                m.labels.push(("vcpu", (*n).to_string()));
-                m
+        ["vm", stat, kind] => kvm_rule("libvirt_domain_vm_", stat, kind),
+        ["vcpu", n, stat, kind] if is_index(n) => kvm_rule("libvirt_domain_vcpu_kvm_", stat, kind).map(|mut m| {
+            m.labels.push(("vcpu", MappedLabel::Literal((*n).to_string())));
+            m
+        }),
+        ["block", n, "latency_histogram", op, "bin", b, "value"] if is_index(n) && is_index(b) => {
+            let mut labels: Vec<(&'static str, MappedLabel)> = BLOCK
+                .iter()
+                .filter_map(|ls| match ls.source {
+                    LabelSource::Sibling(n, suffix) => Some((ls.name, sibling(key, n, suffix))),
+                    LabelSource::Index(_) => None,
+                })
+                .collect();
+            labels.push(("operation", MappedLabel::Literal(sanitize(op))));
+            labels.push((
+                "bin_start_seconds",
+                MappedLabel::NanosecondsAsSeconds(format!("block.{n}.latency_histogram.{op}.bin.{b}.start")),
+            ));
+            Some(RuleMatch {
+                name: "libvirt_domain_block_latency_operations_total".into(),
+                mtype: MetricType::Counter,
+                unit: Some(Count),
+                scale: 1.0,
+                help: "Operations whose latency fell in the bin starting at bin_start_seconds.".into(),
+                labels,
             })
         }
-        ["block", n, "latency_histogram", op, "bin", b, "value"] if is_index(n) && is_index(b) => Some(RuleMatch {
-            name: "libvirt_domain_block_latency_operations_total".into(),
-            mtype: MetricType::Counter,
-            unit: Count,
-            scale: 1.0,
-            help: "Operations whose latency fell in the bin starting at bin_start_seconds.".into(),
-            labels: vec![
-                ("operation", sanitize(op)),
-                ("__bin", format!("block.{n}.latency_histogram.{op}.bin.{b}.start")),
-            ],
-        }),
         _ => None,
     }
 }
@@ -1489,33 +445,174 @@ fn histogram_aux_unit(key: &str) -> Option<Unit> {
     }
 }
 
-/// The unit of a key's value as libvirt reports it.
-pub fn unit_of(key: &str, value: &TypedValue) -> Unit {
+/// Where one label of a key's series takes its value from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MappedLabel {
+    Literal(String),
+    /// The value of another key of the same record (`block.3.name`).
+    Sibling(String),
+    /// The value of another key, in nanoseconds, written in seconds.
+    NanosecondsAsSeconds(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedExport {
+    pub name: Cow<'static, str>,
+    pub mtype: MetricType,
+    pub scale: f64,
+    pub help: Cow<'static, str>,
+    pub labels: Vec<(&'static str, MappedLabel)>,
+}
+
+/// How one libvirt key maps. Keys carry no domain names, so a host has only
+/// a few hundred distinct ones: each is resolved once and cached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyMapping {
+    /// `None`: the unit follows the value's type (`numeric_unit` for numbers).
+    pub unit: Option<Unit>,
+    pub numeric_unit: Unit,
+    pub export: Option<Arc<MappedExport>>,
+    /// Neither exported nor describing anything known.
+    pub unmapped: bool,
+}
+
+impl KeyMapping {
+    pub fn unit_for(&self, value: &TypedValue) -> Unit {
+        self.unit.unwrap_or(match value {
+            TypedValue::String(_) => Text,
+            TypedValue::Boolean(_) => Boolean,
+            _ => self.numeric_unit,
+        })
+    }
+}
+
+fn resolve(key: &str) -> KeyMapping {
     if let Some(spec) = lookup(key) {
-        return spec.unit;
+        let export = spec.export.map(|e| {
+            Arc::new(MappedExport {
+                name: Cow::Borrowed(e.name),
+                mtype: e.mtype,
+                scale: e.scale,
+                help: Cow::Borrowed(e.help),
+                labels: spec
+                    .labels
+                    .iter()
+                    .map(|ls| {
+                        let v = match ls.source {
+                            LabelSource::Index(n) => MappedLabel::Literal(nth_index(key, n).unwrap_or("").to_string()),
+                            LabelSource::Sibling(n, suffix) => sibling(key, n, suffix),
+                        };
+                        (ls.name, v)
+                    })
+                    .collect(),
+            })
+        });
+        return KeyMapping {
+            unit: Some(spec.unit),
+            numeric_unit: spec.unit,
+            export,
+            unmapped: false,
+        };
     }
     if let Some(unit) = histogram_aux_unit(key) {
-        return unit;
+        return KeyMapping {
+            unit: Some(unit),
+            numeric_unit: unit,
+            export: None,
+            unmapped: false,
+        };
     }
-    if let Some(m) = rule_for(key, value) {
-        return m.unit;
+    if let Some(m) = rule_for(key) {
+        return KeyMapping {
+            unit: m.unit,
+            numeric_unit: Count,
+            export: Some(Arc::new(MappedExport {
+                name: Cow::Owned(m.name),
+                mtype: m.mtype,
+                scale: m.scale,
+                help: Cow::Owned(m.help),
+                labels: m.labels,
+            })),
+            unmapped: false,
+        };
     }
-    match value {
-        TypedValue::String(_) => Text,
-        TypedValue::Boolean(_) => Boolean,
-        _ => Unknown,
+    KeyMapping {
+        unit: None,
+        numeric_unit: Unknown,
+        export: None,
+        unmapped: true,
     }
+}
+
+/// Distinct keys cached at most; a daemon inventing keys without end (it
+/// should not) costs a re-resolve, never unbounded memory.
+const MAX_CACHED_KEYS: usize = 50_000;
+
+type Cache = RwLock<FxHashMap<Box<str>, Arc<KeyMapping>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    CACHE.get_or_init(Cache::default)
+}
+
+/// The mapping of a key (cached).
+pub fn mapping(key: &str) -> Arc<KeyMapping> {
+    if let Ok(c) = cache().read() {
+        if let Some(m) = c.get(key) {
+            return m.clone();
+        }
+    }
+    let m = Arc::new(resolve(key));
+    if let Ok(mut c) = cache().write() {
+        if c.len() >= MAX_CACHED_KEYS {
+            c.clear();
+        }
+        c.insert(key.into(), m.clone());
+    }
+    m
+}
+
+/// The unit of a key's value as libvirt reports it.
+pub fn unit_of(key: &str, value: &TypedValue) -> Unit {
+    mapping(key).unit_for(value)
 }
 
 /// One exported value of a record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<'r> {
-    pub name: Cow<'static, str>,
-    pub mtype: MetricType,
-    pub help: Cow<'static, str>,
-    /// Labels beyond the record's identity (domain, uuid).
-    pub labels: Vec<(&'static str, Cow<'r, str>)>,
+    pub export: Arc<MappedExport>,
+    /// Parallel to `export.labels`; empty placeholders where the label is literal.
+    label_values: Vec<Cow<'r, str>>,
     pub value: f64,
+}
+
+impl Sample<'_> {
+    pub fn name(&self) -> &str {
+        &self.export.name
+    }
+
+    pub fn mtype(&self) -> MetricType {
+        self.export.mtype
+    }
+
+    pub fn help(&self) -> &str {
+        &self.export.help
+    }
+
+    /// Labels beyond the record's identity (domain, uuid).
+    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.export
+            .labels
+            .iter()
+            .zip(&self.label_values)
+            .map(|((name, src), v)| {
+                let value = match src {
+                    MappedLabel::Literal(s) => s.as_str(),
+                    _ => v.as_ref(),
+                };
+                (*name, value)
+            })
+    }
 }
 
 fn label_value(v: &TypedValue) -> Cow<'_, str> {
@@ -1566,75 +663,55 @@ fn scaled(raw: f64, scale: f64) -> f64 {
 pub struct SampleStats {
     /// Keys with no table row and no rule (kept in records, not exported).
     pub unmapped: Vec<String>,
-    /// Numeric keys whose value was a string (or the reverse).
+    /// Numeric keys whose value was a string.
     pub wrong_type: Vec<String>,
 }
 
-/// Turns a record's fields into samples, resolving labels from sibling keys.
-pub fn samples<'r>(record: &'r Record, stats: &mut SampleStats) -> Vec<Sample<'r>> {
-    let by_key: HashMap<&str, &TypedValue> = record.fields.iter().map(|f| (&*f.key, &f.value)).collect();
-    let mut out = Vec::with_capacity(record.fields.len());
+/// Calls `emit` with each exported value of a record, labels resolved from
+/// sibling keys.
+pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit: impl FnMut(Sample<'r>)) {
+    let by_key: FxHashMap<&str, &TypedValue> = record.fields.iter().map(|f| (&*f.key, &f.value)).collect();
     for f in &record.fields {
-        let key: &str = &f.key;
-        if let Some(spec) = lookup(key) {
-            let Some(export) = spec.export else { continue };
-            let Some(raw) = f.value.as_f64() else {
-                stats.wrong_type.push(key.to_string());
-                continue;
-            };
-            let mut labels = Vec::with_capacity(spec.labels.len());
-            for ls in spec.labels {
-                let v = match ls.source {
-                    LabelSource::Index(n) => nth_index(key, n).map(Cow::Borrowed),
-                    LabelSource::Sibling(n, suffix) => scope_prefix(key, n)
-                        .and_then(|p| by_key.get(format!("{p}.{suffix}").as_str()).copied())
-                        .map(label_value),
-                };
-                labels.push((ls.name, v.unwrap_or(Cow::Borrowed(""))));
+        let m = mapping(&f.key);
+        let Some(export) = &m.export else {
+            if m.unmapped {
+                stats.unmapped.push(f.key.to_string());
             }
-            out.push(Sample {
-                name: Cow::Borrowed(export.name),
-                mtype: export.mtype,
-                help: Cow::Borrowed(export.help),
-                labels,
-                value: scaled(raw, export.scale),
-            });
-        } else if let Some(m) = rule_for(key, &f.value) {
-            let Some(raw) = f.value.as_f64() else {
-                stats.wrong_type.push(key.to_string());
-                continue;
-            };
-            let mut labels: Vec<(&'static str, Cow<'r, str>)> = Vec::with_capacity(4);
-            if m.name.starts_with("libvirt_domain_block_") {
-                for ls in BLOCK {
-                    let LabelSource::Sibling(n, suffix) = ls.source else {
-                        continue;
-                    };
-                    let v = scope_prefix(key, n)
-                        .and_then(|p| by_key.get(format!("{p}.{suffix}").as_str()).copied())
-                        .map(label_value);
-                    labels.push((ls.name, v.unwrap_or(Cow::Borrowed(""))));
+            continue;
+        };
+        let Some(raw) = f.value.as_f64() else {
+            stats.wrong_type.push(f.key.to_string());
+            continue;
+        };
+        let label_values = export
+            .labels
+            .iter()
+            .map(|(_, src)| -> Cow<'r, str> {
+                match src {
+                    MappedLabel::Literal(_) => Cow::Borrowed(""),
+                    MappedLabel::Sibling(k) => by_key
+                        .get(k.as_str())
+                        .map(|v| label_value(v))
+                        .unwrap_or(Cow::Borrowed("")),
+                    MappedLabel::NanosecondsAsSeconds(k) => {
+                        let ns = by_key.get(k.as_str()).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                        Cow::Owned(scaled(ns, NS).to_string())
+                    }
                 }
-            }
-            for (name, value) in m.labels {
-                if name == "__bin" {
-                    let start = by_key.get(value.as_str()).and_then(|v| v.as_f64()).unwrap_or(0.0) * NS;
-                    labels.push(("bin_start_seconds", Cow::Owned(start.to_string())));
-                } else {
-                    labels.push((name, Cow::Owned(value)));
-                }
-            }
-            out.push(Sample {
-                name: Cow::Owned(m.name),
-                mtype: m.mtype,
-                help: Cow::Owned(m.help),
-                labels,
-                value: scaled(raw, m.scale),
-            });
-        } else if histogram_aux_unit(key).is_none() {
-            stats.unmapped.push(key.to_string());
-        }
+            })
+            .collect();
+        emit(Sample {
+            export: export.clone(),
+            label_values,
+            value: scaled(raw, export.scale),
+        });
     }
+}
+
+/// Collects `for_each_sample` into a vector.
+pub fn samples<'r>(record: &'r Record, stats: &mut SampleStats) -> Vec<Sample<'r>> {
+    let mut out = Vec::with_capacity(record.fields.len());
+    for_each_sample(record, stats, |s| out.push(s));
     out
 }
 
@@ -1644,6 +721,10 @@ mod tests {
     use crate::record::{DomainRef, Field, RecordKind, SCHEMA};
     use std::collections::HashSet;
     use std::time::SystemTime;
+
+    fn labels_of(s: &Sample) -> Vec<(&'static str, String)> {
+        s.labels().map(|(k, v)| (k, v.to_string())).collect()
+    }
 
     fn rec(fields: &[(&str, TypedValue)]) -> Record {
         Record {
@@ -1728,9 +809,9 @@ mod tests {
         let s = samples(&r, &mut st);
         assert_eq!(st, SampleStats::default());
         assert_eq!(s.len(), 3);
-        assert_eq!(s[0].name, "libvirt_domain_block_read_bytes_total");
+        assert_eq!(s[0].name(), "libvirt_domain_block_read_bytes_total");
         assert_eq!(
-            s[0].labels,
+            labels_of(&s[0]),
             vec![
                 ("device", "vda".into()),
                 ("path", "/img/top.qcow2".into()),
@@ -1738,8 +819,8 @@ mod tests {
             ]
         );
         assert_eq!(s[1].value, 2.5);
-        assert_eq!(s[2].labels[1], ("path", "".into()));
-        assert_eq!(s[2].labels[2], ("backing_index", "2".into()));
+        assert_eq!(labels_of(&s[2])[1], ("path", "".into()));
+        assert_eq!(labels_of(&s[2])[2], ("backing_index", "2".into()));
     }
 
     #[test]
@@ -1756,7 +837,7 @@ mod tests {
         let r = rec(&[("cpu.system", TypedValue::ULLong(9_378_848_000))]);
         assert_eq!(samples(&r, &mut SampleStats::default())[0].value, 9.378848);
         assert_eq!(s[1].value, 32768.0 * 1024.0);
-        assert_eq!(s[2].labels, vec![("vcpu", "1".into())]);
+        assert_eq!(labels_of(&s[2]), vec![("vcpu", "1".into())]);
         assert_eq!(s[2].value, 0.001);
         assert_eq!(s[3].value, 1.0);
         assert_eq!(s[4].value, 2.0 * 1024.0 * 1024.0);
@@ -1773,7 +854,7 @@ mod tests {
             ("vcpu.0.weird-name.sum", TypedValue::ULLong(1)),
         ]);
         let s = samples(&r, &mut SampleStats::default());
-        let names: Vec<_> = s.iter().map(|s| s.name.to_string()).collect();
+        let names: Vec<_> = s.iter().map(|s| s.name().to_string()).collect();
         assert_eq!(
             names,
             vec![
@@ -1786,7 +867,7 @@ mod tests {
             ]
         );
         assert_eq!(s[3].value, 2.0);
-        assert_eq!(s[3].labels, vec![("vcpu", "0".into())]);
+        assert_eq!(labels_of(&s[3]), vec![("vcpu", "0".into())]);
         assert_eq!(
             unit_of("vcpu.0.halt_poll_success_ns.sum", &TypedValue::ULLong(1)),
             Nanoseconds
@@ -1833,9 +914,9 @@ mod tests {
         let s = samples(&r, &mut st);
         assert_eq!(st, SampleStats::default());
         assert_eq!(s.len(), 2);
-        assert_eq!(s[1].labels.last().unwrap(), &("bin_start_seconds", "0.001".into()));
-        assert_eq!(s[1].labels[0], ("device", "vda".into()));
-        assert_eq!(s[1].labels[3], ("operation", "read".into()));
+        assert_eq!(labels_of(&s[1]).last().unwrap(), &("bin_start_seconds", "0.001".into()));
+        assert_eq!(labels_of(&s[1])[0], ("device", "vda".into()));
+        assert_eq!(labels_of(&s[1])[3], ("operation", "read".into()));
     }
 
     #[test]
@@ -1848,7 +929,7 @@ mod tests {
         ]);
         let s = samples(&r, &mut SampleStats::default());
         assert_eq!(
-            s[0].labels,
+            labels_of(&s[0]),
             vec![
                 ("monitor", "mon0".into()),
                 ("vcpus", "0-1".into()),

@@ -30,6 +30,25 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 }
 
 #[test]
+fn schema_rejects_what_it_should() {
+    let ok: serde_json::Value = serde_json::json!({
+        "schema": "virtpulse.record/v1", "kind": "domain_stats", "time": "2026-01-01T00:00:00.5Z",
+        "host": "h", "libvirt_uri": "test:///default",
+        "fields": {"cpu.time": {"type": "ullong", "value": 5, "unit": "nanoseconds"}}
+    });
+    common::schema::assert_valid(&ok);
+    let mut bad = ok.clone();
+    bad["fields"]["cpu.time"]["value"] = serde_json::json!("5");
+    assert!(
+        std::panic::catch_unwind(|| common::schema::assert_valid(&bad)).is_err(),
+        "a string value for ullong must be refused"
+    );
+    let mut bad = ok.clone();
+    bad["schema"] = serde_json::json!("virtpulse.record/v2");
+    assert!(std::panic::catch_unwind(|| common::schema::assert_valid(&bad)).is_err());
+}
+
+#[test]
 fn version() {
     let (code, out, _) = run(&["--version"], &[]);
     assert_eq!(code, 0);
@@ -101,6 +120,7 @@ fn once_on_the_test_driver() {
     assert_eq!(code, 0, "{err}");
     let recs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.len(), 1);
+    common::schema::assert_valid(&recs[0]);
     assert_eq!(recs[0]["domain"]["name"], "test");
     assert_eq!(recs[0]["fields"]["state.state"]["value"], 1);
     assert_eq!(recs[0]["fields"]["state.state"]["unit"], "enum");
@@ -169,6 +189,7 @@ fn daemon_on_the_test_driver_prints_records_and_serves_metrics() {
     for _ in 0..3 {
         let line = lines.next().expect("a record line").unwrap();
         let r: serde_json::Value = serde_json::from_str(&line).unwrap();
+        common::schema::assert_valid(&r);
         assert_eq!(r["kind"], "domain_stats");
         assert_eq!(r["domain"]["name"], "test");
     }
@@ -187,4 +208,26 @@ fn daemon_on_the_test_driver_prints_records_and_serves_metrics() {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(common::project_root().join("systemd/virtpulse.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("virtpulse.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/virtpulse", bin())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
 }

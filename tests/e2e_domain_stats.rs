@@ -127,6 +127,7 @@ fn once_prints_records_matching_virsh() {
         .collect();
     assert_eq!(lines.len(), 1, "the include filter selects exactly one domain");
     let r = &lines[0];
+    common::schema::assert_valid(r);
     assert_eq!(r["schema"], "virtpulse.record/v1");
     assert_eq!(r["kind"], "domain_stats");
     assert_eq!(r["domain"]["name"], g.name.as_str());

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::domain_info::{parse_domain_xml, InfoCache};
 use super::{CollectError, Collector, CollectorContext};
 use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
+use crate::libvirt::typed_params::KeyInterner;
 use crate::libvirt::{LibvirtError, Session};
 use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
 use crate::stat_keys::unit_of;
@@ -42,6 +43,8 @@ pub struct DomainStatsCollector {
     /// Keys in each running domain's last record, to spot records that
     /// NOWAIT cut short because someone else held the domain's job.
     key_counts: HashMap<String, usize>,
+    /// Parameter names shared across collections (see `KeyInterner`).
+    names: Option<KeyInterner>,
 }
 
 impl DomainStatsCollector {
@@ -56,6 +59,7 @@ impl DomainStatsCollector {
             info,
             warned_undecoded: HashSet::new(),
             key_counts: HashMap::new(),
+            names: None,
         }
     }
 
@@ -105,22 +109,44 @@ impl DomainStatsCollector {
         Ok(caps)
     }
 
-    async fn fetch_stats(&self, session: &Session, caps: StatsCapabilities) -> Result<Vec<DomainStats>, CollectError> {
+    /// Runs `f` with the key interner on a blocking thread. A call stuck
+    /// past the deadline keeps its interner; the next call starts a new one.
+    async fn with_names<T, F>(&mut self, f: F) -> Result<T, CollectError>
+    where
+        F: FnOnce(&mut KeyInterner) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut names = self.names.take().unwrap_or_default();
+        let (result, names) = self
+            .ctx
+            .tracker
+            .run(move || {
+                let r = f(&mut names);
+                (r, names)
+            })
+            .await?;
+        self.names = Some(names);
+        Ok(result)
+    }
+
+    async fn fetch_stats(
+        &mut self,
+        session: &Session,
+        caps: StatsCapabilities,
+    ) -> Result<Vec<DomainStats>, CollectError> {
         let s = session.clone();
         let manager = self.ctx.manager.clone();
         let filter = self.ctx.filter.clone();
         let stats = self
-            .ctx
-            .tracker
-            .run(move || -> Result<Vec<DomainStats>, LibvirtError> {
+            .with_names(move |names| -> Result<Vec<DomainStats>, LibvirtError> {
                 let result = if filter.is_all() {
-                    s.conn.all_domain_stats(caps.groups, caps.flags)
+                    s.conn.all_domain_stats(caps.groups, caps.flags, names)
                 } else {
                     // Only the selected domains are asked for, so excluded
                     // domains cost the daemon nothing.
                     s.conn.list_all_domains(0).and_then(|doms| {
                         let chosen: Vec<_> = doms.into_iter().filter(|d| filter.allows(&d.name())).collect();
-                        s.conn.domain_list_stats(&chosen, caps.groups, caps.flags)
+                        s.conn.domain_list_stats(&chosen, caps.groups, caps.flags, names)
                     })
                 };
                 result.inspect_err(|e| manager.note_error(&s, e))
@@ -145,14 +171,12 @@ impl DomainStatsCollector {
         tokio::time::sleep(PARTIAL_RETRY_DELAY).await;
         let s = session.clone();
         let again = self
-            .ctx
-            .tracker
-            .run(move || {
+            .with_names(move |names| {
                 let doms: Vec<_> = suspects
                     .iter()
                     .filter_map(|u| s.conn.lookup_domain_by_uuid(u).ok())
                     .collect();
-                s.conn.domain_list_stats(&doms, caps.groups, caps.flags)
+                s.conn.domain_list_stats(&doms, caps.groups, caps.flags, names)
             })
             .await;
         let Ok(Ok(again)) = again else { return };
@@ -231,7 +255,7 @@ impl DomainStatsCollector {
             .map(|p| {
                 let unit = unit_of(&p.name, &p.value);
                 Field {
-                    key: p.name.into_boxed_str(),
+                    key: p.name,
                     value: p.value,
                     unit,
                 }

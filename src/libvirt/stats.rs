@@ -7,7 +7,7 @@ use virt_sys as sys;
 use super::connection::Connection;
 use super::domain::{domain_name, domain_uuid, Domain};
 use super::error::{LibvirtError, Result};
-use super::typed_params::{decode, DecodedParams};
+use super::typed_params::{decode, DecodedParams, KeyInterner};
 
 /// A `virDomainStatsTypes` group, by the name virsh and the docs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,7 +112,7 @@ impl Drop for RecordList {
 }
 
 impl RecordList {
-    fn decode(&self, n: c_int) -> Vec<DomainStats> {
+    fn decode(&self, n: c_int, names: &mut KeyInterner) -> Vec<DomainStats> {
         let mut out = Vec::with_capacity(n.max(0) as usize);
         for i in 0..n.max(0) as usize {
             // SAFETY: libvirt returned n valid record pointers.
@@ -130,7 +130,7 @@ impl RecordList {
                 out.push(DomainStats {
                     name,
                     uuid,
-                    params: decode((*rec).params, (*rec).nparams),
+                    params: decode((*rec).params, (*rec).nparams, names),
                 });
             }
         }
@@ -140,7 +140,7 @@ impl RecordList {
 
 impl Connection {
     /// Statistics of every domain (filtered by `flags`) in one RPC.
-    pub fn all_domain_stats(&self, groups: u32, flags: u32) -> Result<Vec<DomainStats>> {
+    pub fn all_domain_stats(&self, groups: u32, flags: u32, names: &mut KeyInterner) -> Result<Vec<DomainStats>> {
         let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
         // SAFETY: valid connection; recs receives an array we free via RecordList.
         let n = unsafe { sys::virConnectGetAllDomainStats(self.as_ptr(), groups, &mut recs, flags) };
@@ -148,11 +148,17 @@ impl Connection {
         if n < 0 {
             return Err(LibvirtError::last());
         }
-        Ok(list.decode(n))
+        Ok(list.decode(n, names))
     }
 
     /// Statistics of the given domains in one RPC.
-    pub fn domain_list_stats(&self, domains: &[Domain], groups: u32, flags: u32) -> Result<Vec<DomainStats>> {
+    pub fn domain_list_stats(
+        &self,
+        domains: &[Domain],
+        groups: u32,
+        flags: u32,
+        names: &mut KeyInterner,
+    ) -> Result<Vec<DomainStats>> {
         if domains.is_empty() {
             return Ok(Vec::new());
         }
@@ -165,7 +171,7 @@ impl Connection {
         if n < 0 {
             return Err(LibvirtError::last());
         }
-        Ok(list.decode(n))
+        Ok(list.decode(n, names))
     }
 
     /// Finds which of `wanted` groups, and which of `flags`, the daemon supports.
@@ -176,7 +182,9 @@ impl Connection {
     /// so that no QEMU monitor is ever touched: a hung guest cannot hang the probe.
     pub fn probe_stats(&self, wanted: u32, flags: u32) -> Result<StatsCapabilities> {
         let mut flags = flags & (FLAG_NOWAIT | FLAG_BACKING);
-        let try_call = |groups: u32, flags: u32| self.all_domain_stats(groups, flags | FLAG_ENFORCE | FLAG_INACTIVE);
+        let mut names = KeyInterner::default();
+        let mut try_call =
+            |groups: u32, flags: u32| self.all_domain_stats(groups, flags | FLAG_ENFORCE | FLAG_INACTIVE, &mut names);
 
         // Find the accepted flags with the always-present state group.
         let state = sys::VIR_DOMAIN_STATS_STATE;

@@ -7,6 +7,9 @@
 
 use std::ffi::{c_char, c_int, CStr};
 
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 use virt_sys as sys;
 
@@ -77,8 +80,40 @@ impl TypedValue {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TypedParam {
-    pub name: String,
+    pub name: Arc<str>,
     pub value: TypedValue,
+}
+
+/// Shares parameter names between calls: libvirt sends the same few hundred
+/// keys every collection, so each is allocated once, not once per call.
+#[derive(Debug, Default)]
+pub struct KeyInterner {
+    names: FxHashMap<Box<[u8]>, Arc<str>>,
+}
+
+/// Distinct names kept at most; beyond that the table starts over.
+const MAX_INTERNED: usize = 50_000;
+
+impl KeyInterner {
+    pub fn intern(&mut self, bytes: &[u8]) -> Arc<str> {
+        if let Some(name) = self.names.get(bytes) {
+            return name.clone();
+        }
+        if self.names.len() >= MAX_INTERNED {
+            self.names.clear();
+        }
+        let name: Arc<str> = String::from_utf8_lossy(bytes).into();
+        self.names.insert(bytes.into(), name.clone());
+        name
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 /// A parameter this build could not decode (a type code newer than it knows).
@@ -96,13 +131,16 @@ pub struct DecodedParams {
 
 impl DecodedParams {
     pub fn get(&self, name: &str) -> Option<&TypedValue> {
-        self.params.iter().find(|p| p.name == name).map(|p| &p.value)
+        self.params.iter().find(|p| &*p.name == name).map(|p| &p.value)
     }
 }
 
-fn field_name(field: &[c_char; sys::VIR_TYPED_PARAM_FIELD_LENGTH as usize]) -> String {
-    let bytes: Vec<u8> = field.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
+/// The name's bytes, up to the terminator or the end of the fixed field.
+fn field_bytes(field: &[c_char; sys::VIR_TYPED_PARAM_FIELD_LENGTH as usize]) -> &[u8] {
+    // SAFETY: c_char and u8 have the same size and alignment.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
+    let end = memchr::memchr(0, bytes).unwrap_or(bytes.len());
+    &bytes[..end]
 }
 
 /// Decodes `n` parameters starting at `params`.
@@ -110,7 +148,7 @@ fn field_name(field: &[c_char; sys::VIR_TYPED_PARAM_FIELD_LENGTH as usize]) -> S
 /// # Safety
 /// `params` must be NULL or point to `n` initialised `virTypedParameter`s whose
 /// string members are NULL or NUL-terminated, as libvirt hands them out.
-pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int) -> DecodedParams {
+pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int, names: &mut KeyInterner) -> DecodedParams {
     let mut out = DecodedParams::default();
     if params.is_null() || n <= 0 {
         return out;
@@ -118,7 +156,7 @@ pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int) -> Decoded
     let slice = std::slice::from_raw_parts(params, n as usize);
     out.params.reserve(slice.len());
     for p in slice {
-        let name = field_name(&p.field);
+        let name = names.intern(field_bytes(&p.field));
         let value = match p.type_ as u32 {
             sys::VIR_TYPED_PARAM_INT => TypedValue::Int(p.value.i),
             sys::VIR_TYPED_PARAM_UINT => TypedValue::UInt(p.value.ui),
@@ -136,7 +174,7 @@ pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int) -> Decoded
             }
             other => {
                 out.undecoded.push(UndecodedParam {
-                    name,
+                    name: name.to_string(),
                     type_code: other as i32,
                 });
                 continue;
@@ -206,7 +244,7 @@ mod tests {
                 },
             ),
         ];
-        let d = unsafe { decode(params.as_ptr(), params.len() as c_int) };
+        let d = unsafe { decode(params.as_ptr(), params.len() as c_int, &mut KeyInterner::default()) };
         assert!(d.undecoded.is_empty());
         let values: Vec<_> = d.params.iter().map(|p| p.value.clone()).collect();
         assert_eq!(
@@ -234,7 +272,7 @@ mod tests {
                 sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
             ),
         ];
-        let d = unsafe { decode(params.as_ptr(), 2) };
+        let d = unsafe { decode(params.as_ptr(), 2, &mut KeyInterner::default()) };
         assert_eq!(d.params.len(), 1);
         assert_eq!(
             d.undecoded,
@@ -262,21 +300,44 @@ mod tests {
                 },
             ),
         ];
-        let d = unsafe { decode(params.as_ptr(), 2) };
+        let d = unsafe { decode(params.as_ptr(), 2, &mut KeyInterner::default()) };
         assert_eq!(d.params[0].name.len(), 80);
         assert_eq!(d.params[1].value, TypedValue::String(String::new()));
     }
 
     #[test]
     fn empty_and_null_inputs() {
-        assert_eq!(unsafe { decode(std::ptr::null(), 5) }, DecodedParams::default());
+        assert_eq!(
+            unsafe { decode(std::ptr::null(), 5, &mut KeyInterner::default()) },
+            DecodedParams::default()
+        );
         let params = [param(
             "a",
             sys::VIR_TYPED_PARAM_UINT,
             sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
         )];
-        assert_eq!(unsafe { decode(params.as_ptr(), 0) }, DecodedParams::default());
-        assert_eq!(unsafe { decode(params.as_ptr(), -1) }, DecodedParams::default());
+        assert_eq!(
+            unsafe { decode(params.as_ptr(), 0, &mut KeyInterner::default()) },
+            DecodedParams::default()
+        );
+        assert_eq!(
+            unsafe { decode(params.as_ptr(), -1, &mut KeyInterner::default()) },
+            DecodedParams::default()
+        );
+    }
+
+    #[test]
+    fn names_are_shared_between_calls() {
+        let params = [param(
+            "cpu.time",
+            sys::VIR_TYPED_PARAM_ULLONG,
+            sys::_virTypedParameter__bindgen_ty_1 { ul: 1 },
+        )];
+        let mut names = KeyInterner::default();
+        let a = unsafe { decode(params.as_ptr(), 1, &mut names) };
+        let b = unsafe { decode(params.as_ptr(), 1, &mut names) };
+        assert!(Arc::ptr_eq(&a.params[0].name, &b.params[0].name));
+        assert_eq!(names.len(), 1);
     }
 
     #[test]

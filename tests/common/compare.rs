@@ -42,17 +42,18 @@ pub fn expected(
     };
     let mut st = SampleStats::default();
     let mut out = BTreeMap::new();
-    // Map each sample back to the key it came from, for messages and rules.
     for s in stat_keys::samples(&record, &mut st) {
         let mut labels: BTreeMap<String, String> = s
-            .labels
-            .iter()
+            .labels()
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         labels.insert("domain".into(), name.into());
         labels.insert("uuid".into(), uuid.into());
-        out.insert((s.name.to_string(), labels), (s.mtype, s.help.to_string(), s.value));
+        out.insert(
+            (s.name().to_string(), labels),
+            (s.mtype(), s.help().to_string(), s.value),
+        );
     }
     assert!(
         st.unmapped.is_empty(),

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod compare;
 pub mod exposition;
 pub mod guest;
+pub mod schema;
 pub mod virsh;
 
 use std::path::{Path, PathBuf};

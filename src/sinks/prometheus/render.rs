@@ -1,21 +1,23 @@
 //! Turns records into metric families (rendered once per batch, not per scrape).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
-use super::text::{write_header, write_sample};
+use rustc_hash::FxHasher;
+
+use super::text::{escape_label_value, write_header, write_sample};
 use crate::record::{Record, RecordKind};
-use crate::stat_keys::{samples, MetricType, SampleStats};
+use crate::stat_keys::{for_each_sample, MetricType, SampleStats};
 
 #[derive(Debug, Clone)]
 pub struct Family {
-    pub help: Cow<'static, str>,
+    pub help: String,
     pub mtype: MetricType,
     /// Sample lines, already in exposition format.
     pub body: String,
 }
 
-pub type Families = BTreeMap<Cow<'static, str>, Family>;
+pub type Families = BTreeMap<String, Family>;
 
 #[derive(Debug, Default)]
 pub struct RenderStats {
@@ -31,7 +33,9 @@ pub struct RenderStats {
 pub struct FamilyWriter<'a> {
     families: &'a mut Families,
     stats: &'a mut RenderStats,
-    seen: HashSet<String>,
+    /// Hashes of the series written so far (a 64-bit collision, which would
+    /// drop one series, is far less likely than anything else going wrong).
+    seen: HashSet<u64, BuildHasherDefault<FxHasher>>,
 }
 
 impl<'a> FamilyWriter<'a> {
@@ -39,24 +43,30 @@ impl<'a> FamilyWriter<'a> {
         Self {
             families,
             stats,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         }
     }
 
-    pub fn add(
+    pub fn add(&mut self, name: &str, mtype: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.add_with_prefix(name, mtype, help, "", labels, value);
+    }
+
+    /// `prefix`: labels already in exposition form (see `write_sample`).
+    pub fn add_with_prefix(
         &mut self,
-        name: Cow<'static, str>,
+        name: &str,
         mtype: MetricType,
-        help: Cow<'static, str>,
+        help: &str,
+        prefix: &str,
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let fam = match self.families.get_mut(name.as_ref()) {
+        let fam = match self.families.get_mut(name) {
             Some(f) => f,
-            None => self.families.entry(name.clone()).or_insert(Family {
-                help,
+            None => self.families.entry(name.to_string()).or_insert(Family {
+                help: help.to_string(),
                 mtype,
-                body: String::new(),
+                body: String::with_capacity(1024),
             }),
         };
         if fam.mtype != mtype {
@@ -64,11 +74,13 @@ impl<'a> FamilyWriter<'a> {
             return;
         }
         let start = fam.body.len();
-        write_sample(&mut fam.body, &name, labels.iter().copied(), value);
+        write_sample(&mut fam.body, name, prefix, labels.iter().copied(), value);
         // The sample line minus its value identifies the series.
         let line = &fam.body[start..];
         let id = line.rsplit_once(' ').map(|(id, _)| id).unwrap_or(line);
-        if !self.seen.insert(id.to_string()) {
+        let mut h = FxHasher::default();
+        h.write(id.as_bytes());
+        if !self.seen.insert(h.finish()) {
             fam.body.truncate(start);
             self.stats.conflicts += 1;
             return;
@@ -114,9 +126,9 @@ pub fn render_domain_stats(records: &[Record], families: &mut Families, stats: &
         let maxmem = info.max_memory_bytes.map(|v| v.to_string()).unwrap_or_default();
         let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
         w.add(
-            "libvirt_domain_info".into(),
+            "libvirt_domain_info",
             MetricType::Gauge,
-            "Descriptive data about the domain (value is always 1); join on domain/uuid.".into(),
+            "Descriptive data about the domain (value is always 1); join on domain/uuid.",
             &[
                 ("domain", name),
                 ("uuid", uuid),
@@ -134,9 +146,9 @@ pub fn render_domain_stats(records: &[Record], families: &mut Families, stats: &
         );
         if let Some(os) = &info.openstack {
             w.add(
-                "libvirt_domain_openstack_info".into(),
+                "libvirt_domain_openstack_info",
                 MetricType::Gauge,
-                "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.".into(),
+                "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.",
                 &[
                     ("domain", name),
                     ("uuid", uuid),
@@ -151,13 +163,15 @@ pub fn render_domain_stats(records: &[Record], families: &mut Families, stats: &
             );
         }
         let mut ss = SampleStats::default();
-        for s in samples(r, &mut ss) {
-            let mut labels: Vec<(&str, &str)> = Vec::with_capacity(2 + s.labels.len());
-            labels.push(("domain", name));
-            labels.push(("uuid", uuid));
-            labels.extend(s.labels.iter().map(|(k, v)| (*k, v.as_ref())));
-            w.add(s.name, s.mtype, s.help, &labels, s.value);
-        }
+        let mut prefix = String::from("domain=\"");
+        escape_label_value(&mut prefix, name);
+        prefix.push_str("\",uuid=\"");
+        escape_label_value(&mut prefix, uuid);
+        prefix.push('"');
+        for_each_sample(r, &mut ss, |s| {
+            let labels: Vec<(&str, &str)> = s.labels().collect();
+            w.add_with_prefix(s.name(), s.mtype(), s.help(), &prefix, &labels, s.value);
+        });
         w.stats.unmapped.extend(ss.unmapped);
         w.stats.wrong_type.extend(ss.wrong_type);
     }
@@ -173,7 +187,7 @@ pub fn write_families<'a>(out: &mut String, sources: impl IntoIterator<Item = &'
         }
     }
     for (name, fams) in merged {
-        let first = fams[0];
+        let Some(first) = fams.first() else { continue };
         write_header(out, name, &first.help, first.mtype.as_str());
         for f in fams.iter().filter(|f| f.mtype == first.mtype) {
             out.push_str(&f.body);

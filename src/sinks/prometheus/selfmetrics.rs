@@ -1,6 +1,5 @@
 //! The agent's own metrics, rendered at scrape time.
 
-use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::render::{Families, FamilyWriter, RenderStats};
@@ -131,12 +130,12 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
     ),
 ];
 
-fn help(name: &str) -> Cow<'static, str> {
+fn help(name: &str) -> &'static str {
     SELF_METRICS
         .iter()
         .find(|(n, _, _)| *n == name)
-        .map(|(_, _, h)| Cow::Borrowed(*h))
-        .unwrap_or(Cow::Borrowed(""))
+        .map(|(_, _, h)| *h)
+        .unwrap_or("")
 }
 
 fn add(w: &mut FamilyWriter, name: &'static str, labels: &[(&str, &str)], value: f64) {
@@ -145,7 +144,7 @@ fn add(w: &mut FamilyWriter, name: &'static str, labels: &[(&str, &str)], value:
         .find(|(n, _, _)| *n == name)
         .map(|(_, t, _)| *t)
         .unwrap_or(Gauge);
-    w.add(Cow::Borrowed(name), mtype, help(name), labels, value);
+    w.add(name, mtype, help(name), labels, value);
 }
 
 /// Render-time facts the sink keeps about its own work.

@@ -5,6 +5,10 @@ use std::fmt::Write;
 /// Label values: backslash, double quote and line feed are escaped; every
 /// other character (UTF-8 included) is written as is.
 pub fn escape_label_value(out: &mut String, v: &str) {
+    if memchr::memchr3(b'\\', b'"', b'\n', v.as_bytes()).is_none() {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -31,6 +35,9 @@ pub fn write_value(out: &mut String, v: f64) {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 9.007_199_254_740_992e15 {
+        // Most values are integral counters and sizes: print them as integers.
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
         // Display gives the shortest form that round-trips.
         let _ = write!(out, "{v}");
@@ -38,14 +45,22 @@ pub fn write_value(out: &mut String, v: f64) {
 }
 
 /// Writes `name{k="v",...} value\n`.
+/// `prefix` holds labels already in exposition form (`a="x",b="y"`), for
+/// labels shared by many samples (a domain's name and UUID).
 pub fn write_sample<'a>(
     out: &mut String,
     name: &str,
+    prefix: &str,
     labels: impl IntoIterator<Item = (&'a str, &'a str)>,
     value: f64,
 ) {
     out.push_str(name);
     let mut first = true;
+    if !prefix.is_empty() {
+        out.push('{');
+        out.push_str(prefix);
+        first = false;
+    }
     for (k, v) in labels {
         out.push(if first { '{' } else { ',' });
         first = false;
@@ -81,7 +96,7 @@ mod tests {
     #[test]
     fn escapes_label_values() {
         let mut s = String::new();
-        write_sample(&mut s, "m", [("domain", "a\"b\\c\nd é")], 1.0);
+        write_sample(&mut s, "m", "", [("domain", "a\"b\\c\nd é")], 1.0);
         assert_eq!(s, "m{domain=\"a\\\"b\\\\c\\nd é\"} 1\n");
     }
 
@@ -107,8 +122,11 @@ mod tests {
     #[test]
     fn no_labels_no_braces() {
         let mut s = String::new();
-        write_sample(&mut s, "up", std::iter::empty(), 1.0);
+        write_sample(&mut s, "up", "", std::iter::empty(), 1.0);
         assert_eq!(s, "up 1\n");
+        let mut p = String::new();
+        write_sample(&mut p, "m", "a=\"1\"", [("b", "2")], 0.5);
+        assert_eq!(p, "m{a=\"1\",b=\"2\"} 0.5\n");
         let mut h = String::new();
         write_header(&mut h, "up", "a\\b\nc", "gauge");
         assert_eq!(h, "# HELP up a\\\\b\\nc\n# TYPE up gauge\n");
