@@ -25,21 +25,10 @@ fn domain_fields(i: usize) -> Vec<(String, TypedValue)> {
     let u = |v: u64| TypedValue::ULLong(v);
     f.push(("state.state".into(), TypedValue::Int(1)));
     f.push(("state.reason".into(), TypedValue::Int(1)));
-    for k in [
-        "cpu.time",
-        "cpu.user",
-        "cpu.system",
-        "cpu.haltpoll.success.time",
-        "cpu.haltpoll.fail.time",
-    ] {
+    for k in ["cpu.time", "cpu.user", "cpu.system", "cpu.haltpoll.success.time", "cpu.haltpoll.fail.time"] {
         f.push((k.into(), u(1_000_000_000 + i as u64)));
     }
-    for k in [
-        "balloon.current",
-        "balloon.maximum",
-        "balloon.rss",
-        "balloon.last-update",
-    ] {
+    for k in ["balloon.current", "balloon.maximum", "balloon.rss", "balloon.last-update"] {
         f.push((k.into(), u(32768)));
     }
     f.push(("vcpu.current".into(), TypedValue::UInt(2)));
@@ -92,23 +81,16 @@ fn domain_fields(i: usize) -> Vec<(String, TypedValue)> {
     }
     f.push(("net.count".into(), TypedValue::UInt(1)));
     f.push(("net.0.name".into(), TypedValue::String(format!("vnet{i}"))));
-    for k in [
-        "rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop",
-    ] {
+    for k in ["rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop"] {
         f.push((format!("net.0.{k}"), u(4096)));
     }
     f.push(("block.count".into(), TypedValue::UInt(2)));
     for b in 0..2 {
         f.push((format!("block.{b}.name"), TypedValue::String("vda".into())));
-        f.push((
-            format!("block.{b}.path"),
-            TypedValue::String(format!("/var/lib/libvirt/images/d{i}-{b}.qcow2")),
-        ));
+        f.push((format!("block.{b}.path"), TypedValue::String(format!("/var/lib/libvirt/images/d{i}-{b}.qcow2"))));
         f.push((format!("block.{b}.backingIndex"), TypedValue::UInt(b + 1)));
         if b == 0 {
-            for k in [
-                "rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times",
-            ] {
+            for k in ["rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times"] {
                 f.push((format!("block.{b}.{k}"), u(123_456)));
             }
         }
@@ -141,19 +123,11 @@ fn snapshot(domains: usize) -> Vec<Record> {
             domain: Some(DomainRef {
                 name: format!("instance-{i:08x}").into(),
                 uuid: format!("00000000-0000-4000-8000-{i:012x}").into(),
-                info: Some(Arc::new(DomainInfo {
-                    vcpus: Some(2),
-                    os_type: Some("hvm".into()),
-                    ..Default::default()
-                })),
+                info: Some(Arc::new(DomainInfo { vcpus: Some(2), os_type: Some("hvm".into()), ..Default::default() })),
             }),
             fields: domain_fields(i)
                 .into_iter()
-                .map(|(k, v)| Field {
-                    unit: unit_of(&k, &v),
-                    key: k.into(),
-                    value: v,
-                })
+                .map(|(k, v)| Field { unit: unit_of(&k, &v), key: k.into(), value: v })
                 .collect(),
         })
         .collect()
@@ -171,10 +145,8 @@ impl prometheus_client::collector::Collector for PcCollector {
         for r in self.0.iter() {
             let d = r.domain.as_ref().unwrap();
             for s in samples(r, &mut SampleStats::default()) {
-                let mut labels = vec![
-                    ("domain".to_string(), d.name.to_string()),
-                    ("uuid".to_string(), d.uuid.to_string()),
-                ];
+                let mut labels =
+                    vec![("domain".to_string(), d.name.to_string()), ("uuid".to_string(), d.uuid.to_string())];
                 labels.extend(s.labels().map(|(k, v)| (k.to_string(), v.to_string())));
                 fams.entry(s.name().to_string())
                     .or_insert_with(|| (s.mtype(), s.help().to_string(), Vec::new()))
@@ -218,12 +190,7 @@ fn main() {
     let mut scrape = Vec::new();
     let mut ours = String::new();
     for _ in 0..rounds {
-        let batch = Batch {
-            source: "domain_stats",
-            snapshot: true,
-            records: records.clone(),
-            ttl: None,
-        };
+        let batch = Batch { source: "domain_stats", snapshot: true, records: records.clone(), ttl: None };
         let t = Instant::now();
         exporter.apply(&batch);
         render.push(t.elapsed());
@@ -247,21 +214,12 @@ fn main() {
     std::fs::write("/tmp/virtpulse-encode-ours.txt", &ours).unwrap();
     std::fs::write("/tmp/virtpulse-encode-prometheus-client.txt", &theirs).unwrap();
 
-    println!(
-        "snapshot: {domains} domains, {series} series, {} KiB of text",
-        ours.len() / 1024
-    );
+    println!("snapshot: {domains} domains, {series} series, {} KiB of text", ours.len() / 1024);
     println!(
         "virtpulse: render once per collection  {:>8.2} ms (median of {rounds})",
         median(render).as_secs_f64() * 1e3
     );
-    println!(
-        "virtpulse: per scrape                   {:>8.2} ms",
-        median(scrape).as_secs_f64() * 1e3
-    );
-    println!(
-        "prometheus-client: per scrape           {:>8.2} ms (samples + encode)",
-        median(pc).as_secs_f64() * 1e3
-    );
+    println!("virtpulse: per scrape                   {:>8.2} ms", median(scrape).as_secs_f64() * 1e3);
+    println!("prometheus-client: per scrape           {:>8.2} ms (samples + encode)", median(pc).as_secs_f64() * 1e3);
     println!("outputs: /tmp/virtpulse-encode-ours.txt /tmp/virtpulse-encode-prometheus-client.txt");
 }

@@ -68,10 +68,7 @@ fn collector_context(
         tracker: CallTracker::default(),
         registry,
         stats,
-        identity: Identity {
-            host: cfg.hostname().into(),
-            uri: cfg.libvirt.uri.as_str().into(),
-        },
+        identity: Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() },
         filter: filter(cfg)?,
     })
 }
@@ -84,20 +81,12 @@ fn domain_stats_collector(cfg: &Config, ctx: CollectorContext) -> anyhow::Result
         nowait: ds.nowait,
         connect_wait: cfg.domain_stats_schedule().1 / 2,
     };
-    Ok(DomainStatsCollector::new(
-        ctx,
-        settings,
-        InfoCache::new(ds.metadata_refresh),
-    ))
+    Ok(DomainStatsCollector::new(ctx, settings, InfoCache::new(ds.metadata_refresh)))
 }
 
 fn schedule(cfg: &Config) -> Schedule {
     let (interval, timeout) = cfg.domain_stats_schedule();
-    Schedule {
-        interval,
-        timeout,
-        max_stuck_calls: cfg.collectors.max_stuck_calls,
-    }
+    Schedule { interval, timeout, max_stuck_calls: cfg.collectors.max_stuck_calls }
 }
 
 /// `--once`: one collection printed as JSON lines. Returns the exit code.
@@ -180,27 +169,19 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let mut server = None;
     if cfg.sinks.prometheus.enabled {
         let p = &cfg.sinks.prometheus;
-        let addr: SocketAddr = p
-            .listen
-            .parse()
-            .with_context(|| format!("sinks.prometheus.listen {:?} is not an address", p.listen))?;
+        let addr: SocketAddr =
+            p.listen.parse().with_context(|| format!("sinks.prometheus.listen {:?} is not an address", p.listen))?;
         let listener = prometheus::bind(addr).await.with_context(|| {
             format!("cannot listen on {addr} (sinks.prometheus.listen): is another exporter using the port?")
         })?;
         let stats = SinkStats::new("prometheus", p.queue_capacity);
         registry.add_sink(stats.clone());
         let exporter = prometheus::Exporter::new(registry.clone(), Some(manager.clone()));
-        tasks.push(tokio::spawn(prometheus::run_sink(
-            exporter.clone(),
-            router.add_sink(stats),
-        )));
+        tasks.push(tokio::spawn(prometheus::run_sink(exporter.clone(), router.add_sink(stats))));
         let app = prometheus::router(exporter, &p.path);
         tracing::info!(%addr, path = %p.path, "serving Prometheus metrics");
         server = Some(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-            {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         }));

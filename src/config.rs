@@ -132,11 +132,7 @@ pub struct StdoutConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self {
-            hostname: None,
-            log_level: "info".into(),
-            log_format: LogFormat::Text,
-        }
+        Self { hostname: None, log_level: "info".into(), log_format: LogFormat::Text }
     }
 }
 
@@ -180,21 +176,13 @@ impl Default for DomainStatsConfig {
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            listen: "0.0.0.0:9177".into(),
-            path: "/metrics".into(),
-            queue_capacity: 16,
-        }
+        Self { enabled: true, listen: "0.0.0.0:9177".into(), path: "/metrics".into(), queue_capacity: 16 }
     }
 }
 
 impl Default for StdoutConfig {
     fn default() -> Self {
-        Self {
-            enabled: false,
-            queue_capacity: 4096,
-        }
+        Self { enabled: false, queue_capacity: 4096 }
     }
 }
 
@@ -209,12 +197,7 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
         match OneOrMany::deserialize(d)
             .map_err(|_| serde::de::Error::custom("expected a list of strings or a comma-separated string"))?
         {
-            OneOrMany::One(s) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
+            OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
             OneOrMany::Many(v) => v,
         },
     )
@@ -233,11 +216,7 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "configuration error in {}: {}", self.source, self.message)
         } else {
-            write!(
-                f,
-                "configuration error in {}: key `{}`: {}",
-                self.source, self.key, self.message
-            )
+            write!(f, "configuration error in {}: key `{}`: {}", self.source, self.key, self.message)
         }
     }
 }
@@ -264,11 +243,7 @@ impl Origins {
     }
 
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            source: self.of(key),
-            key: key.to_string(),
-            message: message.into(),
-        }
+        ConfigError { source: self.of(key), key: key.to_string(), message: message.into() }
     }
 }
 
@@ -301,9 +276,7 @@ fn apply_env(root: &mut toml::Table, vars: &[(String, String)], origins: &mut Or
         let dotted = path.join(".");
         let mut table = &mut *root;
         for seg in &path[..path.len() - 1] {
-            let entry = table
-                .entry(seg.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             table = match entry {
                 toml::Value::Table(t) => t,
                 _ => {
@@ -355,10 +328,7 @@ impl Config {
 
     /// Parses TOML text plus environment overrides; `source` names the text in errors.
     pub fn from_parts(text: &str, source: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut origins = Origins {
-            file: source.to_string(),
-            env: BTreeMap::new(),
-        };
+        let mut origins = Origins { file: source.to_string(), env: BTreeMap::new() };
         let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
             source: source.to_string(),
             key: String::new(),
@@ -385,26 +355,19 @@ impl Config {
             return Err(o.err("libvirt.keepalive_interval", "too large"));
         }
         if !self.libvirt.keepalive_interval.is_zero() && self.libvirt.keepalive_count == 0 {
-            return Err(o.err(
-                "libvirt.keepalive_count",
-                "must be at least 1 when keepalive is enabled",
-            ));
+            return Err(o.err("libvirt.keepalive_count", "must be at least 1 when keepalive is enabled"));
         }
         if self.libvirt.reconnect_min_backoff.is_zero() {
             return Err(o.err("libvirt.reconnect_min_backoff", "must be greater than 0"));
         }
         if self.libvirt.reconnect_max_backoff < self.libvirt.reconnect_min_backoff {
-            return Err(o.err(
-                "libvirt.reconnect_max_backoff",
-                "must not be smaller than libvirt.reconnect_min_backoff",
-            ));
+            return Err(
+                o.err("libvirt.reconnect_max_backoff", "must not be smaller than libvirt.reconnect_min_backoff")
+            );
         }
         if let Some(h) = &self.agent.hostname {
             if h.trim().is_empty() {
-                return Err(o.err(
-                    "agent.hostname",
-                    "must not be empty; remove the key to use the system host name",
-                ));
+                return Err(o.err("agent.hostname", "must not be empty; remove the key to use the system host name"));
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.agent.log_level) {
@@ -414,10 +377,9 @@ impl Config {
             ));
         }
         if self.collectors.interval < min_interval {
-            return Err(o.err(
-                "collectors.interval",
-                format!("must be at least {}", humantime::format_duration(min_interval)),
-            ));
+            return Err(
+                o.err("collectors.interval", format!("must be at least {}", humantime::format_duration(min_interval)))
+            );
         }
         if self.collectors.max_stuck_calls == 0 {
             return Err(o.err("collectors.max_stuck_calls", "must be at least 1"));
@@ -441,11 +403,7 @@ impl Config {
             return Err(o.err("collectors.domain_stats.timeout", "must be greater than 0"));
         }
         if timeout > interval {
-            let key = if ds.timeout.is_some() {
-                "collectors.domain_stats.timeout"
-            } else {
-                "collectors.timeout"
-            };
+            let key = if ds.timeout.is_some() { "collectors.domain_stats.timeout" } else { "collectors.timeout" };
             return Err(o.err(
                 key,
                 format!(
@@ -461,8 +419,7 @@ impl Config {
                 "must not be shorter than the domain stats interval",
             ));
         }
-        self.stats_groups_mask()
-            .map_err(|m| o.err("collectors.domain_stats.groups", m))?;
+        self.stats_groups_mask().map_err(|m| o.err("collectors.domain_stats.groups", m))?;
         DomainFilter::new(&self.domains.include, &self.domains.exclude)
             .map_err(|(key, m)| o.err(&format!("domains.{key}"), m))?;
         let p = &self.sinks.prometheus;
@@ -470,17 +427,11 @@ impl Config {
             if p.listen.parse::<SocketAddr>().is_err() {
                 return Err(o.err(
                     "sinks.prometheus.listen",
-                    format!(
-                        "{:?} is not an address:port (e.g. \"0.0.0.0:9177\" or \"[::1]:9177\")",
-                        p.listen
-                    ),
+                    format!("{:?} is not an address:port (e.g. \"0.0.0.0:9177\" or \"[::1]:9177\")", p.listen),
                 ));
             }
             if !p.path.starts_with('/') || p.path.len() < 2 {
-                return Err(o.err(
-                    "sinks.prometheus.path",
-                    "must start with / and name a path (e.g. \"/metrics\")",
-                ));
+                return Err(o.err("sinks.prometheus.path", "must start with / and name a path (e.g. \"/metrics\")"));
             }
         }
         if p.queue_capacity == 0 {
@@ -496,10 +447,7 @@ impl Config {
     pub fn domain_stats_schedule(&self) -> (Duration, Duration) {
         let ds = &self.collectors.domain_stats;
         let interval = ds.interval.unwrap_or(self.collectors.interval);
-        let timeout = ds
-            .timeout
-            .or(self.collectors.timeout)
-            .unwrap_or_else(|| interval.min(Duration::from_secs(10)));
+        let timeout = ds.timeout.or(self.collectors.timeout).unwrap_or_else(|| interval.min(Duration::from_secs(10)));
         (interval, timeout)
     }
 
@@ -515,10 +463,7 @@ impl Config {
                 Some(grp) => mask |= grp.bit,
                 None => {
                     let known: Vec<&str> = ALL_GROUPS.iter().map(|g| g.name).collect();
-                    return Err(format!(
-                        "unknown stats group {g:?}; known groups: all, {}",
-                        known.join(", ")
-                    ));
+                    return Err(format!("unknown stats group {g:?}; known groups: all, {}", known.join(", ")));
                 }
             }
         }
@@ -563,10 +508,7 @@ mod tests {
         assert!(c.libvirt.read_only);
         assert_eq!(c.sinks.prometheus.listen, "0.0.0.0:9177");
         assert_eq!(c.sinks.prometheus.path, "/metrics");
-        assert_eq!(
-            c.domain_stats_schedule(),
-            (Duration::from_secs(15), Duration::from_secs(10))
-        );
+        assert_eq!(c.domain_stats_schedule(), (Duration::from_secs(15), Duration::from_secs(10)));
         assert_eq!(c.stats_groups_mask().unwrap(), 2047);
     }
 
@@ -598,18 +540,9 @@ mod tests {
     fn impossible_values_are_rejected() {
         for (text, key) in [
             ("[collectors]\ninterval = \"0s\"\n", "collectors.interval"),
-            (
-                "[collectors]\ninterval = \"5s\"\ntimeout = \"6s\"\n",
-                "collectors.timeout",
-            ),
-            (
-                "[collectors.domain_stats]\ngroups = [\"cpu\"]\n",
-                "collectors.domain_stats.groups",
-            ),
-            (
-                "[collectors.domain_stats]\ngroups = []\n",
-                "collectors.domain_stats.groups",
-            ),
+            ("[collectors]\ninterval = \"5s\"\ntimeout = \"6s\"\n", "collectors.timeout"),
+            ("[collectors.domain_stats]\ngroups = [\"cpu\"]\n", "collectors.domain_stats.groups"),
+            ("[collectors.domain_stats]\ngroups = []\n", "collectors.domain_stats.groups"),
             ("[sinks.prometheus]\nlisten = \"nowhere\"\n", "sinks.prometheus.listen"),
             ("[sinks.prometheus]\npath = \"metrics\"\n", "sinks.prometheus.path"),
             ("[domains]\ninclude = [\"/([/\"]\n", "domains.include"),

@@ -32,16 +32,8 @@ impl DomainFilter {
     /// Errors name the list (`include`/`exclude`) and the bad pattern.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (&'static str, String)> {
         Ok(Self {
-            include: include
-                .iter()
-                .map(|p| compile(p))
-                .collect::<Result<_, _>>()
-                .map_err(|e| ("include", e))?,
-            exclude: exclude
-                .iter()
-                .map(|p| compile(p))
-                .collect::<Result<_, _>>()
-                .map_err(|e| ("exclude", e))?,
+            include: include.iter().map(|p| compile(p)).collect::<Result<_, _>>().map_err(|e| ("include", e))?,
+            exclude: exclude.iter().map(|p| compile(p)).collect::<Result<_, _>>().map_err(|e| ("exclude", e))?,
         })
     }
 

@@ -37,10 +37,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
-        let path = cli
-            .config
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| DEFAULT_PATH.to_string());
+        let path = cli.config.map(|p| p.display().to_string()).unwrap_or_else(|| DEFAULT_PATH.to_string());
         println!("configuration OK ({path} and VIRTPULSE_* environment)");
         return ExitCode::SUCCESS;
     }

@@ -196,23 +196,11 @@ mod tests {
             domain: Some(DomainRef {
                 name: "web \"1\"".into(),
                 uuid: "0f0e".into(),
-                info: Some(Arc::new(DomainInfo {
-                    vcpus: Some(2),
-                    persistent: Some(true),
-                    ..Default::default()
-                })),
+                info: Some(Arc::new(DomainInfo { vcpus: Some(2), persistent: Some(true), ..Default::default() })),
             }),
             fields: vec![
-                Field {
-                    key: "cpu.time".into(),
-                    value: TypedValue::ULLong(5),
-                    unit: Unit::Nanoseconds,
-                },
-                Field {
-                    key: "x".into(),
-                    value: TypedValue::Double(f64::NAN),
-                    unit: Unit::Unknown,
-                },
+                Field { key: "cpu.time".into(), value: TypedValue::ULLong(5), unit: Unit::Nanoseconds },
+                Field { key: "x".into(), value: TypedValue::Double(f64::NAN), unit: Unit::Unknown },
             ],
         };
         assert_eq!(

@@ -36,11 +36,8 @@ pub fn metrics_markdown() -> String {
         );
     }
     s.push_str("\nKeys kept in records but not exported (they only feed labels or repeat what series show): ");
-    let hidden: Vec<String> = TABLE
-        .iter()
-        .filter(|t| t.export.is_none())
-        .map(|t| format!("`{}`", t.pattern.replace('*', "<n>")))
-        .collect();
+    let hidden: Vec<String> =
+        TABLE.iter().filter(|t| t.export.is_none()).map(|t| format!("`{}`", t.pattern.replace('*', "<n>"))).collect();
     s.push_str(&hidden.join(", "));
     s.push_str(".\n\n## Hypervisor-defined statistics (by rule)\n\n| libvirt key | metric | notes |\n|---|---|---|\n");
     for (key, metric, notes) in RULES {

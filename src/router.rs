@@ -53,10 +53,7 @@ impl Router {
     /// Adds a sink with a queue of `capacity` batches.
     pub fn add_sink(&mut self, stats: Arc<SinkStats>) -> SinkQueue {
         let (tx, rx) = mpsc::channel(stats.capacity.max(1));
-        self.routes.push(Route {
-            tx,
-            stats: stats.clone(),
-        });
+        self.routes.push(Route { tx, stats: stats.clone() });
         SinkQueue { rx, stats }
     }
 

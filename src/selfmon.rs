@@ -14,12 +14,8 @@ pub enum CycleOutcome {
 }
 
 impl CycleOutcome {
-    pub const ALL: [CycleOutcome; 4] = [
-        CycleOutcome::Ok,
-        CycleOutcome::Error,
-        CycleOutcome::Timeout,
-        CycleOutcome::NotConnected,
-    ];
+    pub const ALL: [CycleOutcome; 4] =
+        [CycleOutcome::Ok, CycleOutcome::Error, CycleOutcome::Timeout, CycleOutcome::NotConnected];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,12 +59,10 @@ impl CollectorStats {
     pub fn record(&self, outcome: CycleOutcome, duration: Duration, error: Option<String>) {
         let idx = CycleOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
         self.outcomes[idx].fetch_add(1, Ordering::Relaxed);
-        self.last_duration_ns
-            .store(duration.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.last_duration_ns.store(duration.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
         if outcome == CycleOutcome::Ok {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            self.last_success_unix_ns
-                .store(now.as_nanos() as u64, Ordering::Relaxed);
+            self.last_success_unix_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
         }
         if let Ok(mut e) = self.last_error.lock() {
             *e = error;
@@ -144,9 +138,7 @@ impl SinkStats {
 
     pub fn dequeued(&self) {
         // Saturating: a racy read must never wrap to a huge depth.
-        let _ = self
-            .depth
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
+        let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
     }
 
     pub fn dropped(&self, records: u64) {
@@ -193,10 +185,7 @@ pub struct Registry {
 impl Registry {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs_f64(),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
             ..Default::default()
         })
     }

@@ -91,10 +91,8 @@ const BLOCK_TIMED: &[LabelSpec] = &[
     l("interval_seconds", LabelSource::Sibling(2, "interval")),
 ];
 const IOTHREAD: &[LabelSpec] = &[l("iothread", LabelSource::Index(0))];
-const CACHE_MON: &[LabelSpec] = &[
-    l("monitor", LabelSource::Sibling(1, "name")),
-    l("vcpus", LabelSource::Sibling(1, "vcpus")),
-];
+const CACHE_MON: &[LabelSpec] =
+    &[l("monitor", LabelSource::Sibling(1, "name")), l("vcpus", LabelSource::Sibling(1, "vcpus"))];
 const CACHE_BANK: &[LabelSpec] = &[
     l("monitor", LabelSource::Sibling(1, "name")),
     l("vcpus", LabelSource::Sibling(1, "vcpus")),
@@ -111,21 +109,11 @@ const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
 const fn counter(name: &'static str, scale: f64, help: &'static str) -> Option<Export> {
-    Some(Export {
-        name,
-        mtype: MetricType::Counter,
-        scale,
-        help,
-    })
+    Some(Export { name, mtype: MetricType::Counter, scale, help })
 }
 
 const fn gauge(name: &'static str, scale: f64, help: &'static str) -> Option<Export> {
-    Some(Export {
-        name,
-        mtype: MetricType::Gauge,
-        scale,
-        help,
-    })
+    Some(Export { name, mtype: MetricType::Gauge, scale, help })
 }
 
 const fn row(
@@ -135,13 +123,7 @@ const fn row(
     labels: &'static [LabelSpec],
     export: Option<Export>,
 ) -> StatSpec {
-    StatSpec {
-        pattern,
-        group,
-        unit,
-        labels,
-        export,
-    }
+    StatSpec { pattern, group, unit, labels, export }
 }
 
 use Unit::*;
@@ -296,21 +278,13 @@ pub const RULES: &[(&str, &str, &str)] = &[
         "libvirt_domain_vm_<stat>_total",
         "counter; `<stat>` ending in `_ns` becomes `_seconds_total` (scaled)",
     ),
-    (
-        "vm.<stat>.cur / .max",
-        "libvirt_domain_vm_<stat>",
-        "gauge (instant value / peak); booleans as 0/1",
-    ),
+    ("vm.<stat>.cur / .max", "libvirt_domain_vm_<stat>", "gauge (instant value / peak); booleans as 0/1"),
     (
         "vcpu.<n>.<stat>.sum",
         "libvirt_domain_vcpu_kvm_<stat>_total{vcpu}",
         "counter; `_ns` stats become `_seconds_total`",
     ),
-    (
-        "vcpu.<n>.<stat>.cur / .max",
-        "libvirt_domain_vcpu_kvm_<stat>{vcpu}",
-        "gauge; booleans as 0/1",
-    ),
+    ("vcpu.<n>.<stat>.cur / .max", "libvirt_domain_vcpu_kvm_<stat>{vcpu}", "gauge; booleans as 0/1"),
     (
         "block.<n>.latency_histogram.<op>.bin.<b>.value",
         "libvirt_domain_block_latency_operations_total{operation,bin_start_seconds}",
@@ -357,15 +331,7 @@ pub struct RuleMatch {
 }
 
 fn sanitize(stat: &str) -> String {
-    stat.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    stat.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_ascii_lowercase() } else { '_' }).collect()
 }
 
 fn kvm_rule(prefix: &str, stat: &str, kind: &str) -> Option<RuleMatch> {
@@ -507,20 +473,10 @@ fn resolve(key: &str) -> KeyMapping {
                     .collect(),
             })
         });
-        return KeyMapping {
-            unit: Some(spec.unit),
-            numeric_unit: spec.unit,
-            export,
-            unmapped: false,
-        };
+        return KeyMapping { unit: Some(spec.unit), numeric_unit: spec.unit, export, unmapped: false };
     }
     if let Some(unit) = histogram_aux_unit(key) {
-        return KeyMapping {
-            unit: Some(unit),
-            numeric_unit: unit,
-            export: None,
-            unmapped: false,
-        };
+        return KeyMapping { unit: Some(unit), numeric_unit: unit, export: None, unmapped: false };
     }
     if let Some(m) = rule_for(key) {
         return KeyMapping {
@@ -536,12 +492,7 @@ fn resolve(key: &str) -> KeyMapping {
             unmapped: false,
         };
     }
-    KeyMapping {
-        unit: None,
-        numeric_unit: Unknown,
-        export: None,
-        unmapped: true,
-    }
+    KeyMapping { unit: None, numeric_unit: Unknown, export: None, unmapped: true }
 }
 
 /// Distinct keys cached at most; a daemon inventing keys without end (it
@@ -601,17 +552,13 @@ impl Sample<'_> {
 
     /// Labels beyond the record's identity (domain, uuid).
     pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        self.export
-            .labels
-            .iter()
-            .zip(&self.label_values)
-            .map(|((name, src), v)| {
-                let value = match src {
-                    MappedLabel::Literal(s) => s.as_str(),
-                    _ => v.as_ref(),
-                };
-                (*name, value)
-            })
+        self.export.labels.iter().zip(&self.label_values).map(|((name, src), v)| {
+            let value = match src {
+                MappedLabel::Literal(s) => s.as_str(),
+                _ => v.as_ref(),
+            };
+            (*name, value)
+        })
     }
 }
 
@@ -689,10 +636,9 @@ pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit
             .map(|(_, src)| -> Cow<'r, str> {
                 match src {
                     MappedLabel::Literal(_) => Cow::Borrowed(""),
-                    MappedLabel::Sibling(k) => by_key
-                        .get(k.as_str())
-                        .map(|v| label_value(v))
-                        .unwrap_or(Cow::Borrowed("")),
+                    MappedLabel::Sibling(k) => {
+                        by_key.get(k.as_str()).map(|v| label_value(v)).unwrap_or(Cow::Borrowed(""))
+                    }
                     MappedLabel::NanosecondsAsSeconds(k) => {
                         let ns = by_key.get(k.as_str()).and_then(|v| v.as_f64()).unwrap_or(0.0);
                         Cow::Owned(scaled(ns, NS).to_string())
@@ -700,11 +646,7 @@ pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit
                 }
             })
             .collect();
-        emit(Sample {
-            export: export.clone(),
-            label_values,
-            value: scaled(raw, export.scale),
-        });
+        emit(Sample { export: export.clone(), label_values, value: scaled(raw, export.scale) });
     }
 }
 
@@ -733,18 +675,10 @@ mod tests {
             time: SystemTime::now(),
             host: "h".into(),
             libvirt_uri: "test:///default".into(),
-            domain: Some(DomainRef {
-                name: "d".into(),
-                uuid: "u".into(),
-                info: None,
-            }),
+            domain: Some(DomainRef { name: "d".into(), uuid: "u".into(), info: None }),
             fields: fields
                 .iter()
-                .map(|(k, v)| Field {
-                    key: (*k).into(),
-                    value: v.clone(),
-                    unit: unit_of(k, v),
-                })
+                .map(|(k, v)| Field { key: (*k).into(), value: v.clone(), unit: unit_of(k, v) })
                 .collect(),
         }
     }
@@ -758,9 +692,7 @@ mod tests {
             if let Some(e) = s.export {
                 assert!(e.name.starts_with("libvirt_domain_"), "{}", e.name);
                 assert!(
-                    e.name
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                    e.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                     "{}",
                     e.name
                 );
@@ -812,11 +744,7 @@ mod tests {
         assert_eq!(s[0].name(), "libvirt_domain_block_read_bytes_total");
         assert_eq!(
             labels_of(&s[0]),
-            vec![
-                ("device", "vda".into()),
-                ("path", "/img/top.qcow2".into()),
-                ("backing_index", "1".into())
-            ]
+            vec![("device", "vda".into()), ("path", "/img/top.qcow2".into()), ("backing_index", "1".into())]
         );
         assert_eq!(s[1].value, 2.5);
         assert_eq!(labels_of(&s[2])[1], ("path", "".into()));
@@ -868,10 +796,7 @@ mod tests {
         );
         assert_eq!(s[3].value, 2.0);
         assert_eq!(labels_of(&s[3]), vec![("vcpu", "0".into())]);
-        assert_eq!(
-            unit_of("vcpu.0.halt_poll_success_ns.sum", &TypedValue::ULLong(1)),
-            Nanoseconds
-        );
+        assert_eq!(unit_of("vcpu.0.halt_poll_success_ns.sum", &TypedValue::ULLong(1)), Nanoseconds);
     }
 
     #[test]
@@ -904,10 +829,7 @@ mod tests {
             ("block.0.latency_histogram.read.bin.count", TypedValue::ULLong(2)),
             ("block.0.latency_histogram.read.bin.0.start", TypedValue::ULLong(0)),
             ("block.0.latency_histogram.read.bin.0.value", TypedValue::ULLong(7)),
-            (
-                "block.0.latency_histogram.read.bin.1.start",
-                TypedValue::ULLong(1_000_000),
-            ),
+            ("block.0.latency_histogram.read.bin.1.start", TypedValue::ULLong(1_000_000)),
             ("block.0.latency_histogram.read.bin.1.value", TypedValue::ULLong(2)),
         ]);
         let mut st = SampleStats::default();
@@ -928,13 +850,6 @@ mod tests {
             ("cpu.cache.monitor.0.bank.1.bytes", TypedValue::ULLong(1024)),
         ]);
         let s = samples(&r, &mut SampleStats::default());
-        assert_eq!(
-            labels_of(&s[0]),
-            vec![
-                ("monitor", "mon0".into()),
-                ("vcpus", "0-1".into()),
-                ("bank", "7".into())
-            ]
-        );
+        assert_eq!(labels_of(&s[0]), vec![("monitor", "mon0".into()), ("vcpus", "0-1".into()), ("bank", "7".into())]);
     }
 }

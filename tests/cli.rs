@@ -11,11 +11,7 @@ use common::agent::{bin, free_port};
 use common::wait_for;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
+    let out = Command::new(bin()).args(args).envs(env.iter().copied()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -71,47 +67,30 @@ fn check_config_names_the_key_and_the_file() {
     assert_eq!(code, 78);
     assert!(err.contains(path), "{err}");
     assert!(err.contains("collectors.domain_stats.groups"), "{err}");
-    assert!(
-        err.contains("\"cpus\"") && err.contains("cpu-total"),
-        "the message lists the known groups: {err}"
-    );
+    assert!(err.contains("\"cpus\"") && err.contains("cpu-total"), "the message lists the known groups: {err}");
 
     let f = config_file("[sinks.prometheus]\nlisten = 9177\n");
     let (code, _, err) = run(&["--check-config", "--config", f.path().to_str().unwrap()], &[]);
     assert_eq!(code, 78);
-    assert!(
-        err.contains("sinks.prometheus.listen") && err.contains("invalid type"),
-        "{err}"
-    );
+    assert!(err.contains("sinks.prometheus.listen") && err.contains("invalid type"), "{err}");
 
     let f = config_file("[libvirt]\nuri = \"qemu:///system\"\nretries = 3\n");
     let (code, _, err) = run(&["--check-config", "--config", f.path().to_str().unwrap()], &[]);
     assert_eq!(code, 78);
-    assert!(
-        err.contains("libvirt.retries") && err.contains("unknown field"),
-        "{err}"
-    );
+    assert!(err.contains("libvirt.retries") && err.contains("unknown field"), "{err}");
 
     let (code, _, err) = run(&["--check-config", "--config", "/nonexistent/virtpulse.toml"], &[]);
     assert_eq!(code, 78);
-    assert!(
-        err.contains("/nonexistent/virtpulse.toml") && err.contains("cannot read"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/virtpulse.toml") && err.contains("cannot read"), "{err}");
 }
 
 #[test]
 fn check_config_names_the_environment_variable() {
     let f = config_file("");
-    let (code, _, err) = run(
-        &["--check-config", "--config", f.path().to_str().unwrap()],
-        &[("VIRTPULSE_COLLECTORS__INTERVAL", "0s")],
-    );
+    let (code, _, err) =
+        run(&["--check-config", "--config", f.path().to_str().unwrap()], &[("VIRTPULSE_COLLECTORS__INTERVAL", "0s")]);
     assert_eq!(code, 78);
-    assert!(
-        err.contains("VIRTPULSE_COLLECTORS__INTERVAL") && err.contains("collectors.interval"),
-        "{err}"
-    );
+    assert!(err.contains("VIRTPULSE_COLLECTORS__INTERVAL") && err.contains("collectors.interval"), "{err}");
 }
 
 #[test]
@@ -129,32 +108,19 @@ fn once_on_the_test_driver() {
 
 #[test]
 fn once_without_a_daemon_says_what_to_do() {
-    let (code, out, err) = run(
-        &["--once"],
-        &[(
-            "VIRTPULSE_LIBVIRT__URI",
-            "qemu+unix:///system?socket=/nonexistent/libvirt-sock",
-        )],
-    );
+    let (code, out, err) =
+        run(&["--once"], &[("VIRTPULSE_LIBVIRT__URI", "qemu+unix:///system?socket=/nonexistent/libvirt-sock")]);
     assert_eq!(code, 69, "{err}");
     assert!(out.is_empty());
-    assert!(
-        err.contains("cannot connect to libvirt") && err.contains("libvirtd"),
-        "{err}"
-    );
+    assert!(err.contains("cannot connect to libvirt") && err.contains("libvirtd"), "{err}");
 }
 
 #[test]
 fn busy_port_is_reported_with_the_address() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (code, _, err) = run(
-        &[],
-        &[
-            ("VIRTPULSE_LIBVIRT__URI", "test:///default"),
-            ("VIRTPULSE_SINKS__PROMETHEUS__LISTEN", &addr),
-        ],
-    );
+    let (code, _, err) =
+        run(&[], &[("VIRTPULSE_LIBVIRT__URI", "test:///default"), ("VIRTPULSE_SINKS__PROMETHEUS__LISTEN", &addr)]);
     assert_eq!(code, 70);
     assert!(err.contains(&addr) && err.contains("sinks.prometheus.listen"), "{err}");
 }
@@ -200,11 +166,7 @@ fn daemon_on_the_test_driver_prints_records_and_serves_metrics() {
     let s = common::exposition::parse(&text);
     assert_eq!(s.value("libvirt_up", &[]), Some(1.0));
     assert_eq!(s.value("libvirt_domain_state", &[("domain", "test")]), Some(1.0));
-    assert!(
-        s.value("virtpulse_sink_records_sent_total", &[("sink", "stdout")])
-            .unwrap()
-            >= 3.0
-    );
+    assert!(s.value("virtpulse_sink_records_sent_total", &[("sink", "stdout")]).unwrap() >= 3.0);
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -216,18 +178,8 @@ fn systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("virtpulse.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/virtpulse", bin())).unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze (package systemd)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && text.trim().is_empty(),
-        "systemd-analyze verify: {text}"
-    );
+    let out =
+        Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze (package systemd)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify: {text}");
 }

@@ -17,13 +17,7 @@ const FAST: &str = "[collectors]\ninterval = \"1s\"\n";
 #[test]
 fn every_exported_value_matches_virsh_domstats() {
     let g1 = Guest::start("stats", GuestSpec::default());
-    let g2 = Guest::start(
-        "stats",
-        GuestSpec {
-            vcpus: 1,
-            ..Default::default()
-        },
-    );
+    let g2 = Guest::start("stats", GuestSpec { vcpus: 1, ..Default::default() });
     let agent = Agent::start(FAST);
     wait_for(Duration::from_secs(30), "full stats of both guests", || {
         let s = agent.scrape();
@@ -40,50 +34,31 @@ fn every_exported_value_matches_virsh_domstats() {
     for (i, g) in [&g1, &g2].iter().enumerate() {
         problems.extend(compare(g, &before[i], &scrape, &after[i]));
         // Named series from the issue, checked by hand against raw virsh values.
-        let raw = |k: &str| {
-            after[i]
-                .get(k)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or_else(|| panic!("virsh lacks {k}"))
-        };
+        let raw =
+            |k: &str| after[i].get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or_else(|| panic!("virsh lacks {k}"));
         let rawb = |k: &str| before[i].get(k).and_then(|v| v.parse::<f64>().ok()).unwrap();
         let v = |n: &str, l: &[(&str, &str)]| {
             let mut all = vec![("uuid", g.uuid.as_str())];
             all.extend_from_slice(l);
             scrape.value(n, &all).unwrap_or_else(|| {
-                let have: Vec<_> = scrape
-                    .find(n, &[("uuid", g.uuid.as_str())])
-                    .into_iter()
-                    .map(|s| &s.labels)
-                    .collect();
+                let have: Vec<_> =
+                    scrape.find(n, &[("uuid", g.uuid.as_str())]).into_iter().map(|s| &s.labels).collect();
                 panic!("{n} {l:?} missing for {}; exported: {have:?}", g.name)
             })
         };
         let cpu = v("libvirt_domain_cpu_time_seconds_total", &[]);
         assert!(rawb("cpu.time") / 1e9 <= cpu + 1e-9 && cpu <= raw("cpu.time") / 1e9 + 1e-9);
-        assert_eq!(
-            v("libvirt_domain_balloon_current_bytes", &[]),
-            raw("balloon.current") * 1024.0
-        );
+        assert_eq!(v("libvirt_domain_balloon_current_bytes", &[]), raw("balloon.current") * 1024.0);
         assert_eq!(v("libvirt_domain_state", &[]), 1.0);
         let vt = v("libvirt_domain_vcpu_time_seconds_total", &[("vcpu", "0")]);
         assert!(rawb("vcpu.0.time") / 1e9 <= vt + 1e-9 && vt <= raw("vcpu.0.time") / 1e9 + 1e-9);
-        let rd = v(
-            "libvirt_domain_block_read_bytes_total",
-            &[("device", "vda"), ("backing_index", "1")],
-        );
+        let rd = v("libvirt_domain_block_read_bytes_total", &[("device", "vda"), ("backing_index", "1")]);
         assert!(rawb("block.0.rd.bytes") <= rd && rd <= raw("block.0.rd.bytes"));
         v("libvirt_domain_block_write_bytes_total", &[("device", "vda")]);
         let ifname = after[i]["net.0.name"].clone();
-        let rx = v(
-            "libvirt_domain_interface_receive_bytes_total",
-            &[("interface", &ifname)],
-        );
+        let rx = v("libvirt_domain_interface_receive_bytes_total", &[("interface", &ifname)]);
         assert!(rawb("net.0.rx.bytes") <= rx && rx <= raw("net.0.rx.bytes"));
-        v(
-            "libvirt_domain_interface_transmit_bytes_total",
-            &[("interface", &ifname)],
-        );
+        v("libvirt_domain_interface_transmit_bytes_total", &[("interface", &ifname)]);
         let info = scrape
             .find("libvirt_domain_info", &[("uuid", g.uuid.as_str())])
             .into_iter()
@@ -96,20 +71,14 @@ fn every_exported_value_matches_virsh_domstats() {
         assert_eq!(info.labels["vcpus"], if i == 0 { "2" } else { "1" });
         assert_eq!(info.labels["max_memory_bytes"], (32u64 << 20).to_string());
     }
-    assert!(
-        problems.is_empty(),
-        "agent and virsh disagree:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "agent and virsh disagree:\n{}", problems.join("\n"));
 }
 
 #[test]
 fn once_prints_records_matching_virsh() {
     let g = Guest::start("once", GuestSpec::default());
     wait_for(Duration::from_secs(20), "the guest's block stats", || {
-        virsh::domstats(&g.name, &[])
-            .contains_key("block.0.rd.reqs")
-            .then_some(())
+        virsh::domstats(&g.name, &[]).contains_key("block.0.rd.reqs").then_some(())
     });
     let before = virsh::domstats(&g.name, &[]);
     let out = Command::new(bin())
@@ -120,11 +89,8 @@ fn once_prints_records_matching_virsh() {
         .unwrap();
     let after = virsh::domstats(&g.name, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 1, "the include filter selects exactly one domain");
     let r = &lines[0];
     common::schema::assert_valid(r);
@@ -142,17 +108,13 @@ fn once_prints_records_matching_virsh() {
         let (vb, va) = (virsh::typed(&before[k.as_str()]), virsh::typed(&after[k.as_str()]));
         match (&f["value"], vb.as_f64(), va.as_f64()) {
             (serde_json::Value::String(s), _, _) => assert_eq!(s, &after[k.as_str()], "{k}"),
-            (serde_json::Value::Bool(b), Some(x), Some(y)) => assert!(
-                x.min(y) <= f64::from(u8::from(*b)) || k.ends_with(".cur") || k.ends_with("halted"),
-                "{k}"
-            ),
+            (serde_json::Value::Bool(b), Some(x), Some(y)) => {
+                assert!(x.min(y) <= f64::from(u8::from(*b)) || k.ends_with(".cur") || k.ends_with("halted"), "{k}")
+            }
             (n, Some(x), Some(y)) => {
                 let n = n.as_f64().unwrap();
                 let volatile = k.ends_with(".cur") || k == "balloon.rss" || k.ends_with(".state");
-                assert!(
-                    volatile || (x.min(y) <= n && n <= x.max(y)),
-                    "{k}: record {n}, virsh {x}..{y}"
-                );
+                assert!(volatile || (x.min(y) <= n && n <= x.max(y)), "{k}: record {n}, virsh {x}..{y}");
             }
             (v, _, _) => panic!("{k}: unexpected value {v}"),
         }
@@ -162,13 +124,7 @@ fn once_prints_records_matching_virsh() {
 #[test]
 fn destroyed_domains_lose_their_series_on_the_next_scrape() {
     let mut persistent = Guest::start("gone", GuestSpec::default());
-    let transient = Guest::start(
-        "gone",
-        GuestSpec {
-            persistent: false,
-            ..Default::default()
-        },
-    );
+    let transient = Guest::start("gone", GuestSpec { persistent: false, ..Default::default() });
     let agent = Agent::start_for(&[&persistent.name, &transient.name], FAST);
     wait_for(Duration::from_secs(30), "both guests", || {
         let s = agent.scrape();
@@ -181,40 +137,20 @@ fn destroyed_domains_lose_their_series_on_the_next_scrape() {
     agent.wait_cycles(2, Duration::from_secs(20));
     let s = agent.scrape();
     let off_after = virsh::domstats(&persistent.name, &[]);
-    assert_eq!(
-        s.of_domain(&transient.uuid).count(),
-        0,
-        "a destroyed transient domain has no series"
-    );
+    assert_eq!(s.of_domain(&transient.uuid).count(), 0, "a destroyed transient domain has no series");
     // A destroyed persistent domain is shut off: it keeps the series libvirt
     // still reports for inactive domains, and loses the runtime ones.
     let pu = persistent.uuid.as_str();
     assert_eq!(s.value("libvirt_domain_state", &[("uuid", pu)]), Some(5.0));
-    assert!(s
-        .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", pu)])
-        .is_empty());
-    assert!(s
-        .find("libvirt_domain_interface_receive_bytes_total", &[("uuid", pu)])
-        .is_empty());
-    assert_eq!(
-        s.find("libvirt_domain_info", &[("uuid", pu), ("state", "shutoff")])
-            .len(),
-        1
-    );
+    assert!(s.find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", pu)]).is_empty());
+    assert!(s.find("libvirt_domain_interface_receive_bytes_total", &[("uuid", pu)]).is_empty());
+    assert_eq!(s.find("libvirt_domain_info", &[("uuid", pu), ("state", "shutoff")]).len(), 1);
     let problems = compare(&persistent, &off_before, &s, &off_after);
-    assert!(
-        problems.is_empty(),
-        "shut-off domain differs from virsh:\n{}",
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "shut-off domain differs from virsh:\n{}", problems.join("\n"));
 
     persistent.undefine();
     agent.wait_cycles(2, Duration::from_secs(20));
-    assert_eq!(
-        agent.scrape().of_domain(&persistent.uuid).count(),
-        0,
-        "an undefined domain has no series"
-    );
+    assert_eq!(agent.scrape().of_domain(&persistent.uuid).count(), 0, "an undefined domain has no series");
 }
 
 #[test]
@@ -230,11 +166,7 @@ fn include_and_exclude_filters_select_domains() {
     });
     agent.wait_cycles(2, Duration::from_secs(20));
     let s = agent.scrape();
-    assert_eq!(
-        s.of_domain(&drop_me.uuid).count(),
-        0,
-        "excluded domain must not be exported"
-    );
+    assert_eq!(s.of_domain(&drop_me.uuid).count(), 0, "excluded domain must not be exported");
     assert!(s
         .samples
         .iter()
@@ -246,14 +178,8 @@ fn include_and_exclude_filters_select_domains() {
 fn output_passes_promtool_with_hostile_names_and_gzip() {
     // Quotes, a backslash and UTF-8 in a domain name; Nova metadata in its XML.
     let nova = r#"<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1"><nova:name>web "1"</nova:name><nova:flavor name="m1.tiny"/><nova:owner><nova:user uuid="u1">alice</nova:user><nova:project uuid="p1">shop</nova:project></nova:owner></nova:instance>"#;
-    let g = Guest::start(
-        "esc",
-        GuestSpec {
-            metadata: nova.into(),
-            name_suffix: "-q\"b\\é".into(),
-            ..Default::default()
-        },
-    );
+    let g =
+        Guest::start("esc", GuestSpec { metadata: nova.into(), name_suffix: "-q\"b\\é".into(), ..Default::default() });
     let odd = g.name.clone();
     assert!(odd.contains('"') && odd.contains('\\') && odd.contains('é'));
     let agent = Agent::start_for(&[&odd], FAST);
@@ -280,28 +206,12 @@ fn output_passes_promtool_with_hostile_names_and_gzip() {
         .stdin(std::fs::File::open(file.path()).unwrap())
         .output()
         .unwrap();
-    let complaints = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && complaints.trim().is_empty(),
-        "promtool check metrics: {complaints}"
-    );
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
 
     // curl shows the headers as sent (ureq would decode gzip and hide them).
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Accept-Encoding: gzip",
-            &agent.url(),
-        ])
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-H", "Accept-Encoding: gzip", &agent.url()])
         .output()
         .unwrap();
     let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();

@@ -14,18 +14,12 @@ use common::guest::{Guest, GuestSpec};
 use common::{start_libvirtd, virsh, wait_for};
 
 fn libvirtd_running() -> bool {
-    Command::new("pgrep")
-        .args(["-x", "libvirtd"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new("pgrep").args(["-x", "libvirtd"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn stop_libvirtd() {
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
-    wait_for(Duration::from_secs(20), "libvirtd to exit", || {
-        (!libvirtd_running()).then_some(())
-    });
+    wait_for(Duration::from_secs(20), "libvirtd to exit", || (!libvirtd_running()).then_some(()));
 }
 
 /// Starts libvirtd again however the test ends.
@@ -65,9 +59,7 @@ fn libvirtd_restart_and_late_start() {
 
     // (d) libvirtd goes away and comes back while the agent runs.
     let agent = Agent::start_for(&[&g.name], CONFIG);
-    wait_for(Duration::from_secs(20), "libvirt_up 1", || {
-        (up(&agent) == Some(1.0)).then_some(())
-    });
+    wait_for(Duration::from_secs(20), "libvirt_up 1", || (up(&agent) == Some(1.0)).then_some(()));
     assert_matches_virsh(&agent, &g);
     stop_libvirtd();
     wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || {
@@ -90,11 +82,7 @@ fn libvirtd_restart_and_late_start() {
     assert_eq!(s.value("libvirt_up", &[]), Some(0.0));
     assert_eq!(s.of_domain(&g.uuid).count(), 0, "no domain series without libvirt");
     wait_for(Duration::from_secs(20), "a not_connected cycle", || {
-        (agent
-            .scrape()
-            .value("virtpulse_collections_total", &[("result", "not_connected")])
-            .unwrap_or(0.0)
-            >= 1.0)
+        (agent.scrape().value("virtpulse_collections_total", &[("result", "not_connected")]).unwrap_or(0.0) >= 1.0)
             .then_some(())
     });
     start_libvirtd();

@@ -44,11 +44,7 @@ pub async fn run_once<C: Collector>(
             Some(batch)
         }
         Ok(Err(CollectError::NotConnected)) => {
-            stats.record(
-                CycleOutcome::NotConnected,
-                elapsed,
-                Some("not connected to libvirt".into()),
-            );
+            stats.record(CycleOutcome::NotConnected, elapsed, Some("not connected to libvirt".into()));
             None
         }
         Ok(Err(e)) => {

@@ -32,27 +32,21 @@ fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree:
 }
 
 fn text(node: Option<roxmltree::Node>) -> Option<String> {
-    node.and_then(|n| n.text())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
+    node.and_then(|n| n.text()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 fn nova(metadata: roxmltree::Node) -> Option<OpenStackInfo> {
     let inst = metadata.children().find(|c| {
         c.is_element()
             && c.tag_name().name() == "instance"
-            && c.tag_name()
-                .namespace()
-                .is_some_and(|ns| ns.starts_with(NOVA_NS_PREFIX))
+            && c.tag_name().namespace().is_some_and(|ns| ns.starts_with(NOVA_NS_PREFIX))
     })?;
     let owner = child(inst, "owner");
     let user = owner.and_then(|o| child(o, "user"));
     let project = owner.and_then(|o| child(o, "project"));
     Some(OpenStackInfo {
         instance_name: text(child(inst, "name")),
-        flavor: child(inst, "flavor")
-            .and_then(|f| f.attribute("name"))
-            .map(String::from),
+        flavor: child(inst, "flavor").and_then(|f| f.attribute("name")).map(String::from),
         project_name: text(project),
         project_uuid: project.and_then(|p| p.attribute("uuid")).map(String::from),
         user_name: text(user),
@@ -66,10 +60,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<DomainInfo, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" {
-        return Err(format!(
-            "domain XML has root <{}>, expected <domain>",
-            root.tag_name().name()
-        ));
+        return Err(format!("domain XML has root <{}>, expected <domain>", root.tag_name().name()));
     }
     let os_type = child(root, "os").and_then(|os| child(os, "type"));
     let vcpu = child(root, "vcpu");
@@ -78,9 +69,7 @@ pub fn parse_domain_xml(xml: &str) -> Result<DomainInfo, String> {
         os_type: text(os_type),
         arch: os_type.and_then(|t| t.attribute("arch")).map(String::from),
         machine: os_type.and_then(|t| t.attribute("machine")).map(String::from),
-        vcpus: vcpu
-            .and_then(|v| v.attribute("current").or(v.text()))
-            .and_then(|s| s.trim().parse().ok()),
+        vcpus: vcpu.and_then(|v| v.attribute("current").or(v.text())).and_then(|s| s.trim().parse().ok()),
         max_memory_bytes: child(root, "memory").and_then(memory_bytes),
         memory_bytes: child(root, "currentMemory").and_then(memory_bytes),
         persistent: None,
@@ -105,11 +94,7 @@ pub struct InfoCache {
 
 impl InfoCache {
     pub fn new(refresh: Duration) -> Self {
-        Self {
-            entries: HashMap::new(),
-            refresh,
-            invalidated: Arc::default(),
-        }
+        Self { entries: HashMap::new(), refresh, invalidated: Arc::default() }
     }
 
     /// A handle others can use to force a re-read of a domain's info.
@@ -137,13 +122,7 @@ impl InfoCache {
         if let Ok(mut s) = self.invalidated.lock() {
             s.remove(&uuid);
         }
-        self.entries.insert(
-            uuid,
-            Entry {
-                info: Arc::new(info),
-                fetched: now,
-            },
-        );
+        self.entries.insert(uuid, Entry { info: Arc::new(info), fetched: now });
     }
 
     /// Forgets domains that no longer exist.

@@ -49,9 +49,7 @@ pub struct DomainStatsCollector {
 
 impl DomainStatsCollector {
     pub fn new(ctx: CollectorContext, settings: Settings, info: InfoCache) -> Self {
-        ctx.registry
-            .wanted_groups
-            .store(u64::from(settings.groups), Ordering::Relaxed);
+        ctx.registry.wanted_groups.store(u64::from(settings.groups), Ordering::Relaxed);
         Self {
             ctx,
             settings,
@@ -87,11 +85,7 @@ impl DomainStatsCollector {
         let caps = self
             .ctx
             .tracker
-            .run(move || {
-                s.conn
-                    .probe_stats(wanted, flags)
-                    .inspect_err(|e| manager.note_error(&s, e))
-            })
+            .run(move || s.conn.probe_stats(wanted, flags).inspect_err(|e| manager.note_error(&s, e)))
             .await??;
         let missing = wanted & !caps.groups;
         tracing::info!(
@@ -101,10 +95,7 @@ impl DomainStatsCollector {
             backing = caps.flags & FLAG_BACKING != 0,
             "probed domain stats support"
         );
-        self.ctx
-            .registry
-            .supported_groups
-            .store(u64::from(caps.groups), Ordering::Relaxed);
+        self.ctx.registry.supported_groups.store(u64::from(caps.groups), Ordering::Relaxed);
         self.caps = Some((session.generation, caps));
         Ok(caps)
     }
@@ -172,10 +163,7 @@ impl DomainStatsCollector {
         let s = session.clone();
         let again = self
             .with_names(move |names| {
-                let doms: Vec<_> = suspects
-                    .iter()
-                    .filter_map(|u| s.conn.lookup_domain_by_uuid(u).ok())
-                    .collect();
+                let doms: Vec<_> = suspects.iter().filter_map(|u| s.conn.lookup_domain_by_uuid(u).ok()).collect();
                 s.conn.domain_list_stats(&doms, caps.groups, caps.flags, names)
             })
             .await;
@@ -190,20 +178,14 @@ impl DomainStatsCollector {
         for d in stats.iter() {
             if is_running(d) && self.key_counts.get(&d.uuid).is_some_and(|&n| d.params.params.len() < n) {
                 self.ctx.stats.partial_record();
-                tracing::debug!(
-                    domain = d.name,
-                    "domain stats incomplete: its job is held (busy or hung QEMU)"
-                );
+                tracing::debug!(domain = d.name, "domain stats incomplete: its job is held (busy or hung QEMU)");
             }
         }
     }
 
     fn remember_key_counts(&mut self, stats: &[DomainStats]) {
-        self.key_counts = stats
-            .iter()
-            .filter(|d| is_running(d))
-            .map(|d| (d.uuid.clone(), d.params.params.len()))
-            .collect();
+        self.key_counts =
+            stats.iter().filter(|d| is_running(d)).map(|d| (d.uuid.clone(), d.params.params.len())).collect();
     }
 
     /// Reads the XML of domains whose cached info is missing or old.
@@ -254,11 +236,7 @@ impl DomainStatsCollector {
             .into_iter()
             .map(|p| {
                 let unit = unit_of(&p.name, &p.value);
-                Field {
-                    key: p.name,
-                    value: p.value,
-                    unit,
-                }
+                Field { key: p.name, value: p.value, unit }
             })
             .collect();
         Record {
@@ -267,11 +245,7 @@ impl DomainStatsCollector {
             time,
             host: self.ctx.identity.host.clone(),
             libvirt_uri: self.ctx.identity.uri.clone(),
-            domain: Some(DomainRef {
-                name: d.name.into(),
-                uuid: d.uuid.into(),
-                info,
-            }),
+            domain: Some(DomainRef { name: d.name.into(), uuid: d.uuid.into(), info }),
             fields,
         }
     }
@@ -297,12 +271,8 @@ impl Collector for DomainStatsCollector {
     }
 
     async fn collect(&mut self) -> Result<Batch, CollectError> {
-        let session = self
-            .ctx
-            .manager
-            .session_within(self.settings.connect_wait)
-            .await
-            .ok_or(CollectError::NotConnected)?;
+        let session =
+            self.ctx.manager.session_within(self.settings.connect_wait).await.ok_or(CollectError::NotConnected)?;
         let caps = self.capabilities(&session).await?;
         let mut stats = self.fetch_stats(&session, caps).await?;
         let time = SystemTime::now();
@@ -316,11 +286,6 @@ impl Collector for DomainStatsCollector {
         let present: HashSet<&str> = stats.iter().map(|d| d.uuid.as_str()).collect();
         self.info.retain(&present);
         let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
-        Ok(Batch {
-            source: SOURCE,
-            snapshot: true,
-            records,
-            ttl: None,
-        })
+        Ok(Batch { source: SOURCE, snapshot: true, records, ttl: None })
     }
 }

@@ -31,22 +31,14 @@ impl LibvirtError {
             } else {
                 CStr::from_ptr((*err).message).to_string_lossy().into_owned()
             };
-            let out = Self {
-                code: (*err).code,
-                domain: (*err).domain,
-                message,
-            };
+            let out = Self { code: (*err).code, domain: (*err).domain, message };
             sys::virResetLastError();
             out
         }
     }
 
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            domain: 0,
-            message: message.into(),
-        }
+        Self { code, domain: 0, message: message.into() }
     }
 
     /// True when the error means the connection to the daemon is gone and a

@@ -121,10 +121,7 @@ impl ConnectionManager {
 
     fn publish(&self, conn: Connection) -> Session {
         let generation = self.connects.fetch_add(1, Ordering::Relaxed) + 1;
-        let session = Session {
-            conn: Arc::new(conn),
-            generation,
-        };
+        let session = Session { conn: Arc::new(conn), generation };
         self.up.store(true, Ordering::Relaxed);
         self.current.send_replace(Some(session.clone()));
         session

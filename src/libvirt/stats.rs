@@ -18,50 +18,17 @@ pub struct StatsGroup {
 
 /// Every group this build knows, in libvirt's bit order.
 pub const ALL_GROUPS: &[StatsGroup] = &[
-    StatsGroup {
-        name: "state",
-        bit: sys::VIR_DOMAIN_STATS_STATE,
-    },
-    StatsGroup {
-        name: "cpu-total",
-        bit: sys::VIR_DOMAIN_STATS_CPU_TOTAL,
-    },
-    StatsGroup {
-        name: "balloon",
-        bit: sys::VIR_DOMAIN_STATS_BALLOON,
-    },
-    StatsGroup {
-        name: "vcpu",
-        bit: sys::VIR_DOMAIN_STATS_VCPU,
-    },
-    StatsGroup {
-        name: "interface",
-        bit: sys::VIR_DOMAIN_STATS_INTERFACE,
-    },
-    StatsGroup {
-        name: "block",
-        bit: sys::VIR_DOMAIN_STATS_BLOCK,
-    },
-    StatsGroup {
-        name: "perf",
-        bit: sys::VIR_DOMAIN_STATS_PERF,
-    },
-    StatsGroup {
-        name: "iothread",
-        bit: sys::VIR_DOMAIN_STATS_IOTHREAD,
-    },
-    StatsGroup {
-        name: "memory",
-        bit: sys::VIR_DOMAIN_STATS_MEMORY,
-    },
-    StatsGroup {
-        name: "dirtyrate",
-        bit: sys::VIR_DOMAIN_STATS_DIRTYRATE,
-    },
-    StatsGroup {
-        name: "vm",
-        bit: sys::VIR_DOMAIN_STATS_VM,
-    },
+    StatsGroup { name: "state", bit: sys::VIR_DOMAIN_STATS_STATE },
+    StatsGroup { name: "cpu-total", bit: sys::VIR_DOMAIN_STATS_CPU_TOTAL },
+    StatsGroup { name: "balloon", bit: sys::VIR_DOMAIN_STATS_BALLOON },
+    StatsGroup { name: "vcpu", bit: sys::VIR_DOMAIN_STATS_VCPU },
+    StatsGroup { name: "interface", bit: sys::VIR_DOMAIN_STATS_INTERFACE },
+    StatsGroup { name: "block", bit: sys::VIR_DOMAIN_STATS_BLOCK },
+    StatsGroup { name: "perf", bit: sys::VIR_DOMAIN_STATS_PERF },
+    StatsGroup { name: "iothread", bit: sys::VIR_DOMAIN_STATS_IOTHREAD },
+    StatsGroup { name: "memory", bit: sys::VIR_DOMAIN_STATS_MEMORY },
+    StatsGroup { name: "dirtyrate", bit: sys::VIR_DOMAIN_STATS_DIRTYRATE },
+    StatsGroup { name: "vm", bit: sys::VIR_DOMAIN_STATS_VM },
 ];
 
 pub fn group_by_name(name: &str) -> Option<StatsGroup> {
@@ -69,11 +36,7 @@ pub fn group_by_name(name: &str) -> Option<StatsGroup> {
 }
 
 pub fn group_names(mask: u32) -> Vec<&'static str> {
-    ALL_GROUPS
-        .iter()
-        .filter(|g| mask & g.bit != 0)
-        .map(|g| g.name)
-        .collect()
+    ALL_GROUPS.iter().filter(|g| mask & g.bit != 0).map(|g| g.name).collect()
 }
 
 pub const FLAG_NOWAIT: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
@@ -112,6 +75,15 @@ impl Drop for RecordList {
 }
 
 impl RecordList {
+    /// Takes the result of a stats call: `n` records at `recs`, or an error.
+    fn take(n: c_int, recs: *mut sys::virDomainStatsRecordPtr, names: &mut KeyInterner) -> Result<Vec<DomainStats>> {
+        let list = RecordList(recs);
+        if n < 0 {
+            return Err(LibvirtError::last());
+        }
+        Ok(list.decode(n, names))
+    }
+
     fn decode(&self, n: c_int, names: &mut KeyInterner) -> Vec<DomainStats> {
         let mut out = Vec::with_capacity(n.max(0) as usize);
         for i in 0..n.max(0) as usize {
@@ -122,16 +94,9 @@ impl RecordList {
                     continue;
                 }
                 let dom = (*rec).dom;
-                let (name, uuid) = if dom.is_null() {
-                    (String::new(), String::new())
-                } else {
-                    (domain_name(dom), domain_uuid(dom))
-                };
-                out.push(DomainStats {
-                    name,
-                    uuid,
-                    params: decode((*rec).params, (*rec).nparams, names),
-                });
+                let (name, uuid) =
+                    if dom.is_null() { (String::new(), String::new()) } else { (domain_name(dom), domain_uuid(dom)) };
+                out.push(DomainStats { name, uuid, params: decode((*rec).params, (*rec).nparams, names) });
             }
         }
         out
@@ -144,11 +109,7 @@ impl Connection {
         let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
         // SAFETY: valid connection; recs receives an array we free via RecordList.
         let n = unsafe { sys::virConnectGetAllDomainStats(self.as_ptr(), groups, &mut recs, flags) };
-        let list = RecordList(recs);
-        if n < 0 {
-            return Err(LibvirtError::last());
-        }
-        Ok(list.decode(n, names))
+        RecordList::take(n, recs, names)
     }
 
     /// Statistics of the given domains in one RPC.
@@ -167,11 +128,7 @@ impl Connection {
         let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
         // SAFETY: NULL-terminated array of valid domains that outlive the call.
         let n = unsafe { sys::virDomainListGetStats(ptrs.as_mut_ptr(), groups, &mut recs, flags) };
-        let list = RecordList(recs);
-        if n < 0 {
-            return Err(LibvirtError::last());
-        }
-        Ok(list.decode(n, names))
+        RecordList::take(n, recs, names)
     }
 
     /// Finds which of `wanted` groups, and which of `flags`, the daemon supports.
@@ -193,11 +150,7 @@ impl Connection {
                 return Err(e);
             }
             // Drop the newest flag first (BACKING is older than NOWAIT).
-            flags &= if flags & FLAG_NOWAIT != 0 {
-                !FLAG_NOWAIT
-            } else {
-                !FLAG_BACKING
-            };
+            flags &= if flags & FLAG_NOWAIT != 0 { !FLAG_NOWAIT } else { !FLAG_BACKING };
         }
 
         match try_call(wanted, flags) {

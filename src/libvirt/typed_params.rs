@@ -173,10 +173,7 @@ pub unsafe fn decode(params: *const sys::virTypedParameter, n: c_int, names: &mu
                 }
             }
             other => {
-                out.undecoded.push(UndecodedParam {
-                    name: name.to_string(),
-                    type_code: other as i32,
-                });
+                out.undecoded.push(UndecodedParam { name: name.to_string(), type_code: other as i32 });
                 continue;
             }
         };
@@ -195,53 +192,23 @@ mod tests {
         for (i, b) in name.bytes().take(80).enumerate() {
             field[i] = b as c_char;
         }
-        sys::virTypedParameter {
-            field,
-            type_: type_ as c_int,
-            value,
-        }
+        sys::virTypedParameter { field, type_: type_ as c_int, value }
     }
 
     #[test]
     fn decodes_every_type() {
         let s = CString::new("vnet0").unwrap();
         let params = [
-            param(
-                "a",
-                sys::VIR_TYPED_PARAM_INT,
-                sys::_virTypedParameter__bindgen_ty_1 { i: -3 },
-            ),
-            param(
-                "b",
-                sys::VIR_TYPED_PARAM_UINT,
-                sys::_virTypedParameter__bindgen_ty_1 { ui: 7 },
-            ),
-            param(
-                "c",
-                sys::VIR_TYPED_PARAM_LLONG,
-                sys::_virTypedParameter__bindgen_ty_1 { l: -1 << 40 },
-            ),
-            param(
-                "d",
-                sys::VIR_TYPED_PARAM_ULLONG,
-                sys::_virTypedParameter__bindgen_ty_1 { ul: u64::MAX },
-            ),
-            param(
-                "e",
-                sys::VIR_TYPED_PARAM_DOUBLE,
-                sys::_virTypedParameter__bindgen_ty_1 { d: 1.5 },
-            ),
-            param(
-                "f",
-                sys::VIR_TYPED_PARAM_BOOLEAN,
-                sys::_virTypedParameter__bindgen_ty_1 { b: 1 },
-            ),
+            param("a", sys::VIR_TYPED_PARAM_INT, sys::_virTypedParameter__bindgen_ty_1 { i: -3 }),
+            param("b", sys::VIR_TYPED_PARAM_UINT, sys::_virTypedParameter__bindgen_ty_1 { ui: 7 }),
+            param("c", sys::VIR_TYPED_PARAM_LLONG, sys::_virTypedParameter__bindgen_ty_1 { l: -1 << 40 }),
+            param("d", sys::VIR_TYPED_PARAM_ULLONG, sys::_virTypedParameter__bindgen_ty_1 { ul: u64::MAX }),
+            param("e", sys::VIR_TYPED_PARAM_DOUBLE, sys::_virTypedParameter__bindgen_ty_1 { d: 1.5 }),
+            param("f", sys::VIR_TYPED_PARAM_BOOLEAN, sys::_virTypedParameter__bindgen_ty_1 { b: 1 }),
             param(
                 "g",
                 sys::VIR_TYPED_PARAM_STRING,
-                sys::_virTypedParameter__bindgen_ty_1 {
-                    s: s.as_ptr() as *mut c_char,
-                },
+                sys::_virTypedParameter__bindgen_ty_1 { s: s.as_ptr() as *mut c_char },
             ),
         ];
         let d = unsafe { decode(params.as_ptr(), params.len() as c_int, &mut KeyInterner::default()) };
@@ -266,39 +233,19 @@ mod tests {
     fn unknown_type_is_reported_not_guessed() {
         let params = [
             param("new.kind", 99, sys::_virTypedParameter__bindgen_ty_1 { ul: 1 }),
-            param(
-                "ok",
-                sys::VIR_TYPED_PARAM_UINT,
-                sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
-            ),
+            param("ok", sys::VIR_TYPED_PARAM_UINT, sys::_virTypedParameter__bindgen_ty_1 { ui: 1 }),
         ];
         let d = unsafe { decode(params.as_ptr(), 2, &mut KeyInterner::default()) };
         assert_eq!(d.params.len(), 1);
-        assert_eq!(
-            d.undecoded,
-            vec![UndecodedParam {
-                name: "new.kind".into(),
-                type_code: 99
-            }]
-        );
+        assert_eq!(d.undecoded, vec![UndecodedParam { name: "new.kind".into(), type_code: 99 }]);
     }
 
     #[test]
     fn unterminated_name_and_null_string_are_safe() {
         let long = "x".repeat(80);
         let params = [
-            param(
-                &long,
-                sys::VIR_TYPED_PARAM_UINT,
-                sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
-            ),
-            param(
-                "s",
-                sys::VIR_TYPED_PARAM_STRING,
-                sys::_virTypedParameter__bindgen_ty_1 {
-                    s: std::ptr::null_mut(),
-                },
-            ),
+            param(&long, sys::VIR_TYPED_PARAM_UINT, sys::_virTypedParameter__bindgen_ty_1 { ui: 1 }),
+            param("s", sys::VIR_TYPED_PARAM_STRING, sys::_virTypedParameter__bindgen_ty_1 { s: std::ptr::null_mut() }),
         ];
         let d = unsafe { decode(params.as_ptr(), 2, &mut KeyInterner::default()) };
         assert_eq!(d.params[0].name.len(), 80);
@@ -307,32 +254,15 @@ mod tests {
 
     #[test]
     fn empty_and_null_inputs() {
-        assert_eq!(
-            unsafe { decode(std::ptr::null(), 5, &mut KeyInterner::default()) },
-            DecodedParams::default()
-        );
-        let params = [param(
-            "a",
-            sys::VIR_TYPED_PARAM_UINT,
-            sys::_virTypedParameter__bindgen_ty_1 { ui: 1 },
-        )];
-        assert_eq!(
-            unsafe { decode(params.as_ptr(), 0, &mut KeyInterner::default()) },
-            DecodedParams::default()
-        );
-        assert_eq!(
-            unsafe { decode(params.as_ptr(), -1, &mut KeyInterner::default()) },
-            DecodedParams::default()
-        );
+        assert_eq!(unsafe { decode(std::ptr::null(), 5, &mut KeyInterner::default()) }, DecodedParams::default());
+        let params = [param("a", sys::VIR_TYPED_PARAM_UINT, sys::_virTypedParameter__bindgen_ty_1 { ui: 1 })];
+        assert_eq!(unsafe { decode(params.as_ptr(), 0, &mut KeyInterner::default()) }, DecodedParams::default());
+        assert_eq!(unsafe { decode(params.as_ptr(), -1, &mut KeyInterner::default()) }, DecodedParams::default());
     }
 
     #[test]
     fn names_are_shared_between_calls() {
-        let params = [param(
-            "cpu.time",
-            sys::VIR_TYPED_PARAM_ULLONG,
-            sys::_virTypedParameter__bindgen_ty_1 { ul: 1 },
-        )];
+        let params = [param("cpu.time", sys::VIR_TYPED_PARAM_ULLONG, sys::_virTypedParameter__bindgen_ty_1 { ul: 1 })];
         let mut names = KeyInterner::default();
         let a = unsafe { decode(params.as_ptr(), 1, &mut names) };
         let b = unsafe { decode(params.as_ptr(), 1, &mut names) };

@@ -68,9 +68,7 @@ impl Agent {
             .spawn()
             .expect("start agent");
         let agent = Agent { port, child, dir };
-        wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || {
-            agent.try_scrape_text().ok()
-        });
+        wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || agent.try_scrape_text().ok());
         agent
     }
 
@@ -79,20 +77,14 @@ impl Agent {
     }
 
     pub fn try_scrape_text(&self) -> Result<String, String> {
-        let resp = ureq::get(&self.url())
-            .timeout(Duration::from_secs(5))
-            .call()
-            .map_err(|e| e.to_string())?;
+        let resp = ureq::get(&self.url()).timeout(Duration::from_secs(5)).call().map_err(|e| e.to_string())?;
         let mut body = String::new();
-        resp.into_reader()
-            .read_to_string(&mut body)
-            .map_err(|e| e.to_string())?;
+        resp.into_reader().read_to_string(&mut body).map_err(|e| e.to_string())?;
         Ok(body)
     }
 
     pub fn scrape_text(&self) -> String {
-        self.try_scrape_text()
-            .unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()))
+        self.try_scrape_text().unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()))
     }
 
     pub fn scrape(&self) -> Scrape {
@@ -108,19 +100,14 @@ impl Agent {
 
     pub fn ok_cycles(&self) -> f64 {
         self.scrape()
-            .value(
-                "virtpulse_collections_total",
-                &[("collector", "domain_stats"), ("result", "ok")],
-            )
+            .value("virtpulse_collections_total", &[("collector", "domain_stats"), ("result", "ok")])
             .unwrap_or(0.0)
     }
 
     /// Waits until at least `n` more successful collections have completed.
     pub fn wait_cycles(&self, n: u32, timeout: Duration) {
         let start = self.ok_cycles();
-        wait_for(timeout, "collection cycles", || {
-            (self.ok_cycles() >= start + f64::from(n)).then_some(())
-        });
+        wait_for(timeout, "collection cycles", || (self.ok_cycles() >= start + f64::from(n)).then_some(()));
     }
 
     pub fn log(&self) -> String {
@@ -137,9 +124,7 @@ impl Agent {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {

@@ -23,43 +23,25 @@ pub fn expected(
         time: SystemTime::now(),
         host: "h".into(),
         libvirt_uri: "qemu:///system".into(),
-        domain: Some(DomainRef {
-            name: name.into(),
-            uuid: uuid.into(),
-            info: None,
-        }),
+        domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
         fields: stats
             .iter()
             .map(|(k, v)| {
                 let value = virsh::typed(v);
-                Field {
-                    key: k.as_str().into(),
-                    unit: stat_keys::unit_of(k, &value),
-                    value,
-                }
+                Field { key: k.as_str().into(), unit: stat_keys::unit_of(k, &value), value }
             })
             .collect(),
     };
     let mut st = SampleStats::default();
     let mut out = BTreeMap::new();
     for s in stat_keys::samples(&record, &mut st) {
-        let mut labels: BTreeMap<String, String> = s
-            .labels()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut labels: BTreeMap<String, String> =
+            s.labels().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
         labels.insert("domain".into(), name.into());
         labels.insert("uuid".into(), uuid.into());
-        out.insert(
-            (s.name().to_string(), labels),
-            (s.mtype(), s.help().to_string(), s.value),
-        );
+        out.insert((s.name().to_string(), labels), (s.mtype(), s.help().to_string(), s.value));
     }
-    assert!(
-        st.unmapped.is_empty(),
-        "virsh shows keys the table does not map: {:?}",
-        st.unmapped
-    );
+    assert!(st.unmapped.is_empty(), "virsh shows keys the table does not map: {:?}", st.unmapped);
     out
 }
 
@@ -68,12 +50,7 @@ pub fn scraped(scrape: &Scrape, uuid: &str) -> BTreeMap<SeriesKey, f64> {
         .of_domain(uuid)
         .filter(|s| !s.name.ends_with("_info"))
         .map(|s| {
-            let labels = s
-                .labels
-                .iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let labels = s.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();
             ((s.name.clone(), labels), s.value)
         })
         .collect()
@@ -129,10 +106,6 @@ pub fn compare(
 }
 
 pub fn has_full_stats(scrape: &Scrape, uuid: &str) -> bool {
-    scrape
-        .value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)])
-        .is_some()
-        && !scrape
-            .find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", uuid)])
-            .is_empty()
+    scrape.value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)]).is_some()
+        && !scrape.find("libvirt_domain_vcpu_time_seconds_total", &[("uuid", uuid)]).is_empty()
 }

@@ -92,12 +92,7 @@ impl Scrape {
     pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
         self.samples
             .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
             .collect()
     }
 
@@ -106,9 +101,7 @@ impl Scrape {
     }
 
     pub fn of_domain<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples
-            .iter()
-            .filter(move |s| s.labels.get("uuid").map(String::as_str) == Some(uuid))
+        self.samples.iter().filter(move |s| s.labels.get("uuid").map(String::as_str) == Some(uuid))
     }
 }
 

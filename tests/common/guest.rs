@@ -81,11 +81,7 @@ impl Default for GuestSpec {
 
 impl Guest {
     pub fn name_for(tag: &str) -> String {
-        format!(
-            "{PREFIX}{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        )
+        format!("{PREFIX}{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Defines (when persistent) and starts a guest.
@@ -97,17 +93,7 @@ impl Guest {
         let base = dir.path().join("base.qcow2");
         let top = dir.path().join("top.qcow2");
         qemu_img(&["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]);
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            base.to_str().unwrap(),
-            "-F",
-            "qcow2",
-            top.to_str().unwrap(),
-        ]);
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2", top.to_str().unwrap()]);
         for f in [&base, &top] {
             super::set_mode(f, 0o666);
         }
@@ -115,12 +101,7 @@ impl Guest {
         let xml_path = dir.path().join("domain.xml");
         std::fs::write(&xml_path, xml).expect("write domain xml");
         let xml_arg = xml_path.to_str().unwrap();
-        let mut g = Guest {
-            name: name.clone(),
-            uuid: String::new(),
-            dir,
-            defined: spec.persistent,
-        };
+        let mut g = Guest { name: name.clone(), uuid: String::new(), dir, defined: spec.persistent };
         if spec.persistent {
             virsh::must(&["define", xml_arg]);
             virsh::must(&["start", &name]);
@@ -136,10 +117,7 @@ impl Guest {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.qemu_pid().to_string()])
-            .status()
-            .expect("kill");
+        let st = Command::new("kill").args([sig, &self.qemu_pid().to_string()]).status().expect("kill");
         assert!(st.success(), "kill {sig} failed");
     }
 

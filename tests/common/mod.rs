@@ -31,12 +31,7 @@ pub fn ensure_libvirtd() {
 pub fn start_libvirtd() {
     let script = project_root().join("scripts/start-libvirtd.sh");
     let out = Command::new(&script).output().expect("run start-libvirtd.sh");
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
@@ -58,10 +53,7 @@ pub fn scratch_dir(tag: &str) -> tempfile::TempDir {
     let base = PathBuf::from("/var/tmp/virtpulse-tests");
     std::fs::create_dir_all(&base).expect("create /var/tmp/virtpulse-tests");
     set_mode(&base, 0o755);
-    let d = tempfile::Builder::new()
-        .prefix(&format!("{tag}-"))
-        .tempdir_in(&base)
-        .expect("tempdir");
+    let d = tempfile::Builder::new().prefix(&format!("{tag}-")).tempdir_in(&base).expect("tempdir");
     set_mode(d.path(), 0o755);
     d
 }

@@ -8,20 +8,12 @@ use virtpulse::libvirt::TypedValue;
 pub const URI: &str = "qemu:///system";
 
 pub fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(URI)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run virsh: {e}"))?;
+    let out =
+        Command::new("virsh").arg("-c").arg(URI).args(args).output().map_err(|e| format!("cannot run virsh: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "virsh {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("virsh {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -52,10 +44,7 @@ pub fn domstats(name: &str, extra: &[&str]) -> BTreeMap<String, String> {
     args.extend_from_slice(extra);
     args.push(name);
     let out = must(&args);
-    out.lines()
-        .filter_map(|l| l.trim().split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    out.lines().filter_map(|l| l.trim().split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn domuuid(name: &str) -> String {
@@ -63,9 +52,5 @@ pub fn domuuid(name: &str) -> String {
 }
 
 pub fn qemu_pid(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid")).ok()?.trim().parse().ok()
 }

@@ -48,11 +48,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn new(registry: Arc<Registry>, manager: Option<Arc<ConnectionManager>>) -> Self {
-        Self {
-            inner: Arc::default(),
-            registry,
-            manager,
-        }
+        Self { inner: Arc::default(), registry, manager }
     }
 
     /// Replaces the source's snapshot with this batch.
@@ -92,11 +88,7 @@ impl Exporter {
         };
         let own = selfmetrics::render(&self.registry, self.manager.as_deref(), facts);
         let now = Instant::now();
-        let live = inner
-            .sources
-            .values()
-            .filter(|s| s.expires.is_none_or(|e| e > now))
-            .map(|s| &s.families);
+        let live = inner.sources.values().filter(|s| s.expires.is_none_or(|e| e > now)).map(|s| &s.families);
         let mut out = String::with_capacity(64 * 1024);
         write_families(&mut out, live.chain(std::iter::once(&own)));
         out
@@ -137,10 +129,7 @@ pub fn router(exporter: Exporter, path: &str) -> axum::Router {
     axum::Router::new()
         .route(path, get(metrics))
         .route("/healthz", get(healthz))
-        .route(
-            "/",
-            get(move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], landing) }),
-        )
+        .route("/", get(move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], landing) }))
         .layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
         .with_state(exporter)
 }

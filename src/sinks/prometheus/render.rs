@@ -40,11 +40,7 @@ pub struct FamilyWriter<'a> {
 
 impl<'a> FamilyWriter<'a> {
     pub fn new(families: &'a mut Families, stats: &'a mut RenderStats) -> Self {
-        Self {
-            families,
-            stats,
-            seen: HashSet::default(),
-        }
+        Self { families, stats, seen: HashSet::default() }
     }
 
     pub fn add(&mut self, name: &str, mtype: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
@@ -212,19 +208,9 @@ mod tests {
             domain: Some(DomainRef {
                 name: name.into(),
                 uuid: "11111111-2222-3333-4444-555555555555".into(),
-                info: Some(Arc::new(DomainInfo {
-                    vcpus: Some(2),
-                    ..Default::default()
-                })),
+                info: Some(Arc::new(DomainInfo { vcpus: Some(2), ..Default::default() })),
             }),
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| Field {
-                    key: k.into(),
-                    value: v,
-                    unit: Unit::Unknown,
-                })
-                .collect(),
+            fields: fields.into_iter().map(|(k, v)| Field { key: k.into(), value: v, unit: Unit::Unknown }).collect(),
         }
     }
 
@@ -232,20 +218,14 @@ mod tests {
     fn renders_info_state_and_stats() {
         let r = rec(
             "we\"ird\\name",
-            vec![
-                ("state.state", TypedValue::Int(1)),
-                ("cpu.time", TypedValue::ULLong(2_000_000_000)),
-            ],
+            vec![("state.state", TypedValue::Int(1)), ("cpu.time", TypedValue::ULLong(2_000_000_000))],
         );
         let mut fams = Families::new();
         let mut st = RenderStats::default();
         render_domain_stats(&[r], &mut fams, &mut st);
         let mut out = String::new();
         write_families(&mut out, [&fams]);
-        assert!(
-            out.contains("# TYPE libvirt_domain_cpu_time_seconds_total counter\n"),
-            "{out}"
-        );
+        assert!(out.contains("# TYPE libvirt_domain_cpu_time_seconds_total counter\n"), "{out}");
         assert!(out.contains("libvirt_domain_cpu_time_seconds_total{domain=\"we\\\"ird\\\\name\",uuid=\"11111111-2222-3333-4444-555555555555\"} 2\n"), "{out}");
         assert!(out.contains("state=\"running\""), "{out}");
         assert!(out.contains("vcpus=\"2\""), "{out}");

@@ -12,21 +12,9 @@ use crate::stat_keys::MetricType::{self, Counter, Gauge};
 pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
     ("libvirt_up", Gauge, "1 if the agent is connected to libvirt, else 0."),
     ("virtpulse_build_info", Gauge, "Agent version (value is always 1)."),
-    (
-        "virtpulse_libvirt_connects_total",
-        Counter,
-        "Successful libvirt connections (the first included).",
-    ),
-    (
-        "virtpulse_libvirt_connect_failures_total",
-        Counter,
-        "Failed libvirt connection attempts.",
-    ),
-    (
-        "virtpulse_libvirt_disconnects_total",
-        Counter,
-        "libvirt connections lost.",
-    ),
+    ("virtpulse_libvirt_connects_total", Counter, "Successful libvirt connections (the first included)."),
+    ("virtpulse_libvirt_connect_failures_total", Counter, "Failed libvirt connection attempts."),
+    ("virtpulse_libvirt_disconnects_total", Counter, "libvirt connections lost."),
     (
         "virtpulse_collections_total",
         Counter,
@@ -37,21 +25,9 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         Counter,
         "Collection cycles skipped because earlier libvirt calls were still stuck or a cycle overran its interval.",
     ),
-    (
-        "virtpulse_collection_duration_seconds",
-        Gauge,
-        "Duration of the last collection cycle.",
-    ),
-    (
-        "virtpulse_collection_last_success_timestamp_seconds",
-        Gauge,
-        "When the collector last succeeded (Unix time).",
-    ),
-    (
-        "virtpulse_collection_age_seconds",
-        Gauge,
-        "Seconds since the collector last succeeded.",
-    ),
+    ("virtpulse_collection_duration_seconds", Gauge, "Duration of the last collection cycle."),
+    ("virtpulse_collection_last_success_timestamp_seconds", Gauge, "When the collector last succeeded (Unix time)."),
+    ("virtpulse_collection_age_seconds", Gauge, "Seconds since the collector last succeeded."),
     (
         "virtpulse_collection_partial_records_total",
         Counter,
@@ -67,31 +43,11 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         Gauge,
         "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
     ),
-    (
-        "virtpulse_sink_queue_depth",
-        Gauge,
-        "Batches waiting in the sink's queue.",
-    ),
-    (
-        "virtpulse_sink_queue_capacity",
-        Gauge,
-        "Capacity of the sink's queue in batches.",
-    ),
-    (
-        "virtpulse_sink_records_sent_total",
-        Counter,
-        "Records delivered by the sink.",
-    ),
-    (
-        "virtpulse_sink_records_dropped_total",
-        Counter,
-        "Records dropped because the sink's queue was full or closed.",
-    ),
-    (
-        "virtpulse_sink_records_failed_total",
-        Counter,
-        "Records the sink could not deliver.",
-    ),
+    ("virtpulse_sink_queue_depth", Gauge, "Batches waiting in the sink's queue."),
+    ("virtpulse_sink_queue_capacity", Gauge, "Capacity of the sink's queue in batches."),
+    ("virtpulse_sink_records_sent_total", Counter, "Records delivered by the sink."),
+    ("virtpulse_sink_records_dropped_total", Counter, "Records dropped because the sink's queue was full or closed."),
+    ("virtpulse_sink_records_failed_total", Counter, "Records the sink could not deliver."),
     (
         "virtpulse_prometheus_unmapped_stat_keys",
         Gauge,
@@ -102,48 +58,20 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         Counter,
         "Samples dropped because they duplicated a series or clashed on type.",
     ),
-    (
-        "virtpulse_prometheus_series",
-        Gauge,
-        "Series in the last rendered snapshot.",
-    ),
-    (
-        "process_resident_memory_bytes",
-        Gauge,
-        "Resident memory of the agent process.",
-    ),
-    (
-        "process_virtual_memory_bytes",
-        Gauge,
-        "Virtual memory of the agent process.",
-    ),
-    (
-        "process_cpu_seconds_total",
-        Counter,
-        "CPU time used by the agent process.",
-    ),
+    ("virtpulse_prometheus_series", Gauge, "Series in the last rendered snapshot."),
+    ("process_resident_memory_bytes", Gauge, "Resident memory of the agent process."),
+    ("process_virtual_memory_bytes", Gauge, "Virtual memory of the agent process."),
+    ("process_cpu_seconds_total", Counter, "CPU time used by the agent process."),
     ("process_open_fds", Gauge, "Open file descriptors of the agent process."),
-    (
-        "process_start_time_seconds",
-        Gauge,
-        "Start time of the agent process (Unix time).",
-    ),
+    ("process_start_time_seconds", Gauge, "Start time of the agent process (Unix time)."),
 ];
 
 fn help(name: &str) -> &'static str {
-    SELF_METRICS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, _, h)| *h)
-        .unwrap_or("")
+    SELF_METRICS.iter().find(|(n, _, _)| *n == name).map(|(_, _, h)| *h).unwrap_or("")
 }
 
 fn add(w: &mut FamilyWriter, name: &'static str, labels: &[(&str, &str)], value: f64) {
-    let mtype = SELF_METRICS
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, t, _)| *t)
-        .unwrap_or(Gauge);
+    let mtype = SELF_METRICS.iter().find(|(n, _, _)| *n == name).map(|(_, t, _)| *t).unwrap_or(Gauge);
     w.add(name, mtype, help(name), labels, value);
 }
 
@@ -168,12 +96,7 @@ fn proc_stat() -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // SAFETY: sysconf has no memory-safety preconditions.
-    let (ticks, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE) as f64,
-        )
-    };
+    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64) };
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()?
@@ -191,147 +114,64 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
     let mut fams = Families::new();
     let mut stats = RenderStats::default();
     let mut w = FamilyWriter::new(&mut fams, &mut stats);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
 
-    add(
-        &mut w,
-        "virtpulse_build_info",
-        &[("version", env!("CARGO_PKG_VERSION"))],
-        1.0,
-    );
+    add(&mut w, "virtpulse_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     if let Some(m) = manager {
         let uri = m.uri();
         add(&mut w, "libvirt_up", &[("uri", uri)], if m.is_up() { 1.0 } else { 0.0 });
-        add(
-            &mut w,
-            "virtpulse_libvirt_connects_total",
-            &[("uri", uri)],
-            m.connects() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_libvirt_connect_failures_total",
-            &[("uri", uri)],
-            m.failed_attempts() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_libvirt_disconnects_total",
-            &[("uri", uri)],
-            m.disconnects() as f64,
-        );
+        add(&mut w, "virtpulse_libvirt_connects_total", &[("uri", uri)], m.connects() as f64);
+        add(&mut w, "virtpulse_libvirt_connect_failures_total", &[("uri", uri)], m.failed_attempts() as f64);
+        add(&mut w, "virtpulse_libvirt_disconnects_total", &[("uri", uri)], m.disconnects() as f64);
     }
     for c in registry.collectors() {
-        let name = c.name;
+        let l = [("collector", c.name)];
         for o in CycleOutcome::ALL {
-            add(
-                &mut w,
-                "virtpulse_collections_total",
-                &[("collector", name), ("result", o.as_str())],
-                c.outcomes(o) as f64,
-            );
+            let labels = [("collector", c.name), ("result", o.as_str())];
+            add(&mut w, "virtpulse_collections_total", &labels, c.outcomes(o) as f64);
         }
-        add(
-            &mut w,
-            "virtpulse_collection_skipped_total",
-            &[("collector", name)],
-            c.skipped() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_collection_duration_seconds",
-            &[("collector", name)],
-            c.last_duration().as_secs_f64(),
-        );
-        add(
-            &mut w,
-            "virtpulse_libvirt_stuck_calls",
-            &[("collector", name)],
-            c.stuck_calls() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_collection_partial_records_total",
-            &[("collector", name)],
-            c.partial_records() as f64,
-        );
+        let mut values = vec![
+            ("virtpulse_collection_skipped_total", c.skipped() as f64),
+            ("virtpulse_collection_duration_seconds", c.last_duration().as_secs_f64()),
+            ("virtpulse_libvirt_stuck_calls", c.stuck_calls() as f64),
+            ("virtpulse_collection_partial_records_total", c.partial_records() as f64),
+        ];
         let last = c.last_success_unix();
         if last > 0.0 {
-            add(
-                &mut w,
-                "virtpulse_collection_last_success_timestamp_seconds",
-                &[("collector", name)],
-                last,
-            );
-            add(
-                &mut w,
-                "virtpulse_collection_age_seconds",
-                &[("collector", name)],
-                (now - last).max(0.0),
-            );
+            values.push(("virtpulse_collection_last_success_timestamp_seconds", last));
+            values.push(("virtpulse_collection_age_seconds", (now - last).max(0.0)));
+        }
+        for (metric, v) in values {
+            add(&mut w, metric, &l, v);
         }
     }
     let wanted = registry.wanted_groups.load(std::sync::atomic::Ordering::Relaxed);
     let supported = registry.supported_groups.load(std::sync::atomic::Ordering::Relaxed);
     if supported != 0 {
         for g in ALL_GROUPS.iter().filter(|g| wanted & u64::from(g.bit) != 0) {
-            add(
-                &mut w,
-                "virtpulse_stats_group_enabled",
-                &[("group", g.name)],
-                if supported & u64::from(g.bit) != 0 { 1.0 } else { 0.0 },
-            );
+            let enabled = if supported & u64::from(g.bit) != 0 { 1.0 } else { 0.0 };
+            add(&mut w, "virtpulse_stats_group_enabled", &[("group", g.name)], enabled);
         }
     }
     for s in registry.sinks() {
-        let name = s.name;
-        add(
-            &mut w,
-            "virtpulse_sink_queue_depth",
-            &[("sink", name)],
-            s.depth() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_sink_queue_capacity",
-            &[("sink", name)],
-            s.capacity as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_sink_records_sent_total",
-            &[("sink", name)],
-            s.sent_records() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_sink_records_dropped_total",
-            &[("sink", name)],
-            s.dropped_records() as f64,
-        );
-        add(
-            &mut w,
-            "virtpulse_sink_records_failed_total",
-            &[("sink", name)],
-            s.failed_records() as f64,
-        );
+        let l = [("sink", s.name)];
+        for (metric, v) in [
+            ("virtpulse_sink_queue_depth", s.depth() as f64),
+            ("virtpulse_sink_queue_capacity", s.capacity as f64),
+            ("virtpulse_sink_records_sent_total", s.sent_records() as f64),
+            ("virtpulse_sink_records_dropped_total", s.dropped_records() as f64),
+            ("virtpulse_sink_records_failed_total", s.failed_records() as f64),
+        ] {
+            add(&mut w, metric, &l, v);
+        }
     }
-    add(
-        &mut w,
-        "virtpulse_prometheus_unmapped_stat_keys",
-        &[],
-        facts.unmapped_keys as f64,
-    );
-    add(
-        &mut w,
-        "virtpulse_prometheus_series_conflicts_total",
-        &[],
-        facts.conflicts_total as f64,
-    );
-    add(&mut w, "virtpulse_prometheus_series", &[], facts.series as f64);
+    for (metric, v) in [
+        ("virtpulse_prometheus_unmapped_stat_keys", facts.unmapped_keys as f64),
+        ("virtpulse_prometheus_series_conflicts_total", facts.conflicts_total as f64),
+        ("virtpulse_prometheus_series", facts.series as f64),
+    ] {
+        add(&mut w, metric, &[], v);
+    }
     if let Some(p) = proc_stat() {
         add(&mut w, "process_resident_memory_bytes", &[], p.rss_bytes);
         add(&mut w, "process_virtual_memory_bytes", &[], p.vsize_bytes);
@@ -342,4 +182,44 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
         add(&mut w, "process_open_fds", &[], dir.count() as f64);
     }
     fams
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selfmon::{CollectorStats, SinkStats};
+    use std::time::Duration;
+
+    #[test]
+    fn every_emitted_metric_is_declared_with_help() {
+        let registry = Registry::new();
+        let c = CollectorStats::new("domain_stats", Duration::from_secs(1));
+        c.record(CycleOutcome::Ok, Duration::from_millis(3), None);
+        registry.add_collector(c);
+        registry.add_sink(SinkStats::new("stdout", 4));
+        registry.wanted_groups.store(3, std::sync::atomic::Ordering::Relaxed);
+        registry.supported_groups.store(1, std::sync::atomic::Ordering::Relaxed);
+        let manager = ConnectionManager::new(crate::libvirt::manager::ManagerOptions {
+            uri: "test:///default".into(),
+            read_only: true,
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_count: 3,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(2),
+        });
+        let fams = render(&registry, Some(&manager), SinkFacts::default());
+        for (name, fam) in &fams {
+            let declared = SELF_METRICS.iter().find(|(n, _, _)| n == name);
+            let (_, mtype, help) = declared.unwrap_or_else(|| panic!("{name} is emitted but not in SELF_METRICS"));
+            assert_eq!(*mtype, fam.mtype, "{name}");
+            assert!(!help.is_empty());
+            assert_eq!(
+                fam.mtype == Counter,
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
+            );
+        }
+        assert_eq!(fams["virtpulse_stats_group_enabled"].body.lines().count(), 2);
+        assert!(fams["libvirt_up"].body.contains("libvirt_up{uri=\"test:///default\"} 0"));
+    }
 }

@@ -103,16 +103,7 @@ mod tests {
     #[test]
     fn formats_values() {
         let mut s = String::new();
-        for v in [
-            0.0,
-            1.5,
-            1e-9,
-            18446744073709551615.0,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            -2.0,
-        ] {
+        for v in [0.0, 1.5, 1e-9, 18446744073709551615.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -2.0] {
             write_value(&mut s, v);
             s.push(' ');
         }
