@@ -62,18 +62,35 @@ print(f"{(a1 - a0) / tck / units * 1000:.2f} {(l1 - l0) / tck / units * 1000:.2f
 PY
 }
 
-# --- virtpulse: every stats group, 1 s interval, one scrape per cycle.
-VIRTPULSE_LIBVIRT__URI=qemu:///system VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS \
-VIRTPULSE_COLLECTORS__INTERVAL=1s VIRTPULSE_AGENT__LOG_LEVEL=warn \
-  target/release/virtpulse --config /dev/null 2>/tmp/virtpulse-bench.log &
-ours_pid=$!; pids+=("$ours_pid")
-wait_http "http://$OURS/metrics"
-until [ "$(curl -s "http://$OURS/metrics" | grep -c "^libvirt_domain_info{domain=\"$PREFIX-")" -ge "$GUESTS" ]; do sleep 0.5; done
-sleep 2
+# start_ours ENABLE_OTHERS: the agent with every stats group at a 1 s
+# interval; with ENABLE_OTHERS=true the jobs, node and pools collectors run
+# every second as well (a full cycle), else only domain stats.
+start_ours() {
+  VIRTPULSE_LIBVIRT__URI=qemu:///system VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS \
+  VIRTPULSE_COLLECTORS__INTERVAL=1s VIRTPULSE_AGENT__LOG_LEVEL=warn \
+  VIRTPULSE_COLLECTORS__JOBS__ENABLED=$1 VIRTPULSE_COLLECTORS__NODE__ENABLED=$1 VIRTPULSE_COLLECTORS__POOLS__ENABLED=$1 \
+  VIRTPULSE_COLLECTORS__JOBS__INTERVAL=1s VIRTPULSE_COLLECTORS__NODE__INTERVAL=1s VIRTPULSE_COLLECTORS__POOLS__INTERVAL=1s \
+    target/release/virtpulse --config /dev/null 2>>/tmp/virtpulse-bench.log &
+  ours_pid=$!; pids+=("$ours_pid")
+  wait_http "http://$OURS/metrics"
+  until [ "$(curl -s "http://$OURS/metrics" | grep -c "^libvirt_domain_info{domain=\"$PREFIX-")" -ge "$GUESTS" ]; do sleep 0.5; done
+  sleep 2
+}
+
+# --- virtpulse, domain stats only (what the peer does, and more): every stats group.
+start_ours false
 read -r o_cpu o_lcpu o_p50 o_p99 o_cycles <<<"$(measure "http://$OURS/metrics" "$ours_pid" "http://$OURS/metrics")"
 o_series=$(curl -s "http://$OURS/metrics" | grep -vc '^#')
 o_rss=$(rss_kib "$ours_pid")
 o_groups=$(curl -s "http://$OURS/metrics" | grep -c '^virtpulse_stats_group_enabled.* 1$')
+kill "$ours_pid"; wait "$ours_pid" 2>/dev/null || true
+
+# --- virtpulse, full cycle: domain stats + jobs + node + pools, each every second.
+start_ours true
+read -r f_cpu f_lcpu f_p50 f_p99 f_cycles <<<"$(measure "http://$OURS/metrics" "$ours_pid" "http://$OURS/metrics")"
+f_series=$(curl -s "http://$OURS/metrics" | grep -vc '^#')
+f_rss=$(rss_kib "$ours_pid")
+kill "$ours_pid"; wait "$ours_pid" 2>/dev/null || true
 
 # --- Debian prometheus-libvirt-exporter (kumina 0.2.0), one scrape a second.
 prometheus-libvirt-exporter --web.listen-address="$THEIRS" --libvirt.uri=qemu:///system 2>/tmp/peer-bench.log &
@@ -85,6 +102,7 @@ t_series=$(curl -s "http://$THEIRS/metrics" | grep -v '^#' | grep -c '^libvirt')
 t_rss=$(rss_kib "$their_pid")
 
 # --- One guest's QEMU stopped: how long does one scrape take?
+start_ours true
 victim="$PREFIX-1"; vpid=$(cat "/run/libvirt/qemu/$victim.pid")
 kill -STOP "$vpid"
 sleep 3
@@ -111,3 +129,10 @@ printf '%-44s %14s %14s\n' "RSS (MiB)" "$(awk "BEGIN{printf \"%.1f\", $o_rss/102
 printf '%-44s %14s %14s\n' "scrape with one QEMU stopped (s)" "$o_hang" "$t_hang"
 printf '%-44s %14s %14s\n' "age of data 6 s into the hang (s)" "$o_fresh" "-"
 echo "virtpulse cycles measured: $o_cycles; CPU ratio ours/peer: $(python3 -c "print(f'{$o_cpu/$t_cpu:.3f}')")"
+echo
+echo "virtpulse full cycle (domain stats + jobs + node + pools, each every second, $f_cycles cycles):"
+printf '%-44s %14s\n' "agent CPU per cycle (ms)" "$f_cpu"
+printf '%-44s %14s\n' "libvirtd CPU per cycle (ms)" "$f_lcpu"
+printf '%-44s %14s\n' "/metrics latency p50 / p99 (ms)" "$f_p50 / $f_p99"
+printf '%-44s %14s\n' "series" "$f_series"
+printf '%-44s %14s\n' "RSS (MiB)" "$(awk "BEGIN{printf \"%.1f\", $f_rss/1024}")"

@@ -120,6 +120,7 @@ fn snapshot(domains: usize) -> Vec<Record> {
             time: now,
             host: "hv".into(),
             libvirt_uri: "qemu:///system".into(),
+            pool: None,
             domain: Some(DomainRef {
                 name: format!("instance-{i:08x}").into(),
                 uuid: format!("00000000-0000-4000-8000-{i:012x}").into(),
@@ -127,7 +128,7 @@ fn snapshot(domains: usize) -> Vec<Record> {
             }),
             fields: domain_fields(i)
                 .into_iter()
-                .map(|(k, v)| Field { unit: unit_of(&k, &v), key: k.into(), value: v })
+                .map(|(k, v)| Field { unit: unit_of(RecordKind::DomainStats, &k, &v), key: k.into(), value: v })
                 .collect(),
         })
         .collect()
@@ -190,7 +191,7 @@ fn main() {
     let mut scrape = Vec::new();
     let mut ours = String::new();
     for _ in 0..rounds {
-        let batch = Batch { source: "domain_stats", snapshot: true, records: records.clone(), ttl: None };
+        let batch = Batch { source: "domain_stats", snapshot: true, records: records.clone(), ..Default::default() };
         let t = Instant::now();
         exporter.apply(&batch);
         render.push(t.elapsed());

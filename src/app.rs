@@ -8,16 +8,21 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 
 use crate::collectors::blocking::CallTracker;
-use crate::collectors::controller::{self, Schedule};
+use crate::collectors::controller::{self, Schedule, Wake};
 use crate::collectors::domain_info::InfoCache;
 use crate::collectors::domain_stats::{self, DomainStatsCollector};
+use crate::collectors::jobs::JobsCollector;
+use crate::collectors::node::NodeCollector;
+use crate::collectors::pools::PoolsCollector;
+use crate::collectors::{CollectError, Collector};
 use crate::collectors::{CollectorContext, Identity};
-use crate::config::{Config, LogFormat};
+use crate::config::{CollectorName, Config, LogFormat};
 use crate::filter::DomainFilter;
 use crate::libvirt::manager::ManagerOptions;
 use crate::libvirt::ConnectionManager;
+use crate::record::Batch;
 use crate::router::Router;
-use crate::selfmon::{CollectorStats, Registry, SinkStats};
+use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
 use crate::sinks::{prometheus, stdout};
 
 /// Exit codes (sysexits.h).
@@ -84,12 +89,79 @@ fn domain_stats_collector(cfg: &Config, ctx: CollectorContext) -> anyhow::Result
     Ok(DomainStatsCollector::new(ctx, settings, InfoCache::new(ds.metadata_refresh)))
 }
 
-fn schedule(cfg: &Config) -> Schedule {
-    let (interval, timeout) = cfg.domain_stats_schedule();
-    Schedule { interval, timeout, max_stuck_calls: cfg.collectors.max_stuck_calls }
+/// Every collector kind behind one type, so the wiring can treat them alike.
+enum AnyCollector {
+    DomainStats(DomainStatsCollector),
+    Jobs(JobsCollector),
+    Node(NodeCollector),
+    Pools(PoolsCollector),
 }
 
-/// `--once`: one collection printed as JSON lines. Returns the exit code.
+impl Collector for AnyCollector {
+    fn name(&self) -> &'static str {
+        match self {
+            AnyCollector::DomainStats(c) => c.name(),
+            AnyCollector::Jobs(c) => c.name(),
+            AnyCollector::Node(c) => c.name(),
+            AnyCollector::Pools(c) => c.name(),
+        }
+    }
+
+    async fn collect(&mut self) -> Result<Batch, CollectError> {
+        match self {
+            AnyCollector::DomainStats(c) => c.collect().await,
+            AnyCollector::Jobs(c) => c.collect().await,
+            AnyCollector::Node(c) => c.collect().await,
+            AnyCollector::Pools(c) => c.collect().await,
+        }
+    }
+}
+
+struct Planned {
+    collector: AnyCollector,
+    sched: Schedule,
+    tracker: CallTracker,
+    stats: Arc<CollectorStats>,
+}
+
+/// The enabled collectors, in a fixed order, each with its own schedule,
+/// call tracker and counters.
+fn plan_collectors(
+    cfg: &Config,
+    manager: &Arc<ConnectionManager>,
+    registry: &Arc<Registry>,
+) -> anyhow::Result<Vec<Planned>> {
+    let c = &cfg.collectors;
+    let mut out = Vec::new();
+    for name in CollectorName::ALL {
+        let enabled = match name {
+            CollectorName::DomainStats => c.domain_stats.enabled,
+            CollectorName::Jobs => c.jobs.enabled,
+            CollectorName::Node => c.node.enabled,
+            CollectorName::Pools => c.pools.enabled,
+        };
+        if !enabled {
+            continue;
+        }
+        let (interval, timeout) = cfg.schedule(name);
+        let sched = Schedule { interval, timeout, max_stuck_calls: c.max_stuck_calls };
+        let stats = CollectorStats::new(name.key(), interval);
+        registry.add_collector(stats.clone());
+        let ctx = collector_context(cfg, manager.clone(), registry.clone(), stats.clone())?;
+        let tracker = ctx.tracker.clone();
+        let collector = match name {
+            CollectorName::DomainStats => AnyCollector::DomainStats(domain_stats_collector(cfg, ctx)?),
+            CollectorName::Jobs => AnyCollector::Jobs(JobsCollector::new(ctx, c.jobs.completed_retention)),
+            CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, c.node.per_cpu)),
+            CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
+        };
+        out.push(Planned { collector, sched, tracker, stats });
+    }
+    Ok(out)
+}
+
+/// `--once`: one collection of every enabled collector, printed as JSON
+/// lines. Returns the exit code.
 pub async fn run_once(cfg: Config) -> i32 {
     let manager = ConnectionManager::new(manager_options(&cfg));
     let m = manager.clone();
@@ -107,39 +179,34 @@ pub async fn run_once(cfg: Config) -> i32 {
             return EXIT_SOFTWARE;
         }
     }
-    let registry = Registry::new();
-    let sched = schedule(&cfg);
-    let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
-    let built =
-        collector_context(&cfg, manager, registry, stats.clone()).and_then(|ctx| domain_stats_collector(&cfg, ctx));
-    let mut collector = match built {
-        Ok(c) => c,
+    let plan = match plan_collectors(&cfg, &manager, &Registry::new()) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("virtpulse: {e}");
             return EXIT_CONFIG;
         }
     };
-    match controller::run_once(&mut collector, &sched, &stats).await {
-        Some(batch) => {
-            use std::io::Write;
-            let mut out = std::io::stdout().lock();
-            for r in &batch.records {
-                if writeln!(out, "{}", r.to_json()).is_err() {
-                    return EXIT_SOFTWARE;
+    let mut code = 0;
+    for mut p in plan {
+        match controller::run_once(&mut p.collector, &p.sched, &p.stats).await {
+            Some(batch) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for r in &batch.records {
+                    if writeln!(out, "{}", r.to_json()).is_err() {
+                        return EXIT_SOFTWARE;
+                    }
                 }
             }
-            0
-        }
-        None => {
-            let why = stats.outcomes(crate::selfmon::CycleOutcome::Timeout);
-            eprintln!("virtpulse: the collection did not complete (see the log above)");
-            if why > 0 {
-                EXIT_TEMPFAIL
-            } else {
-                EXIT_UNAVAILABLE
+            None => {
+                eprintln!("virtpulse: the {} collection did not complete (see the log above)", p.collector.name());
+                if code == 0 {
+                    code = if p.stats.outcomes(CycleOutcome::Timeout) > 0 { EXIT_TEMPFAIL } else { EXIT_UNAVAILABLE };
+                }
             }
         }
     }
+    code
 }
 
 async fn shutdown_signal() {
@@ -197,15 +264,16 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     tasks.push(tokio::spawn(manager.clone().run()));
 
     let mut collectors = Vec::new();
-    if cfg.collectors.domain_stats.enabled {
-        let sched = schedule(&cfg);
-        let stats = CollectorStats::new(domain_stats::SOURCE, sched.interval);
-        registry.add_collector(stats.clone());
-        let ctx = collector_context(&cfg, manager.clone(), registry.clone(), stats.clone())?;
-        let tracker = ctx.tracker.clone();
-        let c = domain_stats_collector(&cfg, ctx)?;
-        tracing::info!(interval = ?sched.interval, timeout = ?sched.timeout, "domain stats collector started");
-        collectors.push(tokio::spawn(controller::run(c, sched, tracker, stats, router.clone())));
+    for p in plan_collectors(&cfg, &manager, &registry)? {
+        tracing::info!(collector = p.collector.name(), interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
+        collectors.push(tokio::spawn(controller::run(
+            p.collector,
+            p.sched,
+            p.tracker,
+            p.stats,
+            router.clone(),
+            Wake::default(),
+        )));
     }
     drop(router);
 

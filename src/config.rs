@@ -74,6 +74,90 @@ pub struct CollectorsConfig {
     /// a collector stops starting new cycles.
     pub max_stuck_calls: usize,
     pub domain_stats: DomainStatsConfig,
+    pub jobs: JobsConfig,
+    pub node: NodeConfig,
+    pub pools: PoolsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// How long a completed job stays on view in Prometheus after it was first seen.
+    #[serde(with = "humantime_serde")]
+    pub completed_retention: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Also read each CPU's counters (one libvirt call per CPU).
+    pub per_cpu: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolsConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Some(Duration::from_secs(5)),
+            timeout: None,
+            completed_retention: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: Some(Duration::from_secs(30)), timeout: None, per_cpu: true }
+    }
+}
+
+impl Default for PoolsConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: Some(Duration::from_secs(60)), timeout: None }
+    }
+}
+
+/// Which collector a schedule is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectorName {
+    DomainStats,
+    Jobs,
+    Node,
+    Pools,
+}
+
+impl CollectorName {
+    pub const ALL: [CollectorName; 4] =
+        [CollectorName::DomainStats, CollectorName::Jobs, CollectorName::Node, CollectorName::Pools];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            CollectorName::DomainStats => "domain_stats",
+            CollectorName::Jobs => "jobs",
+            CollectorName::Node => "node",
+            CollectorName::Pools => "pools",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -156,6 +240,9 @@ impl Default for CollectorsConfig {
             timeout: None,
             max_stuck_calls: 2,
             domain_stats: DomainStatsConfig::default(),
+            jobs: JobsConfig::default(),
+            node: NodeConfig::default(),
+            pools: PoolsConfig::default(),
         }
     }
 }
@@ -389,30 +476,36 @@ impl Config {
                 return Err(o.err("collectors.timeout", "must be greater than 0"));
             }
         }
-        let ds = &self.collectors.domain_stats;
-        if let Some(i) = ds.interval {
-            if i < min_interval {
+        for name in CollectorName::ALL {
+            let (own_interval, own_timeout) = self.schedule_overrides(name);
+            let key = |k: &str| format!("collectors.{}.{k}", name.key());
+            if let Some(i) = own_interval {
+                if i < min_interval {
+                    return Err(o.err(
+                        &key("interval"),
+                        format!("must be at least {}", humantime::format_duration(min_interval)),
+                    ));
+                }
+            }
+            let (interval, timeout) = self.schedule(name);
+            if timeout.is_zero() {
+                return Err(o.err(&key("timeout"), "must be greater than 0"));
+            }
+            if timeout > interval {
+                let k = if own_timeout.is_some() { key("timeout") } else { "collectors.timeout".to_string() };
                 return Err(o.err(
-                    "collectors.domain_stats.interval",
-                    format!("must be at least {}", humantime::format_duration(min_interval)),
+                    &k,
+                    format!(
+                        "the deadline ({}) must not exceed the {} interval ({}): a collection must end before the next one is due",
+                        humantime::format_duration(timeout),
+                        name.key(),
+                        humantime::format_duration(interval)
+                    ),
                 ));
             }
         }
-        let (interval, timeout) = self.domain_stats_schedule();
-        if timeout.is_zero() {
-            return Err(o.err("collectors.domain_stats.timeout", "must be greater than 0"));
-        }
-        if timeout > interval {
-            let key = if ds.timeout.is_some() { "collectors.domain_stats.timeout" } else { "collectors.timeout" };
-            return Err(o.err(
-                key,
-                format!(
-                    "the deadline ({}) must not exceed the interval ({}): a collection must end before the next one is due",
-                    humantime::format_duration(timeout),
-                    humantime::format_duration(interval)
-                ),
-            ));
-        }
+        let ds = &self.collectors.domain_stats;
+        let (interval, _) = self.schedule(CollectorName::DomainStats);
         if ds.metadata_refresh < interval {
             return Err(o.err(
                 "collectors.domain_stats.metadata_refresh",
@@ -443,12 +536,28 @@ impl Config {
         Ok(())
     }
 
+    fn schedule_overrides(&self, name: CollectorName) -> (Option<Duration>, Option<Duration>) {
+        let c = &self.collectors;
+        match name {
+            CollectorName::DomainStats => (c.domain_stats.interval, c.domain_stats.timeout),
+            CollectorName::Jobs => (c.jobs.interval, c.jobs.timeout),
+            CollectorName::Node => (c.node.interval, c.node.timeout),
+            CollectorName::Pools => (c.pools.interval, c.pools.timeout),
+        }
+    }
+
+    /// (interval, deadline) of a collector: its own keys, else the
+    /// `[collectors]` defaults; the deadline defaults to the interval, at most 10s.
+    pub fn schedule(&self, name: CollectorName) -> (Duration, Duration) {
+        let (own_interval, own_timeout) = self.schedule_overrides(name);
+        let interval = own_interval.unwrap_or(self.collectors.interval);
+        let timeout = own_timeout.or(self.collectors.timeout).unwrap_or_else(|| interval.min(Duration::from_secs(10)));
+        (interval, timeout)
+    }
+
     /// (interval, deadline) of the domain stats collector.
     pub fn domain_stats_schedule(&self) -> (Duration, Duration) {
-        let ds = &self.collectors.domain_stats;
-        let interval = ds.interval.unwrap_or(self.collectors.interval);
-        let timeout = ds.timeout.or(self.collectors.timeout).unwrap_or_else(|| interval.min(Duration::from_secs(10)));
-        (interval, timeout)
+        self.schedule(CollectorName::DomainStats)
     }
 
     /// The stats groups bit mask asked for (before probing the daemon).
@@ -541,6 +650,9 @@ mod tests {
         for (text, key) in [
             ("[collectors]\ninterval = \"0s\"\n", "collectors.interval"),
             ("[collectors]\ninterval = \"5s\"\ntimeout = \"6s\"\n", "collectors.timeout"),
+            ("[collectors.pools]\ninterval = \"1s\"\ntimeout = \"2s\"\n", "collectors.pools.timeout"),
+            ("[collectors.node]\ninterval = \"1ms\"\n", "collectors.node.interval"),
+            ("[collectors.jobs]\nper_cpu = true\n", "collectors.jobs.per_cpu"),
             ("[collectors.domain_stats]\ngroups = [\"cpu\"]\n", "collectors.domain_stats.groups"),
             ("[collectors.domain_stats]\ngroups = []\n", "collectors.domain_stats.groups"),
             ("[sinks.prometheus]\nlisten = \"nowhere\"\n", "sinks.prometheus.listen"),

@@ -20,6 +20,22 @@ pub const SCHEMA: &str = "virtpulse.record/v1";
 pub enum RecordKind {
     /// One domain's statistics from `virConnectGetAllDomainStats`.
     DomainStats,
+    /// One domain's running or last completed job (`virDomainGetJobStats`).
+    DomainJob,
+    /// The host: node info, CPU and memory statistics, NUMA cells, free
+    /// pages, versions, domain counts.
+    Node,
+    /// One storage pool (`virStoragePoolGetInfo`).
+    StoragePool,
+}
+
+impl RecordKind {
+    pub const ALL: [RecordKind; 4] =
+        [RecordKind::DomainStats, RecordKind::DomainJob, RecordKind::Node, RecordKind::StoragePool];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// The unit of a field's value, exactly as libvirt reports it (records are
@@ -28,6 +44,7 @@ pub enum RecordKind {
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     Nanoseconds,
+    Milliseconds,
     Seconds,
     /// Seconds since the Unix epoch.
     UnixSeconds,
@@ -35,6 +52,9 @@ pub enum Unit {
     Kibibytes,
     BytesPerSecond,
     MebibytesPerSecond,
+    PagesPerSecond,
+    Megahertz,
+    Percent,
     /// A plain number of things or events.
     Count,
     /// A code from a libvirt enum (documented per key).
@@ -108,6 +128,13 @@ pub struct DomainRef {
     pub info: Option<Arc<DomainInfo>>,
 }
 
+/// A storage pool's identity.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolRef {
+    pub name: Arc<str>,
+    pub uuid: Arc<str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
     pub schema: &'static str,
@@ -118,6 +145,8 @@ pub struct Record {
     pub libvirt_uri: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<DomainRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolRef>,
     #[serde(serialize_with = "serialize_fields")]
     pub fields: Vec<Field>,
 }
@@ -171,11 +200,16 @@ fn serialize_fields<S: Serializer>(fields: &[Field], s: S) -> Result<S::Ok, S::E
 
 /// What one collector run produced. `snapshot` batches replace everything a
 /// sink holds from the same source (series of vanished domains disappear).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub source: &'static str,
     pub snapshot: bool,
+    /// New information: every sink gets these.
     pub records: Vec<Record>,
+    /// Part of the current state but already delivered in an earlier batch
+    /// (a completed job kept on view): snapshot sinks show them, stream
+    /// sinks skip them.
+    pub retained: Vec<Record>,
     /// How long a snapshot stays valid if no newer one arrives.
     pub ttl: Option<std::time::Duration>,
 }
@@ -193,6 +227,7 @@ mod tests {
             time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             host: "hv1".into(),
             libvirt_uri: "qemu:///system".into(),
+            pool: None,
             domain: Some(DomainRef {
                 name: "web \"1\"".into(),
                 uuid: "0f0e".into(),

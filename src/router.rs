@@ -93,11 +93,13 @@ mod tests {
                     time: std::time::SystemTime::now(),
                     host: "h".into(),
                     libvirt_uri: "u".into(),
+                    pool: None,
                     domain: None,
                     fields: vec![],
                 })
                 .collect(),
             ttl: None,
+            retained: Vec::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use rustc_hash::FxHashMap;
 
 use crate::libvirt::TypedValue;
-use crate::record::{Record, Unit};
+use crate::record::{Record, RecordKind, Unit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricType {
@@ -50,6 +50,8 @@ pub struct Export {
 pub enum LabelSource {
     /// The n-th (0-based) numeric segment of the key itself.
     Index(usize),
+    /// A fixed value (e.g. `mode="user"` for `cpu.user`).
+    Literal(&'static str),
     /// A sibling key: the key cut after its n-th (1-based) numeric segment,
     /// plus this suffix (`block.3` + `name`).
     Sibling(usize, &'static str),
@@ -129,7 +131,7 @@ const fn row(
 use Unit::*;
 
 #[rustfmt::skip]
-pub static TABLE: &[StatSpec] = &[
+pub static DOMAIN_TABLE: &[StatSpec] = &[
     // state
     row("state.state", "state", Enum, NONE, gauge("libvirt_domain_state", 1.0, "Domain state: 0 nostate, 1 running, 2 blocked, 3 paused, 4 shutdown, 5 shutoff, 6 crashed, 7 pmsuspended.")),
     row("state.reason", "state", Enum, NONE, gauge("libvirt_domain_state_reason", 1.0, "Reason code for the current state (virDomain<State>Reason, e.g. paused 5 = I/O error).")),
@@ -271,6 +273,144 @@ pub static TABLE: &[StatSpec] = &[
     row("dirtyrate.vcpu.*.megabytes_per_second", "dirtyrate", MebibytesPerSecond, VCPU, gauge("libvirt_domain_dirtyrate_vcpu_bytes_per_second", MIB, "Per-vCPU memory dirty rate (dirty-ring mode).")),
 ];
 
+const MS: f64 = 1e-3;
+const PERCENT: f64 = 0.01;
+
+const MODE_USER: &[LabelSpec] = &[l("mode", LabelSource::Literal("user"))];
+const MODE_KERNEL: &[LabelSpec] = &[l("mode", LabelSource::Literal("kernel"))];
+const MODE_IDLE: &[LabelSpec] = &[l("mode", LabelSource::Literal("idle"))];
+const MODE_IOWAIT: &[LabelSpec] = &[l("mode", LabelSource::Literal("iowait"))];
+const MODE_INTR: &[LabelSpec] = &[l("mode", LabelSource::Literal("intr"))];
+const CPU_USER: &[LabelSpec] = &[l("cpu", LabelSource::Index(0)), l("mode", LabelSource::Literal("user"))];
+const CPU_KERNEL: &[LabelSpec] = &[l("cpu", LabelSource::Index(0)), l("mode", LabelSource::Literal("kernel"))];
+const CPU_IDLE: &[LabelSpec] = &[l("cpu", LabelSource::Index(0)), l("mode", LabelSource::Literal("idle"))];
+const CPU_IOWAIT: &[LabelSpec] = &[l("cpu", LabelSource::Index(0)), l("mode", LabelSource::Literal("iowait"))];
+const CPU_INTR: &[LabelSpec] = &[l("cpu", LabelSource::Index(0)), l("mode", LabelSource::Literal("intr"))];
+const CELL: &[LabelSpec] = &[l("cell", LabelSource::Index(0))];
+const CELL_PAGES: &[LabelSpec] = &[l("cell", LabelSource::Index(0)), l("page_size_bytes", LabelSource::Index(1))];
+const RUNNING: &[LabelSpec] = &[l("state", LabelSource::Literal("running"))];
+const PAUSED: &[LabelSpec] = &[l("state", LabelSource::Literal("paused"))];
+const SHUTOFF: &[LabelSpec] = &[l("state", LabelSource::Literal("shutoff"))];
+const OTHER: &[LabelSpec] = &[l("state", LabelSource::Literal("other"))];
+
+/// `virDomainGetJobStats` parameters (plus `type`, the job type out-parameter).
+#[rustfmt::skip]
+pub static JOB_TABLE: &[StatSpec] = &[
+    row("type", "job", Enum, NONE, None),
+    row("operation", "job", Enum, NONE, None),
+    row("errmsg", "job", Text, NONE, None),
+    row("time_elapsed", "job", Milliseconds, NONE, gauge("libvirt_domain_job_time_elapsed_seconds", MS, "Time since the job started.")),
+    row("time_elapsed_net", "job", Milliseconds, NONE, gauge("libvirt_domain_job_time_elapsed_net_seconds", MS, "Time since the job started, without the time to hand control to the migration destination.")),
+    row("time_remaining", "job", Milliseconds, NONE, gauge("libvirt_domain_job_time_remaining_seconds", MS, "Estimated time left (bounded jobs).")),
+    row("downtime", "job", Milliseconds, NONE, gauge("libvirt_domain_job_downtime_seconds", MS, "Expected downtime of a running migration, or the real downtime of a completed one.")),
+    row("downtime_net", "job", Milliseconds, NONE, gauge("libvirt_domain_job_downtime_net_seconds", MS, "Downtime without the time to hand control to the destination.")),
+    row("setup_time", "job", Milliseconds, NONE, gauge("libvirt_domain_job_setup_time_seconds", MS, "Time spent setting the migration up.")),
+    row("data_total", "job", Bytes, NONE, gauge("libvirt_domain_job_data_total_bytes", 1.0, "Data the job has to transfer in total (may grow for unbounded jobs).")),
+    row("data_processed", "job", Bytes, NONE, counter("libvirt_domain_job_data_processed_bytes_total", 1.0, "Data transferred so far by the job.")),
+    row("data_remaining", "job", Bytes, NONE, gauge("libvirt_domain_job_data_remaining_bytes", 1.0, "Data still to transfer.")),
+    row("memory_total", "job", Bytes, NONE, gauge("libvirt_domain_job_memory_total_bytes", 1.0, "Guest memory the job has to transfer.")),
+    row("memory_processed", "job", Bytes, NONE, counter("libvirt_domain_job_memory_processed_bytes_total", 1.0, "Guest memory transferred so far.")),
+    row("memory_remaining", "job", Bytes, NONE, gauge("libvirt_domain_job_memory_remaining_bytes", 1.0, "Guest memory still to transfer.")),
+    row("memory_constant", "job", Count, NONE, counter("libvirt_domain_job_memory_constant_pages_total", 1.0, "Pages filled with a constant (zero) value, sent as such.")),
+    row("memory_normal", "job", Count, NONE, counter("libvirt_domain_job_memory_normal_pages_total", 1.0, "Pages sent as they are.")),
+    row("memory_normal_bytes", "job", Bytes, NONE, counter("libvirt_domain_job_memory_normal_bytes_total", 1.0, "Bytes sent as normal pages.")),
+    row("memory_bps", "job", BytesPerSecond, NONE, gauge("libvirt_domain_job_memory_bytes_per_second", 1.0, "Memory transfer rate.")),
+    row("memory_dirty_rate", "job", PagesPerSecond, NONE, gauge("libvirt_domain_job_memory_dirty_pages_per_second", 1.0, "Rate at which the guest dirties memory during the migration.")),
+    row("memory_page_size", "job", Bytes, NONE, gauge("libvirt_domain_job_memory_page_size_bytes", 1.0, "Page size of the page counts.")),
+    row("memory_iteration", "job", Count, NONE, gauge("libvirt_domain_job_memory_iteration", 1.0, "Current memory copy iteration (0: first pass).")),
+    row("memory_postcopy_requests", "job", Count, NONE, counter("libvirt_domain_job_memory_postcopy_requests_total", 1.0, "Page requests from the destination during post-copy.")),
+    row("disk_total", "job", Bytes, NONE, gauge("libvirt_domain_job_disk_total_bytes", 1.0, "Disk data the job has to transfer.")),
+    row("disk_processed", "job", Bytes, NONE, counter("libvirt_domain_job_disk_processed_bytes_total", 1.0, "Disk data transferred so far.")),
+    row("disk_remaining", "job", Bytes, NONE, gauge("libvirt_domain_job_disk_remaining_bytes", 1.0, "Disk data still to transfer.")),
+    row("disk_bps", "job", BytesPerSecond, NONE, gauge("libvirt_domain_job_disk_bytes_per_second", 1.0, "Disk transfer rate.")),
+    row("disk_temp_used", "job", Bytes, NONE, gauge("libvirt_domain_job_disk_temp_used_bytes", 1.0, "Temporary disk space in use (backup scratch).")),
+    row("disk_temp_total", "job", Bytes, NONE, gauge("libvirt_domain_job_disk_temp_total_bytes", 1.0, "Temporary disk space the job may use.")),
+    row("compression_cache", "job", Bytes, NONE, gauge("libvirt_domain_job_compression_cache_bytes", 1.0, "Size of the XBZRLE compression cache.")),
+    row("compression_bytes", "job", Bytes, NONE, counter("libvirt_domain_job_compression_bytes_total", 1.0, "Compressed bytes transferred.")),
+    row("compression_pages", "job", Count, NONE, counter("libvirt_domain_job_compression_pages_total", 1.0, "Compressed pages transferred.")),
+    row("compression_cache_misses", "job", Count, NONE, counter("libvirt_domain_job_compression_cache_misses_total", 1.0, "Changed pages not found in the compression cache.")),
+    row("compression_overflow", "job", Count, NONE, counter("libvirt_domain_job_compression_overflow_pages_total", 1.0, "Pages sent uncompressed because compression made them bigger.")),
+    row("auto_converge_throttle", "job", Percent, NONE, gauge("libvirt_domain_job_auto_converge_throttle_ratio", PERCENT, "Guest CPU throttle applied by auto-convergence (0 to 1).")),
+    row("success", "job", Boolean, NONE, gauge("libvirt_domain_job_success", 1.0, "For a finished job: 1 if it succeeded.")),
+    row("vfio_data_transferred", "job", Bytes, NONE, counter("libvirt_domain_job_vfio_data_transferred_bytes_total", 1.0, "Data transferred by VFIO devices.")),
+];
+
+/// Host statistics, keyed as the node collector names them.
+#[rustfmt::skip]
+pub static NODE_TABLE: &[StatSpec] = &[
+    row("info.model", "node", Text, NONE, None),
+    row("info.memory", "node", Kibibytes, NONE, gauge("libvirt_node_memory_bytes", KIB, "Host memory as virNodeGetInfo reports it.")),
+    row("info.cpus", "node", Count, NONE, gauge("libvirt_node_cpus", 1.0, "Active host CPUs.")),
+    row("info.mhz", "node", Megahertz, NONE, gauge("libvirt_node_cpu_frequency_hertz", 1e6, "Expected CPU frequency.")),
+    row("info.nodes", "node", Count, NONE, gauge("libvirt_node_numa_cells", 1.0, "NUMA cells (1 for a uniform memory layout).")),
+    row("info.sockets", "node", Count, NONE, gauge("libvirt_node_cpu_sockets_per_cell", 1.0, "CPU sockets per NUMA cell.")),
+    row("info.cores", "node", Count, NONE, gauge("libvirt_node_cpu_cores_per_socket", 1.0, "Cores per socket.")),
+    row("info.threads", "node", Count, NONE, gauge("libvirt_node_cpu_threads_per_core", 1.0, "Threads per core.")),
+    row("cpu.user", "node", Nanoseconds, MODE_USER, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.kernel", "node", Nanoseconds, MODE_KERNEL, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.idle", "node", Nanoseconds, MODE_IDLE, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.iowait", "node", Nanoseconds, MODE_IOWAIT, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.intr", "node", Nanoseconds, MODE_INTR, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.utilization", "node", Percent, NONE, gauge("libvirt_node_cpu_utilization_ratio", PERCENT, "CPU utilization of the host (drivers that report it).")),
+    row("cpu.*.user", "node", Nanoseconds, CPU_USER, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")),
+    row("cpu.*.kernel", "node", Nanoseconds, CPU_KERNEL, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")),
+    row("cpu.*.idle", "node", Nanoseconds, CPU_IDLE, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")),
+    row("cpu.*.iowait", "node", Nanoseconds, CPU_IOWAIT, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")),
+    row("cpu.*.intr", "node", Nanoseconds, CPU_INTR, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")),
+    row("cpu.*.utilization", "node", Percent, NONE, None),
+    row("memory.total", "node", Kibibytes, NONE, gauge("libvirt_node_memory_total_bytes", KIB, "Host memory in total (virNodeGetMemoryStats).")),
+    row("memory.free", "node", Kibibytes, NONE, gauge("libvirt_node_memory_free_bytes", KIB, "Host memory free.")),
+    row("memory.buffers", "node", Kibibytes, NONE, gauge("libvirt_node_memory_buffers_bytes", KIB, "Host memory used for buffers.")),
+    row("memory.cached", "node", Kibibytes, NONE, gauge("libvirt_node_memory_cached_bytes", KIB, "Host memory used for the page cache.")),
+    row("memory.cell.*.total", "node", Kibibytes, CELL, gauge("libvirt_node_numa_memory_total_bytes", KIB, "Memory of the NUMA cell.")),
+    row("memory.cell.*.free", "node", Kibibytes, NONE, None),
+    row("cell.*.free_memory", "node", Bytes, CELL, gauge("libvirt_node_numa_memory_free_bytes", 1.0, "Free memory of the NUMA cell (virNodeGetCellsFreeMemory).")),
+    row("pages.cell.*.size.*.free", "node", Count, CELL_PAGES, gauge("libvirt_node_free_pages", 1.0, "Free pages of each size (e.g. huge pages) in the NUMA cell.")),
+    row("version.library", "node", Count, NONE, None),
+    row("version.daemon", "node", Count, NONE, None),
+    row("version.hypervisor", "node", Count, NONE, None),
+    row("hypervisor.type", "node", Text, NONE, None),
+    row("domains.running", "node", Count, RUNNING, gauge("libvirt_node_domains", 1.0, "Domains on the host by state (running, paused, shutoff, other).")),
+    row("domains.paused", "node", Count, PAUSED, gauge("libvirt_node_domains", 1.0, "Domains on the host by state (running, paused, shutoff, other).")),
+    row("domains.shutoff", "node", Count, SHUTOFF, gauge("libvirt_node_domains", 1.0, "Domains on the host by state (running, paused, shutoff, other).")),
+    row("domains.other", "node", Count, OTHER, gauge("libvirt_node_domains", 1.0, "Domains on the host by state (running, paused, shutoff, other).")),
+    row("domains.persistent", "node", Count, NONE, gauge("libvirt_node_domains_persistent", 1.0, "Domains defined on the host (persistent).")),
+    row("domains.transient", "node", Count, NONE, gauge("libvirt_node_domains_transient", 1.0, "Transient domains on the host.")),
+];
+
+/// Storage pool figures (`virStoragePoolGetInfo`, volume count, XML).
+#[rustfmt::skip]
+pub static POOL_TABLE: &[StatSpec] = &[
+    row("state", "pool", Enum, NONE, gauge("libvirt_storage_pool_state", 1.0, "Pool state: 0 inactive, 1 building, 2 running, 3 degraded, 4 inaccessible.")),
+    row("capacity", "pool", Bytes, NONE, gauge("libvirt_storage_pool_capacity_bytes", 1.0, "Logical size of the pool (as of libvirt's last refresh).")),
+    row("allocation", "pool", Bytes, NONE, gauge("libvirt_storage_pool_allocation_bytes", 1.0, "Space allocated in the pool.")),
+    row("available", "pool", Bytes, NONE, gauge("libvirt_storage_pool_available_bytes", 1.0, "Free space in the pool.")),
+    row("volumes", "pool", Count, NONE, gauge("libvirt_storage_pool_volumes", 1.0, "Volumes in the pool.")),
+    row("type", "pool", Text, NONE, None),
+    row("persistent", "pool", Boolean, NONE, None),
+    row("autostart", "pool", Boolean, NONE, None),
+];
+
+/// The table for a record kind.
+pub fn table(kind: RecordKind) -> &'static [StatSpec] {
+    match kind {
+        RecordKind::DomainStats => DOMAIN_TABLE,
+        RecordKind::DomainJob => JOB_TABLE,
+        RecordKind::Node => NODE_TABLE,
+        RecordKind::StoragePool => POOL_TABLE,
+    }
+}
+
+/// The metric name prefix of a record kind (checked by the table tests).
+pub fn prefix(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::DomainStats => "libvirt_domain_",
+        RecordKind::DomainJob => "libvirt_domain_job_",
+        RecordKind::Node => "libvirt_node_",
+        RecordKind::StoragePool => "libvirt_storage_pool_",
+    }
+}
+
 /// Hypervisor-defined stats, mapped by rule. Described here for the docs.
 pub const RULES: &[(&str, &str, &str)] = &[
     (
@@ -292,9 +432,13 @@ pub const RULES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn index() -> &'static HashMap<&'static str, &'static StatSpec> {
-    static INDEX: OnceLock<HashMap<&'static str, &'static StatSpec>> = OnceLock::new();
-    INDEX.get_or_init(|| TABLE.iter().map(|s| (s.pattern, s)).collect())
+type Index = HashMap<&'static str, &'static StatSpec>;
+
+fn index(kind: RecordKind) -> &'static Index {
+    static INDEX: OnceLock<Vec<Index>> = OnceLock::new();
+    let all = INDEX
+        .get_or_init(|| RecordKind::ALL.iter().map(|k| table(*k).iter().map(|s| (s.pattern, s)).collect()).collect());
+    &all[kind.index()]
 }
 
 fn is_index(seg: &str) -> bool {
@@ -313,8 +457,8 @@ pub fn pattern_of(key: &str) -> String {
     out
 }
 
-pub fn lookup(key: &str) -> Option<&'static StatSpec> {
-    index().get(pattern_of(key).as_str()).copied()
+pub fn lookup(kind: RecordKind, key: &str) -> Option<&'static StatSpec> {
+    index(kind).get(pattern_of(key).as_str()).copied()
 }
 
 /// A hypervisor-defined stat (`vm.*`, `vcpu.<n>.<stat>.<type>`) or a
@@ -380,7 +524,7 @@ pub fn rule_for(key: &str) -> Option<RuleMatch> {
                 .iter()
                 .filter_map(|ls| match ls.source {
                     LabelSource::Sibling(n, suffix) => Some((ls.name, sibling(key, n, suffix))),
-                    LabelSource::Index(_) => None,
+                    LabelSource::Index(_) | LabelSource::Literal(_) => None,
                 })
                 .collect();
             labels.push(("operation", MappedLabel::Literal(sanitize(op))));
@@ -452,8 +596,8 @@ impl KeyMapping {
     }
 }
 
-fn resolve(key: &str) -> KeyMapping {
-    if let Some(spec) = lookup(key) {
+fn resolve(kind: RecordKind, key: &str) -> KeyMapping {
+    if let Some(spec) = lookup(kind, key) {
         let export = spec.export.map(|e| {
             Arc::new(MappedExport {
                 name: Cow::Borrowed(e.name),
@@ -466,6 +610,7 @@ fn resolve(key: &str) -> KeyMapping {
                     .map(|ls| {
                         let v = match ls.source {
                             LabelSource::Index(n) => MappedLabel::Literal(nth_index(key, n).unwrap_or("").to_string()),
+                            LabelSource::Literal(v) => MappedLabel::Literal(v.to_string()),
                             LabelSource::Sibling(n, suffix) => sibling(key, n, suffix),
                         };
                         (ls.name, v)
@@ -474,6 +619,9 @@ fn resolve(key: &str) -> KeyMapping {
             })
         });
         return KeyMapping { unit: Some(spec.unit), numeric_unit: spec.unit, export, unmapped: false };
+    }
+    if kind != RecordKind::DomainStats {
+        return KeyMapping { unit: None, numeric_unit: Unknown, export: None, unmapped: true };
     }
     if let Some(unit) = histogram_aux_unit(key) {
         return KeyMapping { unit: Some(unit), numeric_unit: unit, export: None, unmapped: false };
@@ -501,20 +649,20 @@ const MAX_CACHED_KEYS: usize = 50_000;
 
 type Cache = RwLock<FxHashMap<Box<str>, Arc<KeyMapping>>>;
 
-fn cache() -> &'static Cache {
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    CACHE.get_or_init(Cache::default)
+fn cache(kind: RecordKind) -> &'static Cache {
+    static CACHES: OnceLock<Vec<Cache>> = OnceLock::new();
+    &CACHES.get_or_init(|| RecordKind::ALL.iter().map(|_| Cache::default()).collect())[kind.index()]
 }
 
-/// The mapping of a key (cached).
-pub fn mapping(key: &str) -> Arc<KeyMapping> {
-    if let Ok(c) = cache().read() {
+/// The mapping of a key of a record kind (cached).
+pub fn mapping(kind: RecordKind, key: &str) -> Arc<KeyMapping> {
+    if let Ok(c) = cache(kind).read() {
         if let Some(m) = c.get(key) {
             return m.clone();
         }
     }
-    let m = Arc::new(resolve(key));
-    if let Ok(mut c) = cache().write() {
+    let m = Arc::new(resolve(kind, key));
+    if let Ok(mut c) = cache(kind).write() {
         if c.len() >= MAX_CACHED_KEYS {
             c.clear();
         }
@@ -524,8 +672,8 @@ pub fn mapping(key: &str) -> Arc<KeyMapping> {
 }
 
 /// The unit of a key's value as libvirt reports it.
-pub fn unit_of(key: &str, value: &TypedValue) -> Unit {
-    mapping(key).unit_for(value)
+pub fn unit_of(kind: RecordKind, key: &str, value: &TypedValue) -> Unit {
+    mapping(kind, key).unit_for(value)
 }
 
 /// One exported value of a record.
@@ -619,7 +767,7 @@ pub struct SampleStats {
 pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit: impl FnMut(Sample<'r>)) {
     let by_key: FxHashMap<&str, &TypedValue> = record.fields.iter().map(|f| (&*f.key, &f.value)).collect();
     for f in &record.fields {
-        let m = mapping(&f.key);
+        let m = mapping(record.kind, &f.key);
         let Some(export) = &m.export else {
             if m.unmapped {
                 stats.unmapped.push(f.key.to_string());
@@ -675,22 +823,38 @@ mod tests {
             time: SystemTime::now(),
             host: "h".into(),
             libvirt_uri: "test:///default".into(),
+            pool: None,
             domain: Some(DomainRef { name: "d".into(), uuid: "u".into(), info: None }),
             fields: fields
                 .iter()
-                .map(|(k, v)| Field { key: (*k).into(), value: v.clone(), unit: unit_of(k, v) })
+                .map(|(k, v)| Field {
+                    key: (*k).into(),
+                    value: v.clone(),
+                    unit: unit_of(RecordKind::DomainStats, k, v),
+                })
                 .collect(),
         }
     }
 
     #[test]
-    fn table_is_consistent() {
-        let mut patterns = HashSet::new();
-        let mut names: HashMap<&str, MetricType> = HashMap::new();
-        for s in TABLE {
-            assert!(patterns.insert(s.pattern), "duplicate pattern {}", s.pattern);
-            if let Some(e) = s.export {
-                assert!(e.name.starts_with("libvirt_domain_"), "{}", e.name);
+    fn tables_are_consistent() {
+        // name -> (type, help, label names): one metric, one meaning, across all tables.
+        let mut names: HashMap<&str, (MetricType, &str, Vec<&str>)> = HashMap::new();
+        for kind in RecordKind::ALL {
+            let mut patterns = HashSet::new();
+            let mut series = HashSet::new();
+            for s in table(kind) {
+                assert!(patterns.insert(s.pattern), "duplicate pattern {}", s.pattern);
+                let stars = s.pattern.split('.').filter(|p| *p == "*").count();
+                for ls in s.labels {
+                    match ls.source {
+                        LabelSource::Index(n) => assert!(n < stars, "{}", s.pattern),
+                        LabelSource::Sibling(n, _) => assert!(n >= 1 && n <= stars, "{}", s.pattern),
+                        LabelSource::Literal(v) => assert!(!v.is_empty()),
+                    }
+                }
+                let Some(e) = s.export else { continue };
+                assert!(e.name.starts_with(prefix(kind)), "{} in the {kind:?} table", e.name);
                 assert!(
                     e.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                     "{}",
@@ -700,25 +864,34 @@ mod tests {
                     MetricType::Counter => assert!(e.name.ends_with("_total"), "counter {} lacks _total", e.name),
                     MetricType::Gauge => assert!(!e.name.ends_with("_total"), "gauge {} ends in _total", e.name),
                 }
-                // Base units only: anything in ns or KiB must be scaled.
-                if matches!(s.unit, Nanoseconds) {
-                    assert!(e.name.contains("_seconds"), "{}", e.name);
-                    assert_eq!(e.scale, NS);
-                }
-                if matches!(s.unit, Kibibytes) {
-                    assert!(e.name.contains("_bytes"), "{}", e.name);
-                    assert_eq!(e.scale, KIB);
-                }
-                if let Some(prev) = names.insert(e.name, e.mtype) {
-                    panic!("metric {} mapped twice ({prev:?})", e.name);
+                // Base units only: non-base source units must be scaled.
+                match s.unit {
+                    Nanoseconds => assert!(e.name.contains("_seconds") && e.scale == NS, "{}", e.name),
+                    Milliseconds => assert!(e.name.contains("_seconds") && e.scale == MS, "{}", e.name),
+                    Kibibytes => assert!(e.name.contains("_bytes") && e.scale == KIB, "{}", e.name),
+                    Percent => assert!(e.name.ends_with("_ratio") && e.scale == PERCENT, "{}", e.name),
+                    _ => {}
                 }
                 assert!(!e.help.is_empty());
-            }
-            let stars = s.pattern.split('.').filter(|p| *p == "*").count();
-            for ls in s.labels {
-                match ls.source {
-                    LabelSource::Index(n) => assert!(n < stars, "{}", s.pattern),
-                    LabelSource::Sibling(n, _) => assert!(n >= 1 && n <= stars, "{}", s.pattern),
+                let label_names: Vec<&str> = s.labels.iter().map(|l| l.name).collect();
+                let literals: Vec<&str> = s
+                    .labels
+                    .iter()
+                    .filter_map(|l| if let LabelSource::Literal(v) = l.source { Some(v) } else { None })
+                    .collect();
+                // Rows sharing a metric must agree on it and differ in a literal label.
+                assert!(
+                    series.insert((e.name, literals, s.pattern.matches('*').count())),
+                    "{} mapped twice alike",
+                    e.name
+                );
+                match names.get(e.name) {
+                    Some((t, h, l)) => {
+                        assert!(*t == e.mtype && *h == e.help && *l == label_names, "{} differs between rows", e.name)
+                    }
+                    None => {
+                        names.insert(e.name, (e.mtype, e.help, label_names));
+                    }
                 }
             }
         }
@@ -796,7 +969,10 @@ mod tests {
         );
         assert_eq!(s[3].value, 2.0);
         assert_eq!(labels_of(&s[3]), vec![("vcpu", "0".into())]);
-        assert_eq!(unit_of("vcpu.0.halt_poll_success_ns.sum", &TypedValue::ULLong(1)), Nanoseconds);
+        assert_eq!(
+            unit_of(RecordKind::DomainStats, "vcpu.0.halt_poll_success_ns.sum", &TypedValue::ULLong(1)),
+            Nanoseconds
+        );
     }
 
     #[test]
@@ -811,7 +987,7 @@ mod tests {
         assert!(s.is_empty());
         assert_eq!(st.unmapped, vec!["future.thing".to_string()]);
         assert_eq!(st.wrong_type, vec!["cpu.time".to_string()]);
-        assert_eq!(unit_of("future.thing", &TypedValue::ULLong(1)), Unknown);
+        assert_eq!(unit_of(RecordKind::DomainStats, "future.thing", &TypedValue::ULLong(1)), Unknown);
     }
 
     #[test]

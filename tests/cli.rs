@@ -29,7 +29,7 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
 fn schema_rejects_what_it_should() {
     let ok: serde_json::Value = serde_json::json!({
         "schema": "virtpulse.record/v1", "kind": "domain_stats", "time": "2026-01-01T00:00:00.5Z",
-        "host": "h", "libvirt_uri": "test:///default",
+        "host": "h", "libvirt_uri": "test:///default", "domain": {"name": "d", "uuid": "u"},
         "fields": {"cpu.time": {"type": "ullong", "value": 5, "unit": "nanoseconds"}}
     });
     common::schema::assert_valid(&ok);
@@ -42,6 +42,9 @@ fn schema_rejects_what_it_should() {
     let mut bad = ok.clone();
     bad["schema"] = serde_json::json!("virtpulse.record/v2");
     assert!(std::panic::catch_unwind(|| common::schema::assert_valid(&bad)).is_err());
+    let mut bad = ok.clone();
+    bad["kind"] = serde_json::json!("storage_pool");
+    assert!(std::panic::catch_unwind(|| common::schema::assert_valid(&bad)).is_err(), "a pool record needs `pool`");
 }
 
 #[test]
@@ -98,12 +101,18 @@ fn once_on_the_test_driver() {
     let (code, out, err) = run(&["--once"], &[("VIRTPULSE_LIBVIRT__URI", "test:///default")]);
     assert_eq!(code, 0, "{err}");
     let recs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(recs.len(), 1);
-    common::schema::assert_valid(&recs[0]);
+    for r in &recs {
+        common::schema::assert_valid(r);
+        assert_eq!(r["libvirt_uri"], "test:///default");
+    }
+    let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    // The test driver has no job statistics: no domain_job record.
+    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool"]);
     assert_eq!(recs[0]["domain"]["name"], "test");
     assert_eq!(recs[0]["fields"]["state.state"]["value"], 1);
     assert_eq!(recs[0]["fields"]["state.state"]["unit"], "enum");
-    assert_eq!(recs[0]["libvirt_uri"], "test:///default");
+    assert_eq!(recs[1]["fields"]["info.cpus"]["value"], 16, "the test driver's fake host");
+    assert_eq!(recs[2]["pool"]["name"], "default-pool");
 }
 
 #[test]
@@ -152,12 +161,15 @@ fn daemon_on_the_test_driver_prints_records_and_serves_metrics() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for _ in 0..3 {
+    let mut domain_records = 0;
+    while domain_records < 3 {
         let line = lines.next().expect("a record line").unwrap();
         let r: serde_json::Value = serde_json::from_str(&line).unwrap();
         common::schema::assert_valid(&r);
-        assert_eq!(r["kind"], "domain_stats");
-        assert_eq!(r["domain"]["name"], "test");
+        if r["kind"] == "domain_stats" {
+            assert_eq!(r["domain"]["name"], "test");
+            domain_records += 1;
+        }
     }
     let url = format!("http://127.0.0.1:{port}/metrics");
     let text = wait_for(Duration::from_secs(10), "/metrics", || {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 
 use super::blocking::CallTracker;
@@ -64,6 +65,21 @@ pub async fn run_once<C: Collector>(
     }
 }
 
+/// Triggered collections (see `Wake`) come at most this often.
+const MIN_TRIGGER_SPACING: Duration = Duration::from_millis(200);
+
+/// Lets another part of the agent ask for a collection now instead of at
+/// the next tick (the events subsystem does this for job events, so a job
+/// shorter than the interval is still seen).
+#[derive(Clone, Default)]
+pub struct Wake(Arc<Notify>);
+
+impl Wake {
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// Runs forever (until the task is aborted).
 pub async fn run<C: Collector>(
     mut c: C,
@@ -71,11 +87,22 @@ pub async fn run<C: Collector>(
     tracker: CallTracker,
     stats: Arc<CollectorStats>,
     router: Arc<Router>,
+    wake: Wake,
 ) {
     let mut ticker = tokio::time::interval(sched.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut last_start: Option<Instant> = None;
     loop {
-        let tick = ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = wake.0.notified() => {
+                if let Some(t) = last_start {
+                    tokio::time::sleep(MIN_TRIGGER_SPACING.saturating_sub(t.elapsed())).await;
+                }
+            }
+        }
+        let started = Instant::now();
+        last_start = Some(started);
         let stuck = tracker.in_flight();
         stats.set_stuck_calls(stuck);
         if stuck >= sched.max_stuck_calls {
@@ -92,9 +119,59 @@ pub async fn run<C: Collector>(
         }
         stats.set_stuck_calls(tracker.in_flight());
         // Ticks that passed while this cycle ran are skipped, not queued.
-        let overrun = tick.elapsed().as_nanos() / sched.interval.as_nanos().max(1);
+        let overrun = started.elapsed().as_nanos() / sched.interval.as_nanos().max(1);
         for _ in 0..overrun {
             stats.skip();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Batch;
+    use crate::selfmon::SinkStats;
+
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Collector for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+
+        async fn collect(&mut self) -> Result<Batch, CollectError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Batch { source: "counting", snapshot: true, ..Default::default() })
+        }
+    }
+
+    #[tokio::test]
+    async fn wake_runs_a_collection_before_the_next_tick() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut router = Router::new();
+        let _q = router.add_sink(SinkStats::new("t", 64));
+        let sched =
+            Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
+        let wake = Wake::default();
+        let stats = CollectorStats::new("counting", sched.interval);
+        let task = tokio::spawn(run(
+            Counting(n.clone()),
+            sched,
+            CallTracker::default(),
+            stats,
+            Arc::new(router),
+            wake.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            assert!(Instant::now() < deadline, "first tick never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        wake.now();
+        while n.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            assert!(Instant::now() < deadline, "wake did not trigger a collection");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
     }
 }

@@ -235,7 +235,7 @@ impl DomainStatsCollector {
             .params
             .into_iter()
             .map(|p| {
-                let unit = unit_of(&p.name, &p.value);
+                let unit = unit_of(RecordKind::DomainStats, &p.name, &p.value);
                 Field { key: p.name, value: p.value, unit }
             })
             .collect();
@@ -245,6 +245,7 @@ impl DomainStatsCollector {
             time,
             host: self.ctx.identity.host.clone(),
             libvirt_uri: self.ctx.identity.uri.clone(),
+            pool: None,
             domain: Some(DomainRef { name: d.name.into(), uuid: d.uuid.into(), info }),
             fields,
         }
@@ -286,6 +287,6 @@ impl Collector for DomainStatsCollector {
         let present: HashSet<&str> = stats.iter().map(|d| d.uuid.as_str()).collect();
         self.info.retain(&present);
         let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
-        Ok(Batch { source: SOURCE, snapshot: true, records, ttl: None })
+        Ok(Batch { source: SOURCE, snapshot: true, records, ..Default::default() })
     }
 }

@@ -6,6 +6,9 @@ pub mod blocking;
 pub mod controller;
 pub mod domain_info;
 pub mod domain_stats;
+pub mod jobs;
+pub mod node;
+pub mod pools;
 
 use std::fmt;
 use std::future::Future;

@@ -5,7 +5,10 @@ pub mod connection;
 pub mod domain;
 pub mod error;
 pub mod event_loop;
+pub mod jobs;
 pub mod manager;
+pub mod node;
+pub mod pools;
 pub mod stats;
 pub mod typed_params;
 

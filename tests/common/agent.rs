@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::exposition::{parse, Scrape};
@@ -28,6 +28,9 @@ pub fn toml_str(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Config snippet that turns the stdout sink on (records land in `records()`).
+pub const STDOUT: &str = "[sinks.stdout]\nenabled = true\n";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -58,12 +61,13 @@ impl Agent {
         let cfg_path = dir.path().join("config.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let records = std::fs::File::create(dir.path().join("records.jsonl")).unwrap();
         let child = Command::new(bin())
             .arg("--config")
             .arg(&cfg_path)
             .envs(env.iter().copied())
             .env("VIRTPULSE_AGENT__LOG_LEVEL", "virtpulse=debug,info")
-            .stdout(Stdio::null())
+            .stdout(records)
             .stderr(log)
             .spawn()
             .expect("start agent");
@@ -99,15 +103,31 @@ impl Agent {
     }
 
     pub fn ok_cycles(&self) -> f64 {
-        self.scrape()
-            .value("virtpulse_collections_total", &[("collector", "domain_stats"), ("result", "ok")])
-            .unwrap_or(0.0)
+        self.ok_cycles_of("domain_stats")
     }
 
-    /// Waits until at least `n` more successful collections have completed.
+    pub fn ok_cycles_of(&self, collector: &str) -> f64 {
+        self.scrape().value("virtpulse_collections_total", &[("collector", collector), ("result", "ok")]).unwrap_or(0.0)
+    }
+
+    /// Waits until at least `n` more successful domain stats collections have completed.
     pub fn wait_cycles(&self, n: u32, timeout: Duration) {
-        let start = self.ok_cycles();
-        wait_for(timeout, "collection cycles", || (self.ok_cycles() >= start + f64::from(n)).then_some(()));
+        self.wait_cycles_of("domain_stats", n, timeout)
+    }
+
+    /// Waits until at least `n` more successful collections of `collector` have completed.
+    pub fn wait_cycles_of(&self, collector: &str, n: u32, timeout: Duration) {
+        let start = self.ok_cycles_of(collector);
+        wait_for(timeout, &format!("{collector} collections"), || {
+            (self.ok_cycles_of(collector) >= start + f64::from(n)).then_some(())
+        });
+    }
+
+    /// Records printed so far (the stdout sink must be enabled: see `STDOUT`).
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.path().join("records.jsonl")).unwrap_or_default();
+        // The last line may still be being written.
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     pub fn log(&self) -> String {

@@ -23,12 +23,13 @@ pub fn expected(
         time: SystemTime::now(),
         host: "h".into(),
         libvirt_uri: "qemu:///system".into(),
+        pool: None,
         domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
         fields: stats
             .iter()
             .map(|(k, v)| {
                 let value = virsh::typed(v);
-                Field { key: k.as_str().into(), unit: stat_keys::unit_of(k, &value), value }
+                Field { key: k.as_str().into(), unit: stat_keys::unit_of(RecordKind::DomainStats, k, &value), value }
             })
             .collect(),
     };

@@ -21,7 +21,7 @@ use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::SinkQueue;
 use crate::selfmon::Registry;
-use render::{render_domain_stats, write_families, Families, RenderStats};
+use render::{render_records, write_families, Families, RenderStats};
 use selfmetrics::SinkFacts;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -58,7 +58,7 @@ impl Exporter {
         }
         let mut families = Families::new();
         let mut stats = RenderStats::default();
-        render_domain_stats(&batch.records, &mut families, &mut stats);
+        render_records(batch.records.iter().chain(&batch.retained), &mut families, &mut stats);
         let expires = batch.ttl.map(|t| Instant::now() + t);
         let Ok(mut inner) = self.inner.write() else { return };
         for key in stats.unmapped.difference(&inner.unmapped) {

@@ -6,6 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rustc_hash::FxHasher;
 
 use super::text::{escape_label_value, write_header, write_sample};
+use crate::libvirt::TypedValue;
 use crate::record::{Record, RecordKind};
 use crate::stat_keys::{for_each_sample, MetricType, SampleStats};
 
@@ -111,59 +112,194 @@ fn opt_bool(v: Option<bool>) -> &'static str {
     }
 }
 
-/// Renders domain stats records into families.
-pub fn render_domain_stats(records: &[Record], families: &mut Families, stats: &mut RenderStats) {
-    let mut w = FamilyWriter::new(families, stats);
-    for r in records.iter().filter(|r| r.kind == RecordKind::DomainStats) {
-        let Some(d) = &r.domain else { continue };
-        let (name, uuid) = (&*d.name, &*d.uuid);
-        let info = d.info.as_deref().cloned().unwrap_or_default();
-        let vcpus = info.vcpus.map(|v| v.to_string()).unwrap_or_default();
-        let maxmem = info.max_memory_bytes.map(|v| v.to_string()).unwrap_or_default();
-        let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
+/// Labels in exposition form, for labels every series of a record shares.
+fn label_prefix(labels: &[(&str, &str)]) -> String {
+    let mut p = String::with_capacity(96);
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            p.push(',');
+        }
+        p.push_str(k);
+        p.push_str("=\"");
+        escape_label_value(&mut p, v);
+        p.push('"');
+    }
+    p
+}
+
+fn int_str(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn field_str<'r>(r: &'r Record, key: &str) -> &'r str {
+    r.field(key).and_then(|v| v.as_str()).unwrap_or("")
+}
+
+fn field_bool(r: &Record, key: &str) -> &'static str {
+    match r.field(key) {
+        Some(TypedValue::Boolean(b)) => opt_bool(Some(*b)),
+        _ => "",
+    }
+}
+
+fn job_type_name(code: Option<u64>) -> &'static str {
+    match code {
+        Some(0) => "none",
+        Some(1) => "bounded",
+        Some(2) => "unbounded",
+        Some(3) => "completed",
+        Some(4) => "failed",
+        Some(5) => "cancelled",
+        _ => "unknown",
+    }
+}
+
+fn job_operation_name(code: Option<u64>) -> &'static str {
+    match code {
+        Some(1) => "start",
+        Some(2) => "save",
+        Some(3) => "restore",
+        Some(4) => "migration_in",
+        Some(5) => "migration_out",
+        Some(6) => "snapshot",
+        Some(7) => "snapshot_revert",
+        Some(8) => "dump",
+        Some(9) => "backup",
+        Some(10) => "snapshot_delete",
+        _ => "unknown",
+    }
+}
+
+fn pool_state_name(code: Option<u64>) -> &'static str {
+    match code {
+        Some(0) => "inactive",
+        Some(1) => "building",
+        Some(2) => "running",
+        Some(3) => "degraded",
+        Some(4) => "inaccessible",
+        _ => "unknown",
+    }
+}
+
+const GAUGE: MetricType = MetricType::Gauge;
+
+fn domain_info_metrics(w: &mut FamilyWriter, r: &Record, name: &str, uuid: &str) {
+    let info = r.domain.as_ref().and_then(|d| d.info.as_deref()).cloned().unwrap_or_default();
+    let vcpus = int_str(info.vcpus);
+    let maxmem = int_str(info.max_memory_bytes);
+    let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
+    w.add(
+        "libvirt_domain_info",
+        GAUGE,
+        "Descriptive data about the domain (value is always 1); join on domain/uuid.",
+        &[
+            ("domain", name),
+            ("uuid", uuid),
+            ("state", state),
+            ("virt_type", opt_str(&info.virt_type)),
+            ("os_type", opt_str(&info.os_type)),
+            ("arch", opt_str(&info.arch)),
+            ("machine", opt_str(&info.machine)),
+            ("vcpus", &vcpus),
+            ("max_memory_bytes", &maxmem),
+            ("persistent", opt_bool(info.persistent)),
+            ("autostart", opt_bool(info.autostart)),
+        ],
+        1.0,
+    );
+    if let Some(os) = &info.openstack {
         w.add(
-            "libvirt_domain_info",
-            MetricType::Gauge,
-            "Descriptive data about the domain (value is always 1); join on domain/uuid.",
+            "libvirt_domain_openstack_info",
+            GAUGE,
+            "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.",
             &[
                 ("domain", name),
                 ("uuid", uuid),
-                ("state", state),
-                ("virt_type", opt_str(&info.virt_type)),
-                ("os_type", opt_str(&info.os_type)),
-                ("arch", opt_str(&info.arch)),
-                ("machine", opt_str(&info.machine)),
-                ("vcpus", &vcpus),
-                ("max_memory_bytes", &maxmem),
-                ("persistent", opt_bool(info.persistent)),
-                ("autostart", opt_bool(info.autostart)),
+                ("instance_name", opt_str(&os.instance_name)),
+                ("flavor", opt_str(&os.flavor)),
+                ("project_name", opt_str(&os.project_name)),
+                ("project_uuid", opt_str(&os.project_uuid)),
+                ("user_name", opt_str(&os.user_name)),
+                ("user_uuid", opt_str(&os.user_uuid)),
             ],
             1.0,
         );
-        if let Some(os) = &info.openstack {
-            w.add(
-                "libvirt_domain_openstack_info",
-                MetricType::Gauge,
-                "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.",
-                &[
-                    ("domain", name),
-                    ("uuid", uuid),
-                    ("instance_name", opt_str(&os.instance_name)),
-                    ("flavor", opt_str(&os.flavor)),
-                    ("project_name", opt_str(&os.project_name)),
-                    ("project_uuid", opt_str(&os.project_uuid)),
-                    ("user_name", opt_str(&os.user_name)),
-                    ("user_uuid", opt_str(&os.user_uuid)),
-                ],
-                1.0,
-            );
-        }
+    }
+}
+
+fn node_info_metrics(w: &mut FamilyWriter, r: &Record) {
+    if let Some(model) = r.field("info.model").and_then(|v| v.as_str()) {
+        w.add("libvirt_node_info", GAUGE, "The host's CPU model (value is always 1).", &[("model", model)], 1.0);
+    }
+    let version =
+        |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::libvirt::node::version_string).unwrap_or_default();
+    if r.field("version.daemon").is_some() {
+        let (library, daemon, hypervisor) =
+            (version("version.library"), version("version.daemon"), version("version.hypervisor"));
+        w.add(
+            "libvirt_node_versions_info",
+            GAUGE,
+            "Versions of the libvirt client library, the libvirt daemon and the hypervisor (value is always 1).",
+            &[
+                ("library_version", &library),
+                ("daemon_version", &daemon),
+                ("hypervisor", field_str(r, "hypervisor.type")),
+                ("hypervisor_version", &hypervisor),
+            ],
+            1.0,
+        );
+    }
+}
+
+fn pool_info_metrics(w: &mut FamilyWriter, r: &Record, name: &str, uuid: &str) {
+    w.add(
+        "libvirt_storage_pool_info",
+        GAUGE,
+        "Descriptive data about the storage pool (value is always 1); join on pool/uuid.",
+        &[
+            ("pool", name),
+            ("uuid", uuid),
+            ("type", field_str(r, "type")),
+            ("state", pool_state_name(r.field("state").and_then(|v| v.as_u64()))),
+            ("persistent", field_bool(r, "persistent")),
+            ("autostart", field_bool(r, "autostart")),
+        ],
+        1.0,
+    );
+}
+
+/// Renders records of any kind into families: identity labels per kind,
+/// info metrics, then every mapped value.
+pub fn render_records<'a>(
+    records: impl IntoIterator<Item = &'a Record>,
+    families: &mut Families,
+    stats: &mut RenderStats,
+) {
+    let mut w = FamilyWriter::new(families, stats);
+    for r in records {
+        let prefix = match r.kind {
+            RecordKind::DomainStats | RecordKind::DomainJob => {
+                let Some(d) = &r.domain else { continue };
+                if r.kind == RecordKind::DomainStats {
+                    domain_info_metrics(&mut w, r, &d.name, &d.uuid);
+                    label_prefix(&[("domain", &d.name), ("uuid", &d.uuid)])
+                } else {
+                    let job_type = job_type_name(r.field("type").and_then(|v| v.as_u64()));
+                    let op = job_operation_name(r.field("operation").and_then(|v| v.as_u64()));
+                    label_prefix(&[("domain", &d.name), ("uuid", &d.uuid), ("type", job_type), ("operation", op)])
+                }
+            }
+            RecordKind::Node => {
+                node_info_metrics(&mut w, r);
+                String::new()
+            }
+            RecordKind::StoragePool => {
+                let Some(p) = &r.pool else { continue };
+                pool_info_metrics(&mut w, r, &p.name, &p.uuid);
+                label_prefix(&[("pool", &p.name), ("uuid", &p.uuid)])
+            }
+        };
         let mut ss = SampleStats::default();
-        let mut prefix = String::from("domain=\"");
-        escape_label_value(&mut prefix, name);
-        prefix.push_str("\",uuid=\"");
-        escape_label_value(&mut prefix, uuid);
-        prefix.push('"');
         for_each_sample(r, &mut ss, |s| {
             let labels: Vec<(&str, &str)> = s.labels().collect();
             w.add_with_prefix(s.name(), s.mtype(), s.help(), &prefix, &labels, s.value);
@@ -205,6 +341,7 @@ mod tests {
             time: std::time::SystemTime::now(),
             host: "h".into(),
             libvirt_uri: "u".into(),
+            pool: None,
             domain: Some(DomainRef {
                 name: name.into(),
                 uuid: "11111111-2222-3333-4444-555555555555".into(),
@@ -222,7 +359,7 @@ mod tests {
         );
         let mut fams = Families::new();
         let mut st = RenderStats::default();
-        render_domain_stats(&[r], &mut fams, &mut st);
+        render_records(&[r], &mut fams, &mut st);
         let mut out = String::new();
         write_families(&mut out, [&fams]);
         assert!(out.contains("# TYPE libvirt_domain_cpu_time_seconds_total counter\n"), "{out}");
@@ -249,7 +386,7 @@ mod tests {
         );
         let mut fams = Families::new();
         let mut st = RenderStats::default();
-        render_domain_stats(&[r], &mut fams, &mut st);
+        render_records(&[r], &mut fams, &mut st);
         assert_eq!(st.conflicts, 2);
         let body = &fams["libvirt_domain_block_read_bytes_total"].body;
         assert_eq!(body.lines().count(), 1);

@@ -1,0 +1,140 @@
+//! Storage pools: state, capacity, allocation, available space and volume
+//! count. Never refreshes a pool (`virStoragePoolRefresh` can take minutes on
+//! big pools): the figures are libvirt's as of its last refresh.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{CollectError, Collector, CollectorContext};
+use crate::libvirt::pools::POOL_RUNNING;
+use crate::libvirt::{LibvirtError, TypedValue};
+use crate::record::{Batch, Field, PoolRef, Record, RecordKind, SCHEMA};
+use crate::stat_keys::unit_of;
+
+pub const SOURCE: &str = "pools";
+
+#[derive(Debug)]
+struct PoolReading {
+    name: String,
+    uuid: String,
+    fields: Vec<(&'static str, TypedValue)>,
+}
+
+/// The pool type from its XML (`<pool type='dir'>`).
+pub fn pool_type(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    doc.root_element().attribute("type").map(String::from)
+}
+
+pub struct PoolsCollector {
+    ctx: CollectorContext,
+    /// Pool type by UUID (a pool's type never changes).
+    types: HashMap<String, String>,
+}
+
+impl PoolsCollector {
+    pub fn new(ctx: CollectorContext) -> Self {
+        Self { ctx, types: HashMap::new() }
+    }
+}
+
+fn is_vanished(e: &LibvirtError) -> bool {
+    e.code as u32 == virt_sys::VIR_ERR_NO_STORAGE_POOL
+}
+
+impl Collector for PoolsCollector {
+    fn name(&self) -> &'static str {
+        SOURCE
+    }
+
+    async fn collect(&mut self) -> Result<Batch, CollectError> {
+        let session = self.ctx.manager.current().ok_or(CollectError::NotConnected)?;
+        let s = session.clone();
+        let manager = self.ctx.manager.clone();
+        let known_types = self.types.clone();
+        let (readings, problems) = self
+            .ctx
+            .tracker
+            .run(move || -> Result<(Vec<PoolReading>, Vec<String>), LibvirtError> {
+                let pools = s.conn.list_all_storage_pools().inspect_err(|e| manager.note_error(&s, e))?;
+                let mut out = Vec::with_capacity(pools.len());
+                let mut problems = Vec::new();
+                for pool in pools {
+                    let (name, uuid) = (pool.name(), pool.uuid());
+                    let info = match pool.info() {
+                        Ok(i) => i,
+                        Err(e) if is_vanished(&e) => continue,
+                        Err(e) => {
+                            problems.push(format!("pool {name}: {e}"));
+                            continue;
+                        }
+                    };
+                    let mut fields: Vec<(&'static str, TypedValue)> = vec![("state", TypedValue::Int(info.state))];
+                    if info.state == POOL_RUNNING {
+                        fields.push(("capacity", TypedValue::ULLong(info.capacity)));
+                        fields.push(("allocation", TypedValue::ULLong(info.allocation)));
+                        fields.push(("available", TypedValue::ULLong(info.available)));
+                        match pool.num_volumes() {
+                            Ok(n) => fields.push(("volumes", TypedValue::UInt(n))),
+                            Err(e) if is_vanished(&e) => continue,
+                            Err(e) => problems.push(format!("volumes of pool {name}: {e}")),
+                        }
+                    }
+                    let pool_type =
+                        known_types.get(&uuid).cloned().or_else(|| pool.xml_desc().ok().and_then(|x| pool_type(&x)));
+                    if let Some(t) = pool_type {
+                        fields.push(("type", TypedValue::String(t)));
+                    }
+                    if let Ok(p) = pool.is_persistent() {
+                        fields.push(("persistent", TypedValue::Boolean(p)));
+                    }
+                    if let Ok(a) = pool.autostart() {
+                        fields.push(("autostart", TypedValue::Boolean(a)));
+                    }
+                    out.push(PoolReading { name, uuid, fields });
+                }
+                Ok((out, problems))
+            })
+            .await??;
+        for p in problems {
+            tracing::warn!(collector = SOURCE, "{p}");
+        }
+        let time = SystemTime::now();
+        self.types.clear();
+        let mut records = Vec::with_capacity(readings.len());
+        for r in readings {
+            if let Some(TypedValue::String(t)) = r.fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| v) {
+                self.types.insert(r.uuid.clone(), t.clone());
+            }
+            let fields = r
+                .fields
+                .into_iter()
+                .map(|(k, v)| Field { unit: unit_of(RecordKind::StoragePool, k, &v), key: Arc::from(k), value: v })
+                .collect();
+            records.push(Record {
+                schema: SCHEMA,
+                kind: RecordKind::StoragePool,
+                time,
+                host: self.ctx.identity.host.clone(),
+                libvirt_uri: self.ctx.identity.uri.clone(),
+                domain: None,
+                pool: Some(PoolRef { name: r.name.into(), uuid: r.uuid.into() }),
+                fields,
+            });
+        }
+        Ok(Batch { source: SOURCE, snapshot: true, records, ..Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_type_from_xml() {
+        assert_eq!(pool_type("<pool type='dir'><name>x</name></pool>").as_deref(), Some("dir"));
+        assert_eq!(pool_type("<pool/>"), None);
+        assert_eq!(pool_type("<pool"), None);
+    }
+}
