@@ -92,6 +92,18 @@ f_series=$(curl -s "http://$OURS/metrics" | grep -vc '^#')
 f_rss=$(rss_kib "$ours_pid")
 kill "$ours_pid"; wait "$ours_pid" 2>/dev/null || true
 
+# --- virtpulse with its default schedule (domain stats 15 s, jobs 5 s, node
+# 30 s, pools 60 s), scraped every 15 s: what it costs on a host per minute.
+VIRTPULSE_LIBVIRT__URI=qemu:///system VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS VIRTPULSE_AGENT__LOG_LEVEL=warn \
+  target/release/virtpulse --config /dev/null 2>>/tmp/virtpulse-bench.log &
+ours_pid=$!; pids+=("$ours_pid")
+wait_http "http://$OURS/metrics"
+sleep 5
+d_a0=$(cpu_ticks "$ours_pid"); d_l0=$(cpu_ticks "$libvirtd_pid")
+for _ in 1 2 3 4; do curl -s -o /dev/null "http://$OURS/metrics"; sleep 15; done
+d_cpu=$(( $(cpu_ticks "$ours_pid") - d_a0 )); d_lcpu=$(( $(cpu_ticks "$libvirtd_pid") - d_l0 ))
+kill "$ours_pid"; wait "$ours_pid" 2>/dev/null || true
+
 # --- Debian prometheus-libvirt-exporter (kumina 0.2.0), one scrape a second.
 prometheus-libvirt-exporter --web.listen-address="$THEIRS" --libvirt.uri=qemu:///system 2>/tmp/peer-bench.log &
 their_pid=$!; pids+=("$their_pid")
@@ -136,3 +148,7 @@ printf '%-44s %14s\n' "libvirtd CPU per cycle (ms)" "$f_lcpu"
 printf '%-44s %14s\n' "/metrics latency p50 / p99 (ms)" "$f_p50 / $f_p99"
 printf '%-44s %14s\n' "series" "$f_series"
 printf '%-44s %14s\n' "RSS (MiB)" "$(awk "BEGIN{printf \"%.1f\", $f_rss/1024}")"
+echo
+echo "virtpulse with its default schedule (domain stats 15 s, jobs 5 s, node 30 s, pools 60 s), one minute:"
+printf '%-44s %14s\n' "agent CPU per minute (ms)" "$(( d_cpu * 1000 / $(clk_tck) ))"
+printf '%-44s %14s\n' "libvirtd CPU per minute (ms)" "$(( d_lcpu * 1000 / $(clk_tck) ))"
