@@ -121,6 +121,7 @@ fn snapshot(domains: usize) -> Vec<Record> {
             host: "hv".into(),
             libvirt_uri: "qemu:///system".into(),
             pool: None,
+            event: None,
             domain: Some(DomainRef {
                 name: format!("instance-{i:08x}").into(),
                 uuid: format!("00000000-0000-4000-8000-{i:012x}").into(),

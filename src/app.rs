@@ -17,6 +17,7 @@ use crate::collectors::pools::PoolsCollector;
 use crate::collectors::{CollectError, Collector};
 use crate::collectors::{CollectorContext, Identity};
 use crate::config::{CollectorName, Config, LogFormat};
+use crate::events::{self, EventStats, Hooks};
 use crate::filter::DomainFilter;
 use crate::libvirt::manager::ManagerOptions;
 use crate::libvirt::ConnectionManager;
@@ -118,10 +119,12 @@ impl Collector for AnyCollector {
 }
 
 struct Planned {
+    name: CollectorName,
     collector: AnyCollector,
     sched: Schedule,
     tracker: CallTracker,
     stats: Arc<CollectorStats>,
+    wake: Wake,
 }
 
 /// The enabled collectors, in a fixed order, each with its own schedule,
@@ -155,7 +158,7 @@ fn plan_collectors(
             CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, c.node.per_cpu)),
             CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
         };
-        out.push(Planned { collector, sched, tracker, stats });
+        out.push(Planned { name, collector, sched, tracker, stats, wake: Wake::default() });
     }
     Ok(out)
 }
@@ -263,17 +266,45 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
 
     tasks.push(tokio::spawn(manager.clone().run()));
 
+    let mut hooks = Hooks::default();
     let mut collectors = Vec::new();
     for p in plan_collectors(&cfg, &manager, &registry)? {
         tracing::info!(collector = p.collector.name(), interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
+        match (&p.name, &p.collector) {
+            (CollectorName::DomainStats, AnyCollector::DomainStats(c)) => {
+                hooks.domain_stats = Some(p.wake.clone());
+                hooks.info = Some(c.info_invalidation());
+            }
+            (CollectorName::Jobs, _) => hooks.jobs = Some(p.wake.clone()),
+            _ => {}
+        }
         collectors.push(tokio::spawn(controller::run(
             p.collector,
             p.sched,
             p.tracker,
             p.stats,
             router.clone(),
-            Wake::default(),
+            p.wake,
         )));
+    }
+    if cfg.events.enabled {
+        let stats = EventStats::new(cfg.events.queue_capacity);
+        registry.set_events(stats.clone());
+        let settings = events::Settings {
+            queue_capacity: cfg.events.queue_capacity,
+            qemu_monitor: cfg.events.qemu_monitor,
+            resync: cfg.events.resync,
+        };
+        let identity = Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() };
+        collectors.extend(events::start(
+            settings,
+            manager.clone(),
+            router.clone(),
+            hooks,
+            identity,
+            filter(&cfg)?,
+            stats,
+        ));
     }
     drop(router);
 
@@ -286,6 +317,20 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     for c in collectors {
         c.abort();
         let _ = c.await;
+    }
+    // Deregister callbacks while the connection is still open, then stop
+    // the libvirt event loop thread (it must not hold the exit up).
+    if let Some(session) = manager.current() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::task::spawn_blocking(move || session.conn.deregister_events()),
+        )
+        .await;
+    }
+    let stopped =
+        tokio::task::spawn_blocking(|| crate::libvirt::event_loop::stop(Duration::from_secs(2))).await.unwrap_or(false);
+    if !stopped {
+        tracing::warn!("the libvirt event loop did not stop within 2 s");
     }
     // With every collector gone the router is dropped and the sink queues
     // close; give the sinks a moment to flush what they hold.

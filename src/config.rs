@@ -25,7 +25,27 @@ pub struct Config {
     pub libvirt: LibvirtConfig,
     pub collectors: CollectorsConfig,
     pub domains: DomainsConfig,
+    pub events: EventsConfig,
     pub sinks: SinksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    pub enabled: bool,
+    /// Events the hand-off queue between libvirt's callbacks and the agent
+    /// holds; beyond that they are dropped (counted).
+    pub queue_capacity: usize,
+    /// Also subscribe to raw QEMU monitor events (qemu:// URIs only).
+    pub qemu_monitor: bool,
+    /// Emit one `resync` record per domain after every (re)connect.
+    pub resync: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { enabled: true, queue_capacity: 65536, qemu_monitor: false, resync: true }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -529,6 +549,9 @@ impl Config {
         }
         if p.queue_capacity == 0 {
             return Err(o.err("sinks.prometheus.queue_capacity", "must be at least 1"));
+        }
+        if self.events.queue_capacity == 0 {
+            return Err(o.err("events.queue_capacity", "must be at least 1"));
         }
         if self.sinks.stdout.queue_capacity == 0 {
             return Err(o.err("sinks.stdout.queue_capacity", "must be at least 1"));

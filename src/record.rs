@@ -27,6 +27,8 @@ pub enum RecordKind {
     Node,
     /// One storage pool (`virStoragePoolGetInfo`).
     StoragePool,
+    /// A libvirt event (or a resync after a reconnect): see `event`.
+    Event,
 }
 
 impl RecordKind {
@@ -135,6 +137,36 @@ pub struct PoolRef {
     pub uuid: Arc<str>,
 }
 
+/// The object of a non-domain event (network, storage pool, node device, secret).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectRef {
+    pub name: Arc<str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub uuid: Arc<str>,
+}
+
+/// What an event record is about, with what a consumer needs to de-duplicate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventInfo {
+    /// domain, network, storage_pool, node_device, secret, qemu_monitor.
+    pub family: &'static str,
+    /// The libvirt callback: lifecycle, io_error_reason, block_job_2, ...;
+    /// `resync` for the state records emitted after (re)connecting.
+    pub name: &'static str,
+    /// The event's main kind as a stable name (lifecycle: started, stopped...;
+    /// watchdog: its action; block jobs: the job type ...), empty if none.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The secondary name (lifecycle detail, block job status ...), empty if none.
+    pub detail: String,
+    /// Increases by one per event within one agent run.
+    pub seq: u64,
+    /// Unique across agent runs: `<agent run id>-<seq>`.
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object: Option<ObjectRef>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Record {
     pub schema: &'static str,
@@ -147,6 +179,8 @@ pub struct Record {
     pub domain: Option<DomainRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventInfo>,
     #[serde(serialize_with = "serialize_fields")]
     pub fields: Vec<Field>,
 }
@@ -228,6 +262,7 @@ mod tests {
             host: "hv1".into(),
             libvirt_uri: "qemu:///system".into(),
             pool: None,
+            event: None,
             domain: Some(DomainRef {
                 name: "web \"1\"".into(),
                 uuid: "0f0e".into(),

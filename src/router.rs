@@ -94,6 +94,7 @@ mod tests {
                     host: "h".into(),
                     libvirt_uri: "u".into(),
                     pool: None,
+                    event: None,
                     domain: None,
                     fields: vec![],
                 })

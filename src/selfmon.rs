@@ -180,6 +180,7 @@ pub struct Registry {
     /// Groups requested by the configuration.
     pub wanted_groups: AtomicU64,
     pub started_unix: f64,
+    events: Mutex<Option<Arc<crate::events::EventStats>>>,
 }
 
 impl Registry {
@@ -200,6 +201,16 @@ impl Registry {
         if let Ok(mut v) = self.sinks.lock() {
             v.push(s);
         }
+    }
+
+    pub fn set_events(&self, stats: Arc<crate::events::EventStats>) {
+        if let Ok(mut e) = self.events.lock() {
+            *e = Some(stats);
+        }
+    }
+
+    pub fn events(&self) -> Option<Arc<crate::events::EventStats>> {
+        self.events.lock().ok().and_then(|e| e.clone())
     }
 
     pub fn collectors(&self) -> Vec<Arc<CollectorStats>> {

@@ -398,6 +398,8 @@ pub fn table(kind: RecordKind) -> &'static [StatSpec] {
         RecordKind::DomainJob => JOB_TABLE,
         RecordKind::Node => NODE_TABLE,
         RecordKind::StoragePool => POOL_TABLE,
+        // Events are counted by the sinks, not mapped key by key.
+        RecordKind::Event => &[],
     }
 }
 
@@ -408,6 +410,7 @@ pub fn prefix(kind: RecordKind) -> &'static str {
         RecordKind::DomainJob => "libvirt_domain_job_",
         RecordKind::Node => "libvirt_node_",
         RecordKind::StoragePool => "libvirt_storage_pool_",
+        RecordKind::Event => "libvirt_",
     }
 }
 
@@ -824,6 +827,7 @@ mod tests {
             host: "h".into(),
             libvirt_uri: "test:///default".into(),
             pool: None,
+            event: None,
             domain: Some(DomainRef { name: "d".into(), uuid: "u".into(), info: None }),
             fields: fields
                 .iter()

@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::domain_info::{parse_domain_xml, InfoCache};
@@ -59,6 +60,11 @@ impl DomainStatsCollector {
             key_counts: HashMap::new(),
             names: None,
         }
+    }
+
+    /// Lets the events subsystem ask for a domain's XML to be read again.
+    pub fn info_invalidation(&self) -> Arc<std::sync::Mutex<HashSet<String>>> {
+        self.info.invalidation_handle()
     }
 
     fn flags(&self) -> u32 {
@@ -246,6 +252,7 @@ impl DomainStatsCollector {
             host: self.ctx.identity.host.clone(),
             libvirt_uri: self.ctx.identity.uri.clone(),
             pool: None,
+            event: None,
             domain: Some(DomainRef { name: d.name.into(), uuid: d.uuid.into(), info }),
             fields,
         }

@@ -156,6 +156,7 @@ impl JobsCollector {
             libvirt_uri: self.ctx.identity.uri.clone(),
             domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
             pool: None,
+            event: None,
             fields,
         }
     }

@@ -243,6 +243,7 @@ impl Collector for NodeCollector {
             libvirt_uri: self.ctx.identity.uri.clone(),
             domain: None,
             pool: None,
+            event: None,
             fields,
         };
         Ok(Batch { source: SOURCE, snapshot: true, records: vec![record], ..Default::default() })

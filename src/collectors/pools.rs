@@ -120,6 +120,7 @@ impl Collector for PoolsCollector {
                 libvirt_uri: self.ctx.identity.uri.clone(),
                 domain: None,
                 pool: Some(PoolRef { name: r.name.into(), uuid: r.uuid.into() }),
+                event: None,
                 fields,
             });
         }

@@ -3,7 +3,7 @@
 
 use std::ffi::{c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use virt_sys as sys;
@@ -11,6 +11,7 @@ use virt_sys as sys;
 use super::domain::Domain;
 use super::error::{LibvirtError, Result};
 use super::event_loop;
+use super::events::{deregister, Family};
 
 /// Raised by libvirt's close callback (on the event-loop thread) when the
 /// connection dies: daemon gone, keepalive timeout, or socket error.
@@ -80,6 +81,8 @@ pub struct Connection {
     close_signal: Arc<CloseSignal>,
     close_registered: bool,
     keepalive: bool,
+    /// Event callbacks registered on this connection, deregistered on drop.
+    callbacks: Mutex<Vec<(Family, c_int)>>,
 }
 
 // SAFETY: libvirt connections are thread safe; calls may be made concurrently.
@@ -108,6 +111,7 @@ impl Connection {
             close_signal: Arc::new(CloseSignal::default()),
             close_registered: false,
             keepalive: false,
+            callbacks: Mutex::new(Vec::new()),
         };
         conn.keepalive = conn.enable_keepalive(opts.keepalive_interval, opts.keepalive_count);
         conn.close_registered = conn.register_close_callback();
@@ -150,6 +154,16 @@ impl Connection {
 
     pub(crate) fn as_ptr(&self) -> sys::virConnectPtr {
         self.ptr
+    }
+
+    pub(crate) fn remember_callbacks(&self, ids: Vec<(Family, c_int)>) {
+        if let Ok(mut v) = self.callbacks.lock() {
+            v.extend(ids);
+        }
+    }
+
+    pub(crate) fn take_callbacks(&self) -> Vec<(Family, c_int)> {
+        self.callbacks.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
     }
 
     pub fn uri(&self) -> &str {
@@ -219,6 +233,9 @@ impl Drop for Connection {
         // SAFETY: we own the connection; the close callback is unregistered
         // first so that libvirt frees its opaque box. Failures are ignored:
         // closing must never panic the agent.
+        for (family, id) in self.take_callbacks() {
+            deregister(self.ptr, family, id);
+        }
         unsafe {
             if self.close_registered && sys::virConnectUnregisterCloseCallback(self.ptr, Some(on_close)) < 0 {
                 sys::virResetLastError();

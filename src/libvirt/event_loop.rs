@@ -6,7 +6,8 @@
 //! `virEventRunDefaultImpl` blocks.
 
 use std::ffi::c_void;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use virt_sys as sys;
@@ -14,6 +15,8 @@ use virt_sys as sys;
 use super::error::{LibvirtError, Result};
 
 static INIT: OnceLock<std::result::Result<(), LibvirtError>> = OnceLock::new();
+static STOP: AtomicBool = AtomicBool::new(false);
+static DONE: Mutex<Option<std::sync::mpsc::Receiver<()>>> = Mutex::new(None);
 
 /// libvirt's default error handler prints every error to stderr; the agent
 /// reports errors itself, with context, so the default one is silenced.
@@ -32,17 +35,45 @@ pub fn init() -> Result<()> {
                 return Err(LibvirtError::last());
             }
         }
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("libvirt-events".into())
-            .spawn(run_loop)
+            .spawn(move || {
+                run_loop();
+                let _ = tx.send(());
+            })
             .map_err(|e| LibvirtError::new(0, format!("cannot start the libvirt event loop thread: {e}")))?;
+        if let Ok(mut d) = DONE.lock() {
+            *d = Some(rx);
+        }
         Ok(())
     })
     .clone()
 }
 
+unsafe extern "C" fn wake(_timer: std::ffi::c_int, _opaque: *mut c_void) {}
+
+/// Stops the event loop thread: sets the flag and adds an immediate timer so
+/// a loop blocked in poll wakes up and sees it. Waits at most `max`; returns
+/// whether the thread ended. Connections should be closed first.
+pub fn stop(max: Duration) -> bool {
+    if INIT.get().is_none() {
+        return true;
+    }
+    STOP.store(true, Ordering::SeqCst);
+    // SAFETY: the default implementation is registered; a 0 ms timer fires on
+    // the next loop iteration.
+    let timer = unsafe { sys::virEventAddTimeout(0, Some(wake), std::ptr::null_mut(), None) };
+    let ended = DONE.lock().ok().and_then(|mut d| d.take()).is_some_and(|rx| rx.recv_timeout(max).is_ok());
+    if timer >= 0 {
+        // SAFETY: the timer was added above.
+        unsafe { sys::virEventRemoveTimeout(timer) };
+    }
+    ended
+}
+
 fn run_loop() {
-    loop {
+    while !STOP.load(Ordering::SeqCst) {
         // SAFETY: registered above before this thread was started.
         let rc = unsafe { sys::virEventRunDefaultImpl() };
         if rc < 0 {

@@ -5,6 +5,7 @@ pub mod connection;
 pub mod domain;
 pub mod error;
 pub mod event_loop;
+pub mod events;
 pub mod jobs;
 pub mod manager;
 pub mod node;

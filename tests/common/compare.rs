@@ -24,6 +24,7 @@ pub fn expected(
         host: "h".into(),
         libvirt_uri: "qemu:///system".into(),
         pool: None,
+        event: None,
         domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
         fields: stats
             .iter()

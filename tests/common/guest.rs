@@ -64,6 +64,8 @@ pub struct GuestSpec {
     pub metadata: String,
     /// Appended to the generated name (to test odd characters).
     pub name_suffix: String,
+    /// Leave out the qcow2 boot disk (the extra devices bring their own).
+    pub no_boot_disk: bool,
 }
 
 impl Default for GuestSpec {
@@ -75,6 +77,7 @@ impl Default for GuestSpec {
             extra_devices: String::new(),
             metadata: String::new(),
             name_suffix: String::new(),
+            no_boot_disk: false,
         }
     }
 }
@@ -86,9 +89,13 @@ impl Guest {
 
     /// Defines (when persistent) and starts a guest.
     pub fn start(tag: &str, spec: GuestSpec) -> Guest {
+        Self::start_named(&Self::name_for(tag), spec)
+    }
+
+    /// As `start`, with a name from `name_for` chosen beforehand.
+    pub fn start_named(base_name: &str, spec: GuestSpec) -> Guest {
         super::ensure_libvirtd();
-        let base_name = Self::name_for(tag);
-        let dir = super::scratch_dir(&base_name);
+        let dir = super::scratch_dir(base_name);
         let name = format!("{base_name}{}", spec.name_suffix);
         let base = dir.path().join("base.qcow2");
         let top = dir.path().join("top.qcow2");
@@ -168,11 +175,7 @@ fn domain_xml(name: &str, disk: &std::path::Path, spec: &GuestSpec) -> String {
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
   <devices>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
-      <source file='{disk}'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
+    {disk}
     <interface type='ethernet'><model type='virtio'/></interface>
     <memballoon model='virtio'><stats period='5'/></memballoon>
     <serial type='pty'/>
@@ -185,7 +188,14 @@ fn domain_xml(name: &str, disk: &std::path::Path, spec: &GuestSpec) -> String {
         mem = spec.memory_mib,
         vcpus = spec.vcpus,
         metadata = spec.metadata,
-        disk = disk.display(),
+        disk = if spec.no_boot_disk {
+            String::new()
+        } else {
+            format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+                disk.display()
+            )
+        },
         extra = spec.extra_devices,
     )
 }

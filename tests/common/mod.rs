@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod compare;
+pub mod events;
 pub mod exposition;
 pub mod guest;
 pub mod schema;

@@ -2,11 +2,12 @@
 //! when they arrive (once per collection), so a scrape only concatenates
 //! prepared text and the agent's own metrics: it never waits on libvirt.
 
+pub mod events;
 pub mod render;
 pub mod selfmetrics;
 pub mod text;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -37,6 +38,7 @@ struct Inner {
     unmapped: BTreeSet<String>,
     conflicts_total: u64,
     series: u64,
+    events: events::EventCounters,
 }
 
 #[derive(Clone)]
@@ -51,9 +53,12 @@ impl Exporter {
         Self { inner: Arc::default(), registry, manager }
     }
 
-    /// Replaces the source's snapshot with this batch.
+    /// Replaces the source's snapshot with this batch, or counts its events.
     pub fn apply(&self, batch: &Batch) {
         if !batch.snapshot {
+            if let Ok(mut inner) = self.inner.write() {
+                inner.events.count(&batch.records);
+            }
             return;
         }
         let mut families = Families::new();
@@ -74,6 +79,11 @@ impl Exporter {
         inner.conflicts_total += stats.conflicts;
         inner.series = stats.series;
         inner.sources.insert(batch.source, Snapshot { families, expires });
+        if batch.source == crate::collectors::domain_stats::SOURCE {
+            let present: HashSet<&str> =
+                batch.records.iter().filter_map(|r| r.domain.as_ref()).map(|d| &*d.uuid).collect();
+            inner.events.forget_absent(&present);
+        }
     }
 
     /// The full exposition text.
@@ -86,7 +96,8 @@ impl Exporter {
             conflicts_total: inner.conflicts_total,
             series: inner.series,
         };
-        let own = selfmetrics::render(&self.registry, self.manager.as_deref(), facts);
+        let mut own = selfmetrics::render(&self.registry, self.manager.as_deref(), facts);
+        inner.events.render(&mut own);
         let now = Instant::now();
         let live = inner.sources.values().filter(|s| s.expires.is_none_or(|e| e > now)).map(|s| &s.families);
         let mut out = String::with_capacity(64 * 1024);

@@ -293,6 +293,8 @@ pub fn render_records<'a>(
                 node_info_metrics(&mut w, r);
                 String::new()
             }
+            // Events are counted (see `events`), not rendered as samples.
+            RecordKind::Event => continue,
             RecordKind::StoragePool => {
                 let Some(p) = &r.pool else { continue };
                 pool_info_metrics(&mut w, r, &p.name, &p.uuid);
@@ -342,6 +344,7 @@ mod tests {
             host: "h".into(),
             libvirt_uri: "u".into(),
             pool: None,
+            event: None,
             domain: Some(DomainRef {
                 name: name.into(),
                 uuid: "11111111-2222-3333-4444-555555555555".into(),

@@ -59,6 +59,27 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "Samples dropped because they duplicated a series or clashed on type.",
     ),
     ("virtpulse_prometheus_series", Gauge, "Series in the last rendered snapshot."),
+    ("virtpulse_events_received_total", Counter, "Events handed over by libvirt's callbacks, by family."),
+    ("virtpulse_events_dropped_total", Counter, "Events lost because the hand-off queue was full."),
+    ("virtpulse_events_processed_total", Counter, "Events turned into records and routed."),
+    ("virtpulse_event_queue_depth", Gauge, "Events waiting in the hand-off queue."),
+    ("virtpulse_event_queue_capacity", Gauge, "Capacity of the hand-off queue."),
+    (
+        "virtpulse_event_delay_seconds_total",
+        Counter,
+        "Total time events waited between libvirt's callback and routing.",
+    ),
+    (
+        "virtpulse_event_delay_max_seconds",
+        Gauge,
+        "Longest time an event waited between libvirt's callback and routing.",
+    ),
+    ("virtpulse_event_resyncs_total", Counter, "Resyncs done after (re)connecting (one record per domain each)."),
+    (
+        "virtpulse_event_callback_registered",
+        Gauge,
+        "Per event callback: 1 if registered on the current connection, 0 if the daemon refused it.",
+    ),
     ("process_resident_memory_bytes", Gauge, "Resident memory of the agent process."),
     ("process_virtual_memory_bytes", Gauge, "Virtual memory of the agent process."),
     ("process_cpu_seconds_total", Counter, "CPU time used by the agent process."),
@@ -171,6 +192,31 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
         ("virtpulse_prometheus_series", facts.series as f64),
     ] {
         add(&mut w, metric, &[], v);
+    }
+    if let Some(e) = registry.events() {
+        for (family, n) in e.received() {
+            add(&mut w, "virtpulse_events_received_total", &[("family", family)], n as f64);
+        }
+        let (delay_total, delay_max) = e.delay_seconds();
+        for (metric, v) in [
+            ("virtpulse_events_dropped_total", e.dropped() as f64),
+            ("virtpulse_events_processed_total", e.processed() as f64),
+            ("virtpulse_event_queue_depth", e.depth() as f64),
+            ("virtpulse_event_queue_capacity", e.capacity as f64),
+            ("virtpulse_event_delay_seconds_total", delay_total),
+            ("virtpulse_event_delay_max_seconds", delay_max),
+            ("virtpulse_event_resyncs_total", e.resyncs() as f64),
+        ] {
+            add(&mut w, metric, &[], v);
+        }
+        for ((family, event), ok) in e.registrations() {
+            add(
+                &mut w,
+                "virtpulse_event_callback_registered",
+                &[("family", family), ("event", event)],
+                if ok { 1.0 } else { 0.0 },
+            );
+        }
     }
     if let Some(p) = proc_stat() {
         add(&mut w, "process_resident_memory_bytes", &[], p.rss_bytes);

@@ -1,0 +1,704 @@
+//! Event registration and the `extern "C"` trampolines libvirt calls.
+//!
+//! Callbacks run on the libvirt event-loop thread. Each trampoline copies
+//! what libvirt passes (pointers are only valid during the call) into a
+//! `RawEvent` and hands it to the sink, which must not block. Nothing here
+//! may unwind into C: every trampoline body runs under `catch_unwind`.
+
+use std::ffi::{c_char, c_int, c_longlong, c_uint, c_ulonglong, c_void, CStr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use virt_sys as sys;
+
+use super::connection::Connection;
+use super::domain::{domain_name, domain_uuid};
+use super::error::{LibvirtError, Result};
+use super::typed_params::{decode, KeyInterner, TypedValue};
+
+/// Which registration API an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    Domain,
+    Network,
+    StoragePool,
+    NodeDevice,
+    Secret,
+    QemuMonitor,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Domain => "domain",
+            Family::Network => "network",
+            Family::StoragePool => "storage_pool",
+            Family::NodeDevice => "node_device",
+            Family::Secret => "secret",
+            Family::QemuMonitor => "qemu_monitor",
+        }
+    }
+}
+
+/// An event copied out of libvirt's memory.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub family: Family,
+    /// The event ID within its family (`VIR_DOMAIN_EVENT_ID_*` ...).
+    pub event_id: i32,
+    /// The callback's name: `lifecycle`, `io_error_reason`, `refresh`, ...
+    pub name: &'static str,
+    pub object_name: String,
+    /// Empty for objects without a UUID (node devices).
+    pub object_uuid: String,
+    /// Every argument of the callback, typed; typed parameters (tunable,
+    /// job completed) under their own names.
+    pub fields: Vec<(Arc<str>, TypedValue)>,
+    pub time: SystemTime,
+    pub at: Instant,
+}
+
+/// Where trampolines deliver events. Must return at once.
+pub type EventSink = Arc<dyn Fn(RawEvent) + Send + Sync>;
+
+/// A string argument; NULL (libvirt's "none") stays `None` and the field is
+/// left out, so consumers can tell it from an empty string.
+unsafe fn text(p: *const c_char) -> Option<TypedValue> {
+    (!p.is_null()).then(|| TypedValue::String(CStr::from_ptr(p).to_string_lossy().into_owned()))
+}
+
+/// Fields of a callback; `None` values (NULL strings) are dropped.
+fn fields<const N: usize>(items: [(&str, Option<TypedValue>); N]) -> Vec<(Arc<str>, TypedValue)> {
+    items.into_iter().filter_map(|(k, v)| v.map(|v| (Arc::from(k), v))).collect()
+}
+
+fn f(key: &str, v: TypedValue) -> (&str, Option<TypedValue>) {
+    (key, Some(v))
+}
+
+fn opt(key: &str, p: Option<TypedValue>) -> (&str, Option<TypedValue>) {
+    (key, p)
+}
+
+fn put(out: &mut Vec<(Arc<str>, TypedValue)>, key: &str, v: Option<TypedValue>) {
+    if let Some(v) = v {
+        out.push((Arc::from(key), v));
+    }
+}
+
+unsafe fn deliver(opaque: *mut c_void, ev: RawEvent) {
+    if opaque.is_null() {
+        return;
+    }
+    let sink = &*(opaque as *const EventSink);
+    sink(ev);
+}
+
+fn event(
+    family: Family,
+    event_id: u32,
+    name: &'static str,
+    object: (String, String),
+    fields: Vec<(Arc<str>, TypedValue)>,
+) -> RawEvent {
+    RawEvent {
+        family,
+        event_id: event_id as i32,
+        name,
+        object_name: object.0,
+        object_uuid: object.1,
+        fields,
+        time: SystemTime::now(),
+        at: Instant::now(),
+    }
+}
+
+unsafe fn dom_ident(dom: sys::virDomainPtr) -> (String, String) {
+    if dom.is_null() {
+        (String::new(), String::new())
+    } else {
+        (domain_name(dom), domain_uuid(dom))
+    }
+}
+
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
+    if !opaque.is_null() {
+        drop(Box::from_raw(opaque as *mut EventSink));
+    }
+}
+
+/// Runs a trampoline body; a panic is swallowed (it must not cross into C).
+fn guarded(body: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+}
+
+macro_rules! domain_cb {
+    ($fn_name:ident, $id:expr, $name:literal, ( $($arg:ident : $ty:ty),* ), |$($b:ident),*| $fields:expr) => {
+        unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, dom: sys::virDomainPtr, $($arg: $ty,)* opaque: *mut c_void) {
+            guarded(|| {
+                let ($($b,)*) = ($($arg,)*);
+                let fields: Vec<(Arc<str>, TypedValue)> = $fields;
+                deliver(opaque, event(Family::Domain, $id, $name, dom_ident(dom), fields));
+            });
+        }
+    };
+}
+
+domain_cb!(on_lifecycle, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", (e: c_int, d: c_int), |e, d| fields([
+    f("event", TypedValue::Int(e)),
+    f("detail", TypedValue::Int(d)),
+]));
+
+unsafe extern "C" fn on_reboot(_c: sys::virConnectPtr, dom: sys::virDomainPtr, opaque: *mut c_void) {
+    guarded(|| {
+        deliver(opaque, event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", dom_ident(dom), vec![]))
+    });
+}
+
+unsafe extern "C" fn on_control_error(_c: sys::virConnectPtr, dom: sys::virDomainPtr, opaque: *mut c_void) {
+    guarded(|| {
+        deliver(
+            opaque,
+            event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, "control_error", dom_ident(dom), vec![]),
+        )
+    });
+}
+
+domain_cb!(on_rtc_change, sys::VIR_DOMAIN_EVENT_ID_RTC_CHANGE, "rtc_change", (o: c_longlong), |o| fields([f("utcoffset", TypedValue::LLong(o))]));
+domain_cb!(on_watchdog, sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", (a: c_int), |a| fields([f("action", TypedValue::Int(a))]));
+domain_cb!(on_io_error, sys::VIR_DOMAIN_EVENT_ID_IO_ERROR, "io_error", (s: *const c_char, d: *const c_char, a: c_int), |s, d, a| fields([
+    opt("src_path", text(s)),
+    opt("dev_alias", text(d)),
+    f("action", TypedValue::Int(a)),
+]));
+domain_cb!(on_io_error_reason, sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, "io_error_reason",
+    (s: *const c_char, d: *const c_char, a: c_int, r: *const c_char), |s, d, a, r| fields([
+    opt("src_path", text(s)),
+    opt("dev_alias", text(d)),
+    f("action", TypedValue::Int(a)),
+    opt("reason", text(r)),
+]));
+
+unsafe fn graphics_address(
+    prefix: &str,
+    a: *const sys::virDomainEventGraphicsAddress,
+    out: &mut Vec<(Arc<str>, TypedValue)>,
+) {
+    if a.is_null() {
+        return;
+    }
+    put(out, &format!("{prefix}.family"), Some(TypedValue::Int((*a).family)));
+    put(out, &format!("{prefix}.node"), text((*a).node));
+    put(out, &format!("{prefix}.service"), text((*a).service));
+}
+
+unsafe extern "C" fn on_graphics(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    phase: c_int,
+    local: *const sys::virDomainEventGraphicsAddress,
+    remote: *const sys::virDomainEventGraphicsAddress,
+    auth: *const c_char,
+    subject: *const sys::virDomainEventGraphicsSubject,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let mut fields = fields([f("phase", TypedValue::Int(phase))]);
+        graphics_address("local", local, &mut fields);
+        graphics_address("remote", remote, &mut fields);
+        put(&mut fields, "auth_scheme", text(auth));
+        if !subject.is_null() && !(*subject).identities.is_null() {
+            let ids = std::slice::from_raw_parts((*subject).identities, (*subject).nidentity.max(0) as usize);
+            for (i, id) in ids.iter().enumerate() {
+                put(&mut fields, &format!("subject.{i}.type"), text(id.type_));
+                put(&mut fields, &format!("subject.{i}.name"), text(id.name));
+            }
+        }
+        deliver(opaque, event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", dom_ident(dom), fields));
+    });
+}
+
+domain_cb!(on_block_job, sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB, "block_job", (d: *const c_char, t: c_int, s: c_int), |d, t, s| fields([
+    opt("disk", text(d)),
+    f("type", TypedValue::Int(t)),
+    f("status", TypedValue::Int(s)),
+]));
+domain_cb!(on_block_job_2, sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, "block_job_2", (d: *const c_char, t: c_int, s: c_int), |d, t, s| fields([
+    opt("disk", text(d)),
+    f("type", TypedValue::Int(t)),
+    f("status", TypedValue::Int(s)),
+]));
+domain_cb!(on_disk_change, sys::VIR_DOMAIN_EVENT_ID_DISK_CHANGE, "disk_change",
+    (o: *const c_char, n: *const c_char, a: *const c_char, r: c_int), |o, n, a, r| fields([
+    opt("old_src_path", text(o)),
+    opt("new_src_path", text(n)),
+    opt("dev_alias", text(a)),
+    f("reason", TypedValue::Int(r)),
+]));
+domain_cb!(on_tray_change, sys::VIR_DOMAIN_EVENT_ID_TRAY_CHANGE, "tray_change", (a: *const c_char, r: c_int), |a, r| fields([
+    opt("dev_alias", text(a)),
+    f("reason", TypedValue::Int(r)),
+]));
+domain_cb!(on_pm_wakeup, sys::VIR_DOMAIN_EVENT_ID_PMWAKEUP, "pm_wakeup", (r: c_int), |r| fields([f("reason", TypedValue::Int(r))]));
+domain_cb!(on_pm_suspend, sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND, "pm_suspend", (r: c_int), |r| fields([f("reason", TypedValue::Int(r))]));
+domain_cb!(on_pm_suspend_disk, sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK, "pm_suspend_disk", (r: c_int), |r| fields([f("reason", TypedValue::Int(r))]));
+domain_cb!(on_balloon_change, sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, "balloon_change", (a: c_ulonglong), |a| fields([f("actual", TypedValue::ULLong(a))]));
+domain_cb!(on_device_removed, sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "device_removed", (a: *const c_char), |a| fields([opt("dev_alias", text(a))]));
+domain_cb!(on_device_added, sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "device_added", (a: *const c_char), |a| fields([opt("dev_alias", text(a))]));
+domain_cb!(on_device_removal_failed, sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, "device_removal_failed", (a: *const c_char), |a| fields([opt("dev_alias", text(a))]));
+domain_cb!(on_agent_lifecycle, sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, "agent_lifecycle", (s: c_int, r: c_int), |s, r| fields([
+    f("state", TypedValue::Int(s)),
+    f("reason", TypedValue::Int(r)),
+]));
+domain_cb!(on_migration_iteration, sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, "migration_iteration", (i: c_int), |i| fields([f("iteration", TypedValue::Int(i))]));
+domain_cb!(on_metadata_change, sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, "metadata_change", (t: c_int, n: *const c_char), |t, n| fields([
+    f("type", TypedValue::Int(t)),
+    opt("nsuri", text(n)),
+]));
+domain_cb!(on_block_threshold, sys::VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, "block_threshold",
+    (d: *const c_char, p: *const c_char, t: c_ulonglong, e: c_ulonglong), |d, p, t, e| fields([
+    opt("dev", text(d)),
+    opt("path", text(p)),
+    f("threshold", TypedValue::ULLong(t)),
+    f("excess", TypedValue::ULLong(e)),
+]));
+domain_cb!(on_memory_failure, sys::VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE, "memory_failure", (r: c_int, a: c_int, fl: c_uint), |r, a, fl| fields([
+    f("recipient", TypedValue::Int(r)),
+    f("action", TypedValue::Int(a)),
+    f("flags", TypedValue::UInt(fl)),
+]));
+domain_cb!(on_memory_device_size_change, sys::VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE, "memory_device_size_change",
+    (a: *const c_char, s: c_ulonglong), |a, s| fields([
+    opt("alias", text(a)),
+    f("size", TypedValue::ULLong(s)),
+]));
+domain_cb!(on_nic_mac_change, sys::VIR_DOMAIN_EVENT_ID_NIC_MAC_CHANGE, "nic_mac_change",
+    (a: *const c_char, o: *const c_char, n: *const c_char), |a, o, n| fields([
+    opt("alias", text(a)),
+    opt("old_mac", text(o)),
+    opt("new_mac", text(n)),
+]));
+domain_cb!(on_vcpu_removed, sys::VIR_DOMAIN_EVENT_ID_VCPU_REMOVED, "vcpu_removed", (v: c_uint), |v| fields([f("vcpu_id", TypedValue::UInt(v))]));
+domain_cb!(on_channel_lifecycle, sys::VIR_DOMAIN_EVENT_ID_CHANNEL_LIFECYCLE, "channel_lifecycle",
+    (n: *const c_char, s: c_int, r: c_int), |n, s, r| fields([
+    opt("channel_name", text(n)),
+    f("state", TypedValue::Int(s)),
+    f("reason", TypedValue::Int(r)),
+]));
+
+unsafe fn params_fields(params: sys::virTypedParameterPtr, n: c_int) -> Vec<(Arc<str>, TypedValue)> {
+    // Event rates are low: a fresh interner per event costs nothing worth caching.
+    let decoded = decode(params, n, &mut KeyInterner::default());
+    decoded.params.into_iter().map(|p| (p.name, p.value)).collect()
+}
+
+domain_cb!(on_tunable, sys::VIR_DOMAIN_EVENT_ID_TUNABLE, "tunable", (p: sys::virTypedParameterPtr, n: c_int), |p, n| params_fields(p, n));
+domain_cb!(on_job_completed, sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "job_completed", (p: sys::virTypedParameterPtr, n: c_int), |p, n| params_fields(p, n));
+
+type DomainCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+macro_rules! generic {
+    ($f:expr) => {
+        // SAFETY: libvirt casts the generic callback back to the type that
+        // matches the event ID it was registered for, as the C API intends.
+        Some(unsafe { std::mem::transmute::<*const (), DomainCb>($f as *const ()) })
+    };
+}
+
+/// Every domain event ID this build knows, with its trampoline.
+fn domain_callbacks() -> Vec<(u32, &'static str, sys::virConnectDomainEventGenericCallback)> {
+    vec![
+        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", generic!(on_lifecycle)),
+        (sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", generic!(on_reboot)),
+        (sys::VIR_DOMAIN_EVENT_ID_RTC_CHANGE, "rtc_change", generic!(on_rtc_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", generic!(on_watchdog)),
+        (sys::VIR_DOMAIN_EVENT_ID_IO_ERROR, "io_error", generic!(on_io_error)),
+        (sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", generic!(on_graphics)),
+        (sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, "io_error_reason", generic!(on_io_error_reason)),
+        (sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, "control_error", generic!(on_control_error)),
+        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB, "block_job", generic!(on_block_job)),
+        (sys::VIR_DOMAIN_EVENT_ID_DISK_CHANGE, "disk_change", generic!(on_disk_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_TRAY_CHANGE, "tray_change", generic!(on_tray_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_PMWAKEUP, "pm_wakeup", generic!(on_pm_wakeup)),
+        (sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND, "pm_suspend", generic!(on_pm_suspend)),
+        (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, "balloon_change", generic!(on_balloon_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK, "pm_suspend_disk", generic!(on_pm_suspend_disk)),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "device_removed", generic!(on_device_removed)),
+        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, "block_job_2", generic!(on_block_job_2)),
+        (sys::VIR_DOMAIN_EVENT_ID_TUNABLE, "tunable", generic!(on_tunable)),
+        (sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, "agent_lifecycle", generic!(on_agent_lifecycle)),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "device_added", generic!(on_device_added)),
+        (sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, "migration_iteration", generic!(on_migration_iteration)),
+        (sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "job_completed", generic!(on_job_completed)),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, "device_removal_failed", generic!(on_device_removal_failed)),
+        (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, "metadata_change", generic!(on_metadata_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, "block_threshold", generic!(on_block_threshold)),
+        (sys::VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE, "memory_failure", generic!(on_memory_failure)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE,
+            "memory_device_size_change",
+            generic!(on_memory_device_size_change),
+        ),
+        (sys::VIR_DOMAIN_EVENT_ID_NIC_MAC_CHANGE, "nic_mac_change", generic!(on_nic_mac_change)),
+        (sys::VIR_DOMAIN_EVENT_ID_VCPU_REMOVED, "vcpu_removed", generic!(on_vcpu_removed)),
+        (sys::VIR_DOMAIN_EVENT_ID_CHANNEL_LIFECYCLE, "channel_lifecycle", generic!(on_channel_lifecycle)),
+    ]
+}
+
+/// Domain event IDs this build can register (the daemon may support fewer).
+pub fn domain_event_names() -> Vec<(u32, &'static str)> {
+    domain_callbacks().into_iter().map(|(id, n, _)| (id, n)).collect()
+}
+
+// ---- other families ---------------------------------------------------------
+
+unsafe fn net_ident(net: sys::virNetworkPtr) -> (String, String) {
+    if net.is_null() {
+        return (String::new(), String::new());
+    }
+    let name = sys::virNetworkGetName(net);
+    let mut buf = [0 as c_char; 37];
+    let uuid = if sys::virNetworkGetUUIDString(net, buf.as_mut_ptr()) == 0 {
+        buf[36] = 0;
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    } else {
+        sys::virResetLastError();
+        String::new()
+    };
+    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
+}
+
+unsafe fn pool_ident(pool: sys::virStoragePoolPtr) -> (String, String) {
+    if pool.is_null() {
+        return (String::new(), String::new());
+    }
+    let name = sys::virStoragePoolGetName(pool);
+    let mut buf = [0 as c_char; 37];
+    let uuid = if sys::virStoragePoolGetUUIDString(pool, buf.as_mut_ptr()) == 0 {
+        buf[36] = 0;
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    } else {
+        sys::virResetLastError();
+        String::new()
+    };
+    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
+}
+
+unsafe fn nodedev_ident(dev: sys::virNodeDevicePtr) -> (String, String) {
+    if dev.is_null() {
+        return (String::new(), String::new());
+    }
+    let name = sys::virNodeDeviceGetName(dev);
+    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, String::new())
+}
+
+unsafe fn secret_ident(secret: sys::virSecretPtr) -> (String, String) {
+    if secret.is_null() {
+        return (String::new(), String::new());
+    }
+    let usage = sys::virSecretGetUsageID(secret);
+    let mut buf = [0 as c_char; 37];
+    let uuid = if sys::virSecretGetUUIDString(secret, buf.as_mut_ptr()) == 0 {
+        buf[36] = 0;
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    } else {
+        sys::virResetLastError();
+        String::new()
+    };
+    (if usage.is_null() { String::new() } else { CStr::from_ptr(usage).to_string_lossy().into_owned() }, uuid)
+}
+
+unsafe extern "C" fn on_net_lifecycle(
+    _c: sys::virConnectPtr,
+    n: sys::virNetworkPtr,
+    e: c_int,
+    d: c_int,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
+        deliver(opaque, event(Family::Network, sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", net_ident(n), fields));
+    });
+}
+
+unsafe extern "C" fn on_net_metadata(
+    _c: sys::virConnectPtr,
+    n: sys::virNetworkPtr,
+    t: c_int,
+    ns: *const c_char,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([f("type", TypedValue::Int(t)), ("nsuri", text(ns))]);
+        deliver(
+            opaque,
+            event(Family::Network, sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", net_ident(n), fields),
+        );
+    });
+}
+
+unsafe extern "C" fn on_pool_lifecycle(
+    _c: sys::virConnectPtr,
+    p: sys::virStoragePoolPtr,
+    e: c_int,
+    d: c_int,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
+        deliver(
+            opaque,
+            event(Family::StoragePool, sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", pool_ident(p), fields),
+        );
+    });
+}
+
+unsafe extern "C" fn on_pool_refresh(_c: sys::virConnectPtr, p: sys::virStoragePoolPtr, opaque: *mut c_void) {
+    guarded(|| {
+        deliver(
+            opaque,
+            event(Family::StoragePool, sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", pool_ident(p), vec![]),
+        )
+    });
+}
+
+unsafe extern "C" fn on_nodedev_lifecycle(
+    _c: sys::virConnectPtr,
+    d: sys::virNodeDevicePtr,
+    e: c_int,
+    det: c_int,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(det))]);
+        deliver(
+            opaque,
+            event(Family::NodeDevice, sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", nodedev_ident(d), fields),
+        );
+    });
+}
+
+unsafe extern "C" fn on_nodedev_update(_c: sys::virConnectPtr, d: sys::virNodeDevicePtr, opaque: *mut c_void) {
+    guarded(|| {
+        deliver(
+            opaque,
+            event(Family::NodeDevice, sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", nodedev_ident(d), vec![]),
+        )
+    });
+}
+
+unsafe extern "C" fn on_secret_lifecycle(
+    _c: sys::virConnectPtr,
+    s: sys::virSecretPtr,
+    e: c_int,
+    d: c_int,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
+        deliver(
+            opaque,
+            event(Family::Secret, sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", secret_ident(s), fields),
+        );
+    });
+}
+
+unsafe extern "C" fn on_secret_value_changed(_c: sys::virConnectPtr, s: sys::virSecretPtr, opaque: *mut c_void) {
+    guarded(|| {
+        deliver(
+            opaque,
+            event(Family::Secret, sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", secret_ident(s), vec![]),
+        )
+    });
+}
+
+unsafe extern "C" fn on_qemu_monitor(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    ev: *const c_char,
+    seconds: c_longlong,
+    micros: c_uint,
+    details: *const c_char,
+    opaque: *mut c_void,
+) {
+    guarded(|| {
+        let fields = fields([
+            opt("event", text(ev)),
+            f("seconds", TypedValue::LLong(seconds)),
+            f("micros", TypedValue::UInt(micros)),
+            opt("details", text(details)),
+        ]);
+        deliver(opaque, event(Family::QemuMonitor, 0, "qemu_monitor", dom_ident(dom), fields));
+    });
+}
+
+/// The outcome of registering one event ID.
+#[derive(Debug)]
+pub struct Registered {
+    pub family: Family,
+    pub event_id: u32,
+    pub name: &'static str,
+    pub result: Result<c_int>,
+}
+
+fn boxed(sink: &EventSink) -> *mut c_void {
+    Box::into_raw(Box::new(sink.clone())).cast()
+}
+
+/// Registers `register(opaque)`; on failure reclaims the opaque box.
+fn register_one(
+    family: Family,
+    event_id: u32,
+    name: &'static str,
+    sink: &EventSink,
+    register: impl FnOnce(*mut c_void) -> c_int,
+) -> Registered {
+    let opaque = boxed(sink);
+    let id = register(opaque);
+    let result = if id < 0 {
+        let e = LibvirtError::last();
+        // SAFETY: libvirt did not take the opaque pointer.
+        unsafe { free_sink(opaque) };
+        Err(e)
+    } else {
+        Ok(id)
+    };
+    Registered { family, event_id, name, result }
+}
+
+impl Connection {
+    /// Registers every event callback this build knows on this connection
+    /// (the QEMU monitor one only when asked). Registrations the daemon
+    /// refuses come back as errors; the rest stay until the connection is
+    /// dropped or `deregister_events` is called.
+    pub fn register_events(&self, sink: &EventSink, qemu_monitor: bool) -> Vec<Registered> {
+        let c = self.as_ptr();
+        let null_dom: sys::virDomainPtr = std::ptr::null_mut();
+        let mut out = Vec::new();
+        for (id, name, cb) in domain_callbacks() {
+            // SAFETY: valid connection; cb matches id; opaque freed by free_sink.
+            out.push(register_one(Family::Domain, id, name, sink, |o| unsafe {
+                sys::virConnectDomainEventRegisterAny(c, null_dom, id as c_int, cb, o, Some(free_sink))
+            }));
+        }
+        type NetCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
+        let net: [(u32, &'static str, *const ()); 2] = [
+            (sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", on_net_lifecycle as *const ()),
+            (sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", on_net_metadata as *const ()),
+        ];
+        for (id, name, cb) in net {
+            // SAFETY: as above; the generic cast is how the C API is used.
+            out.push(register_one(Family::Network, id, name, sink, |o| unsafe {
+                let cb = std::mem::transmute::<*const (), NetCb>(cb);
+                sys::virConnectNetworkEventRegisterAny(
+                    c,
+                    std::ptr::null_mut(),
+                    id as c_int,
+                    Some(cb),
+                    o,
+                    Some(free_sink),
+                )
+            }));
+        }
+        type PoolCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
+        let pool: [(u32, &'static str, *const ()); 2] = [
+            (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", on_pool_lifecycle as *const ()),
+            (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", on_pool_refresh as *const ()),
+        ];
+        for (id, name, cb) in pool {
+            // SAFETY: as above.
+            out.push(register_one(Family::StoragePool, id, name, sink, |o| unsafe {
+                let cb = std::mem::transmute::<*const (), PoolCb>(cb);
+                sys::virConnectStoragePoolEventRegisterAny(
+                    c,
+                    std::ptr::null_mut(),
+                    id as c_int,
+                    Some(cb),
+                    o,
+                    Some(free_sink),
+                )
+            }));
+        }
+        type DevCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNodeDevicePtr, *mut c_void);
+        let dev: [(u32, &'static str, *const ()); 2] = [
+            (sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", on_nodedev_lifecycle as *const ()),
+            (sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", on_nodedev_update as *const ()),
+        ];
+        for (id, name, cb) in dev {
+            // SAFETY: as above.
+            out.push(register_one(Family::NodeDevice, id, name, sink, |o| unsafe {
+                let cb = std::mem::transmute::<*const (), DevCb>(cb);
+                sys::virConnectNodeDeviceEventRegisterAny(
+                    c,
+                    std::ptr::null_mut(),
+                    id as c_int,
+                    Some(cb),
+                    o,
+                    Some(free_sink),
+                )
+            }));
+        }
+        type SecretCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virSecretPtr, *mut c_void);
+        let secret: [(u32, &'static str, *const ()); 2] = [
+            (sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", on_secret_lifecycle as *const ()),
+            (sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", on_secret_value_changed as *const ()),
+        ];
+        for (id, name, cb) in secret {
+            // SAFETY: as above.
+            out.push(register_one(Family::Secret, id, name, sink, |o| unsafe {
+                let cb = std::mem::transmute::<*const (), SecretCb>(cb);
+                sys::virConnectSecretEventRegisterAny(
+                    c,
+                    std::ptr::null_mut(),
+                    id as c_int,
+                    Some(cb),
+                    o,
+                    Some(free_sink),
+                )
+            }));
+        }
+        if qemu_monitor {
+            // SAFETY: as above; a NULL event name subscribes to every event.
+            out.push(register_one(Family::QemuMonitor, 0, "qemu_monitor", sink, |o| unsafe {
+                sys::virConnectDomainQemuMonitorEventRegister(
+                    c,
+                    null_dom,
+                    std::ptr::null(),
+                    Some(on_qemu_monitor),
+                    o,
+                    Some(free_sink),
+                    0,
+                )
+            }));
+        }
+        let ids: Vec<(Family, c_int)> =
+            out.iter().filter_map(|r| r.result.as_ref().ok().map(|id| (r.family, *id))).collect();
+        self.remember_callbacks(ids);
+        out
+    }
+
+    /// Deregisters every event callback registered on this connection.
+    pub fn deregister_events(&self) {
+        for (family, id) in self.take_callbacks() {
+            deregister(self.as_ptr(), family, id);
+        }
+    }
+}
+
+pub(crate) fn deregister(c: sys::virConnectPtr, family: Family, id: c_int) {
+    // SAFETY: valid connection; a failure only means libvirt already dropped it.
+    let rc = unsafe {
+        match family {
+            Family::Domain => sys::virConnectDomainEventDeregisterAny(c, id),
+            Family::Network => sys::virConnectNetworkEventDeregisterAny(c, id),
+            Family::StoragePool => sys::virConnectStoragePoolEventDeregisterAny(c, id),
+            Family::NodeDevice => sys::virConnectNodeDeviceEventDeregisterAny(c, id),
+            Family::Secret => sys::virConnectSecretEventDeregisterAny(c, id),
+            Family::QemuMonitor => sys::virConnectDomainQemuMonitorEventDeregister(c, id),
+        }
+    };
+    if rc < 0 {
+        // SAFETY: clears this thread's error slot.
+        unsafe { sys::virResetLastError() };
+    }
+}

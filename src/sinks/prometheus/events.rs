@@ -1,0 +1,127 @@
+//! Event counters for Prometheus.
+//!
+//! Cardinality, on purpose:
+//! - `libvirt_events_total{family, event, type, detail}` is per host: the
+//!   label values come from fixed enums, so the series are bounded.
+//! - `libvirt_domain_events_total{domain, uuid, event, type, detail}` and
+//!   `libvirt_domain_last_event_timestamp_seconds{domain, uuid, event}` are
+//!   per domain, and kept only for domains that still exist: a domain that
+//!   leaves the domain stats snapshot loses its series after a grace period
+//!   (long enough for a scrape to see its last events). A host's series
+//!   therefore track its live domains, not every domain it ever ran.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use super::render::{Families, FamilyWriter, RenderStats};
+use super::text::escape_label_value;
+use crate::record::{Record, RecordKind};
+use crate::stat_keys::MetricType;
+
+/// How long a vanished domain's event series stay.
+pub const GRACE: Duration = Duration::from_secs(120);
+
+type Key = (String, String, String);
+
+struct DomainEvents {
+    name: Arc<str>,
+    counts: BTreeMap<Key, u64>,
+    last: BTreeMap<&'static str, f64>,
+    seen: Instant,
+}
+
+#[derive(Default)]
+pub struct EventCounters {
+    host: BTreeMap<(&'static str, Key), u64>,
+    domains: HashMap<Arc<str>, DomainEvents>,
+}
+
+/// The operational "last time this happened" an event counts for.
+fn last_of(name: &str, kind: &str, detail: &str) -> Option<&'static str> {
+    match (name, kind, detail) {
+        ("io_error" | "io_error_reason", _, _) => Some("io_error"),
+        ("watchdog", _, _) => Some("watchdog"),
+        ("lifecycle", "crashed", _) | ("lifecycle", "stopped", "crashed") => Some("crash"),
+        ("block_threshold", _, _) => Some("block_threshold"),
+        ("memory_failure", _, _) => Some("memory_failure"),
+        ("control_error", _, _) => Some("control_error"),
+        ("device_removal_failed", _, _) => Some("device_removal_failed"),
+        _ => None,
+    }
+}
+
+impl EventCounters {
+    /// Counts event records (resync records describe state, not events).
+    pub fn count(&mut self, records: &[Record]) {
+        for r in records.iter().filter(|r| r.kind == RecordKind::Event) {
+            let Some(e) = &r.event else { continue };
+            if e.name == "resync" {
+                continue;
+            }
+            let key: Key = (e.name.to_string(), e.kind.clone(), e.detail.clone());
+            *self.host.entry((e.family, key.clone())).or_default() += 1;
+            let Some(d) = &r.domain else { continue };
+            let entry = self.domains.entry(d.uuid.clone()).or_insert_with(|| DomainEvents {
+                name: d.name.clone(),
+                counts: BTreeMap::new(),
+                last: BTreeMap::new(),
+                seen: Instant::now(),
+            });
+            entry.name = d.name.clone();
+            entry.seen = Instant::now();
+            *entry.counts.entry(key).or_default() += 1;
+            if let Some(l) = last_of(e.name, &e.kind, &e.detail) {
+                let t = r.time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+                entry.last.insert(l, t);
+            }
+        }
+    }
+
+    /// Drops per-domain series of domains no longer present, once their
+    /// last event is older than `GRACE`.
+    pub fn forget_absent(&mut self, present: &HashSet<&str>) {
+        self.domains.retain(|uuid, d| present.contains(&**uuid) || d.seen.elapsed() < GRACE);
+    }
+
+    pub fn render(&self, fams: &mut Families) {
+        let mut stats = RenderStats::default();
+        let mut w = FamilyWriter::new(fams, &mut stats);
+        for ((family, (name, kind, detail)), n) in &self.host {
+            w.add(
+                "libvirt_events_total",
+                MetricType::Counter,
+                "libvirt events received by the agent on this host, by family, event, type and detail.",
+                &[("family", family), ("event", name), ("type", kind), ("detail", detail)],
+                *n as f64,
+            );
+        }
+        for (uuid, d) in &self.domains {
+            let mut prefix = String::from("domain=\"");
+            escape_label_value(&mut prefix, &d.name);
+            prefix.push_str("\",uuid=\"");
+            escape_label_value(&mut prefix, uuid);
+            prefix.push('"');
+            for ((name, kind, detail), n) in &d.counts {
+                w.add_with_prefix(
+                    "libvirt_domain_events_total",
+                    MetricType::Counter,
+                    "libvirt events of the domain by event, type and detail (kept while the domain exists).",
+                    &prefix,
+                    &[("event", name), ("type", kind), ("detail", detail)],
+                    *n as f64,
+                );
+            }
+            for (event, t) in &d.last {
+                w.add_with_prefix(
+                    "libvirt_domain_last_event_timestamp_seconds",
+                    MetricType::Gauge,
+                    "When the domain last had an I/O error, watchdog, crash, block threshold, memory failure, control error or failed device removal (Unix time).",
+                    &prefix,
+                    &[("event", event)],
+                    *t,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Events against real guests: each event the agent records must be the
+//! event `virsh event` prints for the same occurrence, in the same order,
+//! with the same fields.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::agent::{Agent, STDOUT};
+use common::events::{normalize_virsh, virsh_view, Capture, VirshEvent};
+use common::guest::{Guest, GuestSpec};
+use common::{virsh, wait_for};
+use serde_json::Value;
+
+fn event_records(agent: &Agent, family: &str, object: &str) -> Vec<Value> {
+    agent
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "event" && r["event"]["family"] == family && r["event"]["name"] != "resync")
+        .filter(|r| {
+            let name = if family == "domain" { &r["domain"]["name"] } else { &r["event"]["object"]["name"] };
+            name == object
+        })
+        .collect()
+}
+
+/// Waits until the agent recorded as many events of `object` as virsh
+/// printed, then compares the two sequences one by one.
+fn assert_same_events(agent: &Agent, capture: &Capture, family: &str, object: &str, expected_last: &str) {
+    let virsh_events: Vec<VirshEvent> =
+        wait_for(Duration::from_secs(30), &format!("virsh to print {expected_last}"), || {
+            let e = capture.of(object);
+            e.iter().any(|e| format!("{} {}", e.name, e.text).contains(expected_last)).then_some(e)
+        });
+    let records = wait_for(Duration::from_secs(30), "the agent's records of the same events", || {
+        let r = event_records(agent, family, object);
+        (r.len() >= virsh_events.len()).then_some(r)
+    });
+    let ours: Vec<(String, String)> = records.iter().map(virsh_view).collect();
+    let theirs: Vec<(String, String)> = virsh_events.iter().map(normalize_virsh).collect();
+    assert_eq!(ours, theirs, "agent records (left) vs virsh event (right) for {object}");
+    for r in &records {
+        common::schema::assert_valid(r);
+    }
+    let seqs: Vec<u64> = records.iter().map(|r| r["event"]["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence numbers must increase: {seqs:?}");
+}
+
+/// A VNC client that gets through the RFB handshake (security type None),
+/// so QEMU reports connect, initialize and disconnect.
+fn vnc_session(port: u16) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    s.write_all(&version).unwrap();
+    let mut count = [0u8; 1];
+    s.read_exact(&mut count).unwrap();
+    let mut types = vec![0u8; count[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    assert!(types.contains(&1), "VNC security type None offered: {types:?}");
+    s.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).unwrap();
+    s.write_all(&[1]).unwrap(); // ClientInit, shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).unwrap();
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    let mut name = vec![0u8; name_len];
+    s.read_exact(&mut name).unwrap();
+}
+
+const DEVICES: &str = "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='hdc' bus='ide'/><readonly/></disk>\n\
+    <graphics type='vnc' port='-1' listen='127.0.0.1'/>";
+
+#[test]
+fn domain_events_match_virsh() {
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("ev");
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{name}\"]\n"));
+    let mut g = Guest::start_named(&name, GuestSpec { extra_devices: DEVICES.into(), ..Default::default() });
+    let v = |args: &[&str]| virsh::must(args);
+
+    v(&["suspend", &g.name]);
+    v(&["resume", &g.name]);
+    v(&["desc", &g.name, "described by the events test"]);
+    v(&["schedinfo", &g.name, "--set", "cpu_shares=512", "--live"]);
+    v(&["reset", &g.name]);
+    let iso = g.dir().join("cd.iso");
+    std::fs::write(&iso, vec![0u8; 2048]).unwrap();
+    v(&["change-media", &g.name, "hdc", iso.to_str().unwrap(), "--insert"]);
+    v(&["change-media", &g.name, "hdc", "--eject"]);
+    let tablet = g.dir().join("tablet.xml");
+    std::fs::write(&tablet, "<input type='tablet' bus='usb'/>").unwrap();
+    v(&["attach-device", &g.name, tablet.to_str().unwrap(), "--live"]);
+    wait_for(Duration::from_secs(10), "the tablet in the live XML", || {
+        v(&["dumpxml", &g.name]).contains("type='tablet'").then_some(())
+    });
+    v(&["detach-device", &g.name, tablet.to_str().unwrap(), "--live"]);
+    let display = v(&["vncdisplay", &g.name]);
+    let port = 5900 + display.trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    vnc_session(port);
+    let copy = g.dir().join("copy.qcow2");
+    v(&["blockcopy", &g.name, "vda", copy.to_str().unwrap(), "--wait", "--pivot", "--transient-job"]);
+    let image = g.dir().join("save.img");
+    v(&["save", &g.name, image.to_str().unwrap()]);
+    v(&["restore", image.to_str().unwrap()]);
+    g.destroy();
+    g.undefine();
+
+    assert_same_events(&agent, &capture, "domain", &name, "Undefined Removed");
+    let kinds: Vec<String> = event_records(&agent, "domain", &name)
+        .iter()
+        .map(|r| r["event"]["name"].as_str().unwrap().to_string())
+        .collect();
+    for expected in [
+        "lifecycle",
+        "metadata_change",
+        "tunable",
+        "reboot",
+        "tray_change",
+        "device_added",
+        "device_removed",
+        "graphics",
+        "block_job",
+        "block_job_2",
+        "migration_iteration",
+        "job_completed",
+    ] {
+        assert!(kinds.iter().any(|k| k == expected), "no {expected} event recorded: {kinds:?}");
+    }
+    // Counted for Prometheus, host-wide and per domain.
+    let s = agent.scrape();
+    assert!(
+        s.value("libvirt_events_total", &[("event", "lifecycle"), ("type", "stopped"), ("detail", "destroyed")])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(s.value("virtpulse_events_dropped_total", &[]) == Some(0.0));
+}
+
+#[test]
+fn io_errors_match_virsh() {
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("ioerr");
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{name}\"]\n"));
+    // A disk behind qemu-nbd whose reads fail (blkdebug): SeaBIOS reads it at boot.
+    let dir = common::scratch_dir("ioerr");
+    let img = dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(&img, data).unwrap();
+    let conf = dir.path().join("blkdebug.conf");
+    std::fs::write(&conf, "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\n").unwrap();
+    let port = common::agent::free_port();
+    let nbd = Command::new("qemu-nbd")
+        .args(["--fork", "--persistent", "-b", "127.0.0.1", "-p", &port.to_string(), "--pid-file"])
+        .arg(dir.path().join("nbd.pid"))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=raw,file.driver=blkdebug,file.config={},file.image.driver=file,file.image.filename={}",
+            conf.display(),
+            img.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(nbd.success(), "qemu-nbd did not start");
+    let _nbd = KillOnDrop(dir.path().join("nbd.pid"));
+    let disk = format!(
+        "<disk type='network' device='disk'><driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/>\
+         <source protocol='nbd'><host name='127.0.0.1' port='{port}'/></source><target dev='vdb' bus='virtio'/></disk>"
+    );
+    let g = Guest::start_named(&name, GuestSpec { extra_devices: disk, no_boot_disk: true, ..Default::default() });
+    wait_for(Duration::from_secs(30), "the I/O error pause", || (v_state(&g.name).contains("paused")).then_some(()));
+    g.destroy();
+    assert_same_events(&agent, &capture, "domain", &name, "Stopped Destroyed");
+    let recs = event_records(&agent, "domain", &name);
+    let reason = recs.iter().find(|r| r["event"]["name"] == "io_error_reason").expect("io_error_reason recorded");
+    assert_eq!(reason["event"]["type"], "pause");
+    assert!(recs.iter().any(|r| r["event"]["type"] == "suspended" && r["event"]["detail"] == "ioerror"));
+    let s = agent.scrape();
+    let t = s.value("libvirt_domain_last_event_timestamp_seconds", &[("domain", name.as_str()), ("event", "io_error")]);
+    assert!(t.is_some_and(|t| t > 1.7e9), "last I/O error timestamp: {t:?}");
+}
+
+fn v_state(name: &str) -> String {
+    virsh::must(&["domstate", "--reason", name])
+}
+
+struct KillOnDrop(std::path::PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn disk_change_of_a_missing_cdrom_matches_virsh() {
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("diskchg");
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{name}\"]\n"));
+    let cdrom = "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+        <source file='/nonexistent/virtpulse.iso' startupPolicy='optional'/><target dev='hdc' bus='ide'/><readonly/></disk>";
+    let g = Guest::start_named(&name, GuestSpec { extra_devices: cdrom.into(), ..Default::default() });
+    g.destroy();
+    assert_same_events(&agent, &capture, "domain", &name, "Stopped Destroyed");
+    assert!(event_records(&agent, "domain", &name).iter().any(|r| r["event"]["name"] == "disk_change"));
+}
+
+#[test]
+fn network_pool_and_secret_events_match_virsh() {
+    common::ensure_libvirtd();
+    let capture = Capture::start(&[
+        ("net-event", "lifecycle"),
+        ("pool-event", "lifecycle"),
+        ("pool-event", "refresh"),
+        ("secret-event", "lifecycle"),
+        ("secret-event", "value-changed"),
+    ]);
+    let agent = Agent::start(STDOUT);
+    let pid = std::process::id();
+    let dir = common::scratch_dir("evpool");
+    let net = format!("vpt-net-{pid}");
+    let bridge = format!("vpt{}", pid % 100000);
+    let net_xml = dir.path().join("net.xml");
+    std::fs::write(
+        &net_xml,
+        format!("<network><name>{net}</name><bridge name='{bridge}'/><dns enable='no'/></network>"),
+    )
+    .unwrap();
+    let v = |args: &[&str]| virsh::must(args);
+    v(&["net-define", net_xml.to_str().unwrap()]);
+    v(&["net-start", &net]);
+    v(&["net-destroy", &net]);
+    v(&["net-undefine", &net]);
+
+    let pool = format!("vpt-evpool-{pid}");
+    v(&["pool-define-as", &pool, "dir", "--target", dir.path().to_str().unwrap()]);
+    v(&["pool-start", &pool]);
+    v(&["pool-refresh", &pool]);
+    v(&["pool-destroy", &pool]);
+    v(&["pool-undefine", &pool]);
+
+    let usage = dir.path().join("volume.img");
+    let secret_xml = dir.path().join("secret.xml");
+    std::fs::write(
+        &secret_xml,
+        format!(
+            "<secret ephemeral='no' private='no'><usage type='volume'><volume>{}</volume></usage></secret>",
+            usage.display()
+        ),
+    )
+    .unwrap();
+    let out = v(&["secret-define", secret_xml.to_str().unwrap()]);
+    let uuid = out.split_whitespace().nth(1).unwrap().to_string();
+    v(&["secret-set-value", &uuid, "--base64", "aGVsbG8="]);
+    v(&["secret-undefine", &uuid]);
+
+    assert_same_events(&agent, &capture, "network", &net, "Undefined");
+    assert_same_events(&agent, &capture, "storage_pool", &pool, "Undefined");
+    // virsh names secrets by UUID; the agent records the usage ID as the name
+    // and the UUID next to it.
+    let secret_virsh = capture.wait_count(&uuid, 3, Duration::from_secs(20));
+    let secret_ours = wait_for(Duration::from_secs(20), "the secret's events", || {
+        let r: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| {
+                r["kind"] == "event"
+                    && r["event"]["family"] == "secret"
+                    && r["event"]["object"]["uuid"] == uuid.as_str()
+            })
+            .collect();
+        (r.len() >= secret_virsh.len()).then_some(r)
+    });
+    let ours: Vec<String> =
+        secret_ours.iter().map(|r| format!("{} {}", r["event"]["name"], r["event"]["type"])).collect();
+    assert_eq!(ours, vec!["\"lifecycle\" \"defined\"", "\"value_changed\" \"\"", "\"lifecycle\" \"undefined\""]);
+    assert_eq!(secret_ours[0]["event"]["object"]["name"], usage.to_str().unwrap());
+}
