@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::agent::Agent;
+use common::agent::{Agent, STDOUT};
 use common::compare::{compare, has_full_stats};
 use common::guest::{Guest, GuestSpec};
 use common::{start_libvirtd, virsh, wait_for};
@@ -36,6 +36,10 @@ impl Drop for RestartOnDrop {
 const CONFIG: &str =
     "[collectors]\ninterval = \"1s\"\n[libvirt]\nreconnect_min_backoff = \"200ms\"\nreconnect_max_backoff = \"1s\"\n";
 
+fn resyncs(agent: &Agent, g: &Guest) -> Vec<serde_json::Value> {
+    agent.records().into_iter().filter(|r| r["event"]["name"] == "resync" && r["domain"]["uuid"] == g.uuid.as_str()).collect()
+}
+
 fn up(agent: &Agent) -> Option<f64> {
     agent.scrape().value("libvirt_up", &[])
 }
@@ -58,21 +62,37 @@ fn libvirtd_restart_and_late_start() {
     let g = Guest::start("restart", GuestSpec::default());
 
     // (d) libvirtd goes away and comes back while the agent runs.
-    let agent = Agent::start_for(&[&g.name], CONFIG);
+    let agent = Agent::start_for(&[&g.name], &format!("{CONFIG}{STDOUT}"));
     wait_for(Duration::from_secs(20), "libvirt_up 1", || (up(&agent) == Some(1.0)).then_some(()));
     assert_matches_virsh(&agent, &g);
+    let first = wait_for(Duration::from_secs(20), "the first resync record", || resyncs(&agent, &g).first().cloned());
+    assert_eq!(first["event"]["type"], "running");
     stop_libvirtd();
-    wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || {
-        (up(&agent) == Some(0.0)).then_some(())
-    });
+    wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || (up(&agent) == Some(0.0)).then_some(()));
     start_libvirtd();
-    wait_for(Duration::from_secs(30), "libvirt_up 1 after libvirtd came back", || {
-        (up(&agent) == Some(1.0)).then_some(())
-    });
+    wait_for(Duration::from_secs(30), "libvirt_up 1 after libvirtd came back", || (up(&agent) == Some(1.0)).then_some(()));
     let s = agent.scrape();
     assert!(s.value("virtpulse_libvirt_connects_total", &[]).unwrap() >= 2.0);
     assert!(s.value("virtpulse_libvirt_disconnects_total", &[]).unwrap() >= 1.0);
     assert_matches_virsh(&agent, &g);
+
+    // Callbacks are registered again and a resync record tells the state.
+    let again = wait_for(Duration::from_secs(20), "a resync record after the reconnect", || {
+        let r = resyncs(&agent, &g);
+        (r.len() >= 2).then_some(r)
+    });
+    assert_eq!(again[1]["event"]["type"], "running");
+    assert!(again[1]["event"]["seq"].as_u64() > again[0]["event"]["seq"].as_u64());
+    virsh::must(&["suspend", &g.name]);
+    virsh::must(&["resume", &g.name]);
+    wait_for(Duration::from_secs(20), "the suspend event after the reconnect", || {
+        agent
+            .records()
+            .iter()
+            .any(|r| r["domain"]["uuid"] == g.uuid.as_str() && r["event"]["type"] == "suspended" && r["event"]["detail"] == "paused")
+            .then_some(())
+    });
+    assert!(agent.scrape().value("virtpulse_event_resyncs_total", &[]).unwrap() >= 2.0);
     assert_eq!(agent.stop(), Some(0), "clean exit on SIGTERM");
 
     // (e) the agent starts while libvirtd is down and catches up later.

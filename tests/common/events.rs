@@ -66,9 +66,28 @@ impl Capture {
                 .expect("virsh event");
             let out = child.stdout.take().unwrap();
             let sink = events.clone();
+            let (tx, rx) = std::sync::mpsc::channel::<String>();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            });
             std::thread::spawn(move || {
                 let mut current: Option<VirshEvent> = None;
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                loop {
+                    let line = match rx.recv_timeout(Duration::from_millis(300)) {
+                        Ok(l) => l,
+                        // A multi-line event is complete once virsh goes quiet.
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            if let Some(prev) = current.take() {
+                                sink.lock().unwrap().push(prev);
+                            }
+                            continue;
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     let Some(parsed) = parse_line(&line) else {
                         // A continuation line of a multi-line event.
                         if let Some(c) = current.as_mut() {
@@ -315,6 +334,16 @@ fn domain_view(
         "memory_device_size_change" => {
             ("memory-device-size-change".into(), format!("\nalias: {}\nsize: {}", s("alias"), u("size")))
         }
+        "memory_failure" => (
+            "memory-failure".into(),
+            format!(
+                "\nrecipient: {}\naction: {}\nflags:\naction required: {}\nrecursive: {}",
+                pick(&["hypervisor", "guest"], i("recipient")),
+                pick(&["ignore", "inject", "fatal", "reset"], i("action")),
+                u("flags") & 1,
+                (u("flags") >> 1) & 1
+            ),
+        ),
         other => (vname(other), String::new()),
     }
 }

@@ -66,6 +66,13 @@ pub struct GuestSpec {
     pub name_suffix: String,
     /// Leave out the qcow2 boot disk (the extra devices bring their own).
     pub no_boot_disk: bool,
+    /// Boot this (kernel, initrd) directly, under TCG (KVM cannot boot a
+    /// Linux kernel on these nested hosts).
+    pub linux: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Leave out the default NIC (the extra devices bring their own).
+    pub no_default_nic: bool,
+    /// Extra elements at the top of `<domain>` (maxMemory, cpu/numa...).
+    pub domain_extra: String,
 }
 
 impl Default for GuestSpec {
@@ -78,6 +85,9 @@ impl Default for GuestSpec {
             metadata: String::new(),
             name_suffix: String::new(),
             no_boot_disk: false,
+            linux: None,
+            no_default_nic: false,
+            domain_extra: String::new(),
         }
     }
 }
@@ -165,29 +175,44 @@ fn qemu_img(args: &[&str]) {
 }
 
 fn domain_xml(name: &str, disk: &std::path::Path, spec: &GuestSpec) -> String {
+    let (virt, os) = match &spec.linux {
+        Some((kernel, initrd)) => (
+            "qemu",
+            format!(
+                "<type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd><cmdline>console=ttyS0 quiet panic=0</cmdline>",
+                kernel.display(),
+                initrd.display()
+            ),
+        ),
+        None => (virt_type(), "<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>".to_string()),
+    };
+    let nic = if spec.no_default_nic { "" } else { "<interface type='ethernet'><model type='virtio'/></interface>" };
     format!(
         r#"<domain type='{virt}'>
   <name>{name}</name>
   <memory unit='MiB'>{mem}</memory>
   <vcpu>{vcpus}</vcpu>
+  {domain_extra}
   <metadata>{metadata}</metadata>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <os>{os}</os>
   <features><acpi/><apic/></features>
   <on_poweroff>destroy</on_poweroff>
+  <on_crash>preserve</on_crash>
+  <pm><suspend-to-mem enabled='yes'/><suspend-to-disk enabled='yes'/></pm>
   <devices>
     {disk}
-    <interface type='ethernet'><model type='virtio'/></interface>
+    {nic}
     <memballoon model='virtio'><stats period='5'/></memballoon>
     <serial type='pty'/>
     {extra}
   </devices>
 </domain>
 "#,
-        virt = virt_type(),
         name = xml_escape(name),
         mem = spec.memory_mib,
         vcpus = spec.vcpus,
         metadata = spec.metadata,
+        domain_extra = spec.domain_extra,
         disk = if spec.no_boot_disk {
             String::new()
         } else {

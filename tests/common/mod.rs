@@ -7,6 +7,7 @@ pub mod compare;
 pub mod events;
 pub mod exposition;
 pub mod guest;
+pub mod linux;
 pub mod schema;
 pub mod virsh;
 
