@@ -10,3 +10,5 @@ here=$(dirname "$0")
 # libvirt exporter is the peer the benchmark compares against.
 apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd
 ensure_cargo
+# The Linux guest for events a guest must cause (kernel + busybox initramfs).
+"$here/build-test-guest.sh"

@@ -78,6 +78,11 @@ pub fn metrics_markdown() -> String {
     s.push_str("| `libvirt_storage_pool_info` | `pool`, `uuid`, `type`, `state`, `persistent`, `autostart` |\n");
     s.push_str("\nJob series exist while a job runs (`type` bounded or unbounded); the last finished job of a domain stays \
 on view with `type` completed, failed or cancelled for `collectors.jobs.completed_retention` after it was first seen.\n");
+    s.push_str("\n## Events\n\n| metric | type | labels | help |\n|---|---|---|---|\n");
+    s.push_str("| `libvirt_events_total` | counter | `family`, `event`, `type`, `detail` | Every libvirt event received on this host (bounded: label values come from libvirt's enums). |\n");
+    s.push_str("| `libvirt_domain_events_total` | counter | `domain`, `uuid`, `event`, `type`, `detail` | Per domain, kept only while the domain exists (dropped 2 minutes after it leaves the domain stats snapshot). |\n");
+    s.push_str("| `libvirt_domain_last_event_timestamp_seconds` | gauge | `domain`, `uuid`, `event` | Last `io_error`, `watchdog`, `crash`, `block_threshold`, `memory_failure`, `control_error`, `device_removal_failed` (Unix time); same lifetime. |\n");
+    s.push_str("\n`event` is the libvirt callback (`lifecycle`, `io_error_reason`, `block_job_2`, ...), `type` and `detail` the stable names of its codes (lifecycle: `stopped`/`destroyed`; watchdog: its action; block jobs: job type and status; see docs/records.md).\n");
     s.push_str("\n## Agent metrics\n\n| metric | type | help |\n|---|---|---|\n");
     for (name, t, help) in SELF_METRICS {
         let _ = writeln!(s, "| `{name}` | {} | {help} |", t.as_str());

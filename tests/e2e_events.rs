@@ -303,7 +303,10 @@ fn events_make_collectors_react() {
     let image = g.dir().join("save.img");
     virsh::must(&["save", &g.name, image.to_str().unwrap()]);
     wait_for(Duration::from_secs(10), "the completed save job", || {
-        agent.scrape().value("libvirt_domain_job_time_elapsed_seconds", &[("uuid", u.as_str()), ("type", "completed")]).map(|_| ())
+        agent
+            .scrape()
+            .value("libvirt_domain_job_time_elapsed_seconds", &[("uuid", u.as_str()), ("type", "completed")])
+            .map(|_| ())
     });
     wait_for(Duration::from_secs(10), "the saved domain's runtime series to go", || {
         let s = agent.scrape();
@@ -323,7 +326,11 @@ fn burst_of_thirty_guests_loses_no_event() {
     let guests: Vec<Guest> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3)
             .map(|_| {
-                s.spawn(|| (0..10).map(|_| Guest::start("burst", GuestSpec { persistent: false, ..Default::default() })).collect::<Vec<_>>())
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| Guest::start("burst", GuestSpec { persistent: false, ..Default::default() }))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
@@ -388,5 +395,7 @@ fn memory_failure_matches_virsh() {
     let mf = recs.iter().find(|r| r["event"]["name"] == "memory_failure").expect("memory_failure recorded");
     assert_eq!(mf["event"]["detail"], "guest");
     let s = agent.scrape();
-    assert!(s.value("libvirt_domain_last_event_timestamp_seconds", &[("domain", name.as_str()), ("event", "memory_failure")]).is_some());
+    assert!(s
+        .value("libvirt_domain_last_event_timestamp_seconds", &[("domain", name.as_str()), ("event", "memory_failure")])
+        .is_some());
 }

@@ -69,7 +69,11 @@ fn guest_driven_events_match_virsh() {
     wait_virsh("Started Event wakeup");
     // A disk plugged and unplugged; the guest acknowledges the removal.
     let disk = lg.guest.dir().join("hot.qcow2");
-    assert!(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "16M"]).status().unwrap().success());
+    assert!(std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "16M"])
+        .status()
+        .unwrap()
+        .success());
     common::set_mode(&disk, 0o666);
     v(&["attach-disk", &name, disk.to_str().unwrap(), "vdb", "--driver", "qemu", "--subdriver", "qcow2", "--live"]);
     wait_virsh("device-added");
@@ -80,7 +84,9 @@ fn guest_driven_events_match_virsh() {
     let vmem_xml = lg.guest.dir().join("vmem.xml");
     std::fs::write(&vmem_xml, vmem).unwrap();
     v(&["attach-device", &name, vmem_xml.to_str().unwrap(), "--live"]);
-    wait_virsh("device-added virtiomem");
+    wait_for(Duration::from_secs(30), "the virtio-mem device in the live XML", || {
+        v(&["dumpxml", &name]).contains("virtio-mem").then_some(())
+    });
     v(&["update-memory-device", &name, "--requested-size", "64MiB"]);
     wait_virsh("size: 65536");
     // A kernel panic, reported through pvpanic.
@@ -99,8 +105,17 @@ fn guest_driven_events_match_virsh() {
     }
     let names: Vec<&str> = records.iter().map(|r| r["event"]["name"].as_str().unwrap()).collect();
     for expected in [
-        "balloon_change", "agent_lifecycle", "nic_mac_change", "rtc_change", "block_threshold", "watchdog", "pm_suspend",
-        "pm_wakeup", "device_added", "device_removed", "memory_device_size_change",
+        "balloon_change",
+        "agent_lifecycle",
+        "nic_mac_change",
+        "rtc_change",
+        "block_threshold",
+        "watchdog",
+        "pm_suspend",
+        "pm_wakeup",
+        "device_added",
+        "device_removed",
+        "memory_device_size_change",
     ] {
         assert!(names.contains(&expected), "no {expected} event: {names:?}");
     }
@@ -119,7 +134,11 @@ fn suspend_to_disk_matches_virsh() {
     let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{}{tag}-*\"]\n", common::guest::PREFIX));
     let dir = common::scratch_dir("hib-swap");
     let swap = dir.path().join("swap.qcow2");
-    assert!(std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", swap.to_str().unwrap(), "512M"]).status().unwrap().success());
+    assert!(std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", swap.to_str().unwrap(), "512M"])
+        .status()
+        .unwrap()
+        .success());
     common::set_mode(&swap, 0o666);
     let disk = format!(
         "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vdb' bus='virtio'/></disk>",

@@ -37,7 +37,11 @@ const CONFIG: &str =
     "[collectors]\ninterval = \"1s\"\n[libvirt]\nreconnect_min_backoff = \"200ms\"\nreconnect_max_backoff = \"1s\"\n";
 
 fn resyncs(agent: &Agent, g: &Guest) -> Vec<serde_json::Value> {
-    agent.records().into_iter().filter(|r| r["event"]["name"] == "resync" && r["domain"]["uuid"] == g.uuid.as_str()).collect()
+    agent
+        .records()
+        .into_iter()
+        .filter(|r| r["event"]["name"] == "resync" && r["domain"]["uuid"] == g.uuid.as_str())
+        .collect()
 }
 
 fn up(agent: &Agent) -> Option<f64> {
@@ -68,9 +72,13 @@ fn libvirtd_restart_and_late_start() {
     let first = wait_for(Duration::from_secs(20), "the first resync record", || resyncs(&agent, &g).first().cloned());
     assert_eq!(first["event"]["type"], "running");
     stop_libvirtd();
-    wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || (up(&agent) == Some(0.0)).then_some(()));
+    wait_for(Duration::from_secs(30), "libvirt_up 0 after libvirtd stopped", || {
+        (up(&agent) == Some(0.0)).then_some(())
+    });
     start_libvirtd();
-    wait_for(Duration::from_secs(30), "libvirt_up 1 after libvirtd came back", || (up(&agent) == Some(1.0)).then_some(()));
+    wait_for(Duration::from_secs(30), "libvirt_up 1 after libvirtd came back", || {
+        (up(&agent) == Some(1.0)).then_some(())
+    });
     let s = agent.scrape();
     assert!(s.value("virtpulse_libvirt_connects_total", &[]).unwrap() >= 2.0);
     assert!(s.value("virtpulse_libvirt_disconnects_total", &[]).unwrap() >= 1.0);
@@ -89,7 +97,11 @@ fn libvirtd_restart_and_late_start() {
         agent
             .records()
             .iter()
-            .any(|r| r["domain"]["uuid"] == g.uuid.as_str() && r["event"]["type"] == "suspended" && r["event"]["detail"] == "paused")
+            .any(|r| {
+                r["domain"]["uuid"] == g.uuid.as_str()
+                    && r["event"]["type"] == "suspended"
+                    && r["event"]["detail"] == "paused"
+            })
             .then_some(())
     });
     assert!(agent.scrape().value("virtpulse_event_resyncs_total", &[]).unwrap() >= 2.0);

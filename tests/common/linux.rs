@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 use super::guest::{Guest, GuestSpec};
 
 pub fn image_dir() -> PathBuf {
-    let dir = PathBuf::from(std::env::var("VIRTPULSE_TEST_GUEST_DIR").unwrap_or_else(|_| "/var/cache/virtpulse/test-guest".into()));
+    let dir = PathBuf::from(
+        std::env::var("VIRTPULSE_TEST_GUEST_DIR").unwrap_or_else(|_| "/var/cache/virtpulse/test-guest".into()),
+    );
     if !dir.join("initrd.gz").exists() {
-        let st = std::process::Command::new(super::project_root().join("scripts/build-test-guest.sh")).status().expect("build-test-guest.sh");
+        let st = std::process::Command::new(super::project_root().join("scripts/build-test-guest.sh"))
+            .status()
+            .expect("build-test-guest.sh");
         assert!(st.success(), "scripts/build-test-guest.sh failed");
     }
     dir

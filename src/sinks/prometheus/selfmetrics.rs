@@ -244,6 +244,7 @@ mod tests {
         registry.add_collector(c);
         registry.add_sink(SinkStats::new("stdout", 4));
         registry.wanted_groups.store(3, std::sync::atomic::Ordering::Relaxed);
+        registry.set_events(crate::events::EventStats::new(8));
         registry.supported_groups.store(1, std::sync::atomic::Ordering::Relaxed);
         let manager = ConnectionManager::new(crate::libvirt::manager::ManagerOptions {
             uri: "test:///default".into(),
