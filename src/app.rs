@@ -154,7 +154,9 @@ fn plan_collectors(
         let tracker = ctx.tracker.clone();
         let collector = match name {
             CollectorName::DomainStats => AnyCollector::DomainStats(domain_stats_collector(cfg, ctx)?),
-            CollectorName::Jobs => AnyCollector::Jobs(JobsCollector::new(ctx, c.jobs.completed_retention)),
+            CollectorName::Jobs => {
+                AnyCollector::Jobs(JobsCollector::new(ctx, c.jobs.completed_retention, timeout * 3 / 4))
+            }
             CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, c.node.per_cpu)),
             CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
         };
@@ -275,7 +277,10 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
                 hooks.domain_stats = Some(p.wake.clone());
                 hooks.info = Some(c.info_invalidation());
             }
-            (CollectorName::Jobs, _) => hooks.jobs = Some(p.wake.clone()),
+            (CollectorName::Jobs, AnyCollector::Jobs(c)) => {
+                hooks.jobs = Some(p.wake.clone());
+                hooks.job_inbox = Some(c.inbox());
+            }
             _ => {}
         }
         collectors.push(tokio::spawn(controller::run(

@@ -21,7 +21,10 @@ fn now() -> f64 {
 fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     let hung = Guest::start("hang", GuestSpec::default());
     let healthy = Guest::start("hang", GuestSpec::default());
-    let agent = Agent::start_for(&[&hung.name, &healthy.name], "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n");
+    let agent = Agent::start_for(
+        &[&hung.name, &healthy.name],
+        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n",
+    );
     wait_for(Duration::from_secs(30), "full stats of both guests", || {
         let s = agent.scrape();
         (has_full_stats(&s, &hung.uuid) && has_full_stats(&s, &healthy.uuid)).then_some(())
@@ -58,6 +61,22 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     let problems = compare(&healthy, &before, &s, &after);
     assert!(problems.is_empty(), "healthy guest while the other is hung:\n{}", problems.join("\n"));
     assert!(cycle_time < Duration::from_secs(3), "cycles slowed down to {cycle_time:?} while a guest is hung");
+
+    // Jobs go on too: the hung guest's job read is left stuck in the
+    // background and skipped, while the healthy guest's dump is reported.
+    let jobs_ok = |s: &common::exposition::Scrape| {
+        s.value("virtpulse_collections_total", &[("collector", "jobs"), ("result", "ok")]).unwrap_or(0.0)
+    };
+    let jobs_before = jobs_ok(&s);
+    let dump = healthy.dir().join("core");
+    virsh::must(&["dump", &healthy.name, dump.to_str().unwrap()]);
+    wait_for(Duration::from_secs(20), "the healthy guest's dump while the other is hung", || {
+        let s = timed_scrape();
+        let labels = [("uuid", healthy.uuid.as_str()), ("type", "completed")];
+        (s.value("libvirt_domain_job_time_elapsed_seconds", &labels).is_some() && jobs_ok(&s) >= jobs_before + 2.0)
+            .then_some(())
+    });
+    let _ = std::fs::remove_file(&dump);
 
     // The hung guest still reports what needs no QEMU monitor, and is flagged partial.
     assert_eq!(s.value("libvirt_domain_state", &[("uuid", hung.uuid.as_str())]), Some(1.0));

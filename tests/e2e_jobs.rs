@@ -123,16 +123,21 @@ fn dump_progress_and_a_short_save_are_reported() {
 #[test]
 fn completed_jobs_leave_the_metrics_after_the_retention() {
     let g = Guest::start("jobret", GuestSpec::default());
-    let agent = Agent::start_for(&[&g.name], &format!("{JOBS_FAST}completed_retention = \"1s\"\n"));
+    // `virsh save` returns ~1.5 s after the job itself completed (QEMU still
+    // has to exit), so the retention must outlast that to be seen at all.
+    let retention = Duration::from_secs(5);
+    let agent = Agent::start_for(&[&g.name], &format!("{JOBS_FAST}completed_retention = \"5s\"\n"));
     let image = g.dir().join("save.img");
     virsh::must(&["save", &g.name, image.to_str().unwrap()]);
     let labels = [("uuid", g.uuid.as_str()), ("type", "completed")];
     wait_for(Duration::from_secs(20), "the completed save in /metrics", || {
         agent.scrape().value("libvirt_domain_job_time_elapsed_seconds", &labels).map(|_| ())
     });
+    let seen = Instant::now();
     wait_for(Duration::from_secs(20), "the completed save to leave /metrics", || {
         agent.scrape().value("libvirt_domain_job_time_elapsed_seconds", &labels).is_none().then_some(())
     });
+    assert!(seen.elapsed() < retention + Duration::from_secs(2), "left after {:?}", seen.elapsed());
     let _ = std::fs::remove_file(&image);
 }
 

@@ -7,8 +7,14 @@ use std::sync::Arc;
 
 use super::CollectError;
 
+/// Calls in flight: `gating` ones hold up the next collection while stuck;
+/// `isolated` ones belong to a collector that skips the stuck object itself
+/// (one domain's job read) and only show in the stuck-calls gauge.
 #[derive(Clone, Default, Debug)]
-pub struct CallTracker(Arc<AtomicUsize>);
+pub struct CallTracker {
+    gating: Arc<AtomicUsize>,
+    isolated: Arc<AtomicUsize>,
+}
 
 struct InFlight(Arc<AtomicUsize>);
 
@@ -19,8 +25,14 @@ impl Drop for InFlight {
 }
 
 impl CallTracker {
+    /// Every call still running, for the stuck-calls gauge.
     pub fn in_flight(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.gating.load(Ordering::Acquire) + self.isolated.load(Ordering::Acquire)
+    }
+
+    /// Calls that keep the next collection from starting while they run.
+    pub fn gating(&self) -> usize {
+        self.gating.load(Ordering::Acquire)
     }
 
     /// Runs `f` on a blocking thread. If the caller stops waiting (deadline),
@@ -30,8 +42,26 @@ impl CallTracker {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(self.0.clone());
+        Self::spawn(&self.gating, f).await
+    }
+
+    /// Like `run`, for a call whose caller copes with it being stuck (skips
+    /// its object until it returns): it does not hold up later collections.
+    pub async fn run_isolated<T, F>(&self, f: F) -> Result<T, CollectError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        Self::spawn(&self.isolated, f).await
+    }
+
+    async fn spawn<T, F>(count: &Arc<AtomicUsize>, f: F) -> Result<T, CollectError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        count.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(count.clone());
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
             f()
@@ -62,5 +92,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("in-flight count did not drop");
+    }
+
+    #[tokio::test]
+    async fn isolated_calls_show_but_do_not_gate() {
+        let t = CallTracker::default();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let fut = t.run_isolated(move || rx.recv().ok());
+        assert!(tokio::time::timeout(Duration::from_millis(50), fut).await.is_err());
+        assert_eq!((t.in_flight(), t.gating()), (1, 0));
+        tx.send(()).unwrap();
     }
 }

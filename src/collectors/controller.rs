@@ -103,8 +103,8 @@ pub async fn run<C: Collector>(
         }
         let started = Instant::now();
         last_start = Some(started);
-        let stuck = tracker.in_flight();
-        stats.set_stuck_calls(stuck);
+        stats.set_stuck_calls(tracker.in_flight());
+        let stuck = tracker.gating();
         if stuck >= sched.max_stuck_calls {
             stats.skip();
             tracing::warn!(

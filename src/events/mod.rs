@@ -97,6 +97,8 @@ pub struct Hooks {
     pub jobs: Option<Wake>,
     /// Re-read these domains' XML (defined, metadata changed).
     pub info: Option<Arc<Mutex<HashSet<String>>>>,
+    /// Completed jobs, straight from `job_completed` events.
+    pub job_inbox: Option<crate::collectors::jobs::JobInbox>,
 }
 
 impl Hooks {
@@ -121,6 +123,16 @@ impl Hooks {
                 }
             }
             "job_completed" | "migration_iteration" => {
+                if ev.name == "job_completed" {
+                    if let Some(inbox) = &self.job_inbox {
+                        let done = crate::collectors::jobs::CompletedEvent {
+                            name: ev.object_name.clone(),
+                            uuid: ev.object_uuid.clone(),
+                            params: ev.fields.clone(),
+                        };
+                        inbox.lock().unwrap_or_else(|e| e.into_inner()).push(done);
+                    }
+                }
                 if let Some(w) = &self.jobs {
                     w.now();
                 }

@@ -49,7 +49,7 @@ pub fn expected(
 
 pub fn scraped(scrape: &Scrape, uuid: &str) -> BTreeMap<SeriesKey, f64> {
     scrape
-        .of_domain(uuid)
+        .stats_of_domain(uuid)
         .filter(|s| !s.name.ends_with("_info"))
         .map(|s| {
             let labels = s.labels.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.clone(), v.clone())).collect();

@@ -103,6 +103,16 @@ impl Scrape {
     pub fn of_domain<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
         self.samples.iter().filter(move |s| s.labels.get("uuid").map(String::as_str) == Some(uuid))
     }
+
+    /// The domain's statistics series (not its event counters or jobs,
+    /// which live by other rules).
+    pub fn stats_of_domain<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.of_domain(uuid).filter(|s| {
+            !s.name.starts_with("libvirt_domain_job_")
+                && s.name != "libvirt_domain_events_total"
+                && s.name != "libvirt_domain_last_event_timestamp_seconds"
+        })
+    }
 }
 
 #[test]
