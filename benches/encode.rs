@@ -161,7 +161,8 @@ impl prometheus_client::collector::Collector for PcCollector {
             let base = name.strip_suffix("_total").unwrap_or(&name).to_string();
             let t = match mtype {
                 MetricType::Counter => prometheus_client::metrics::MetricType::Counter,
-                MetricType::Gauge => prometheus_client::metrics::MetricType::Gauge,
+                // Record series are never histograms.
+                MetricType::Gauge | MetricType::Histogram => prometheus_client::metrics::MetricType::Gauge,
             };
             let mut fam =
                 encoder.encode_descriptor(if mtype == MetricType::Counter { &base } else { &name }, &help, None, t)?;
@@ -169,7 +170,7 @@ impl prometheus_client::collector::Collector for PcCollector {
                 let me = fam.encode_family(&labels)?;
                 match mtype {
                     MetricType::Counter => ConstCounter::new(v).encode(me)?,
-                    MetricType::Gauge => ConstGauge::new(v).encode(me)?,
+                    MetricType::Gauge | MetricType::Histogram => ConstGauge::new(v).encode(me)?,
                 }
             }
         }

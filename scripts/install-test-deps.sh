@@ -12,3 +12,5 @@ apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd
 ensure_cargo
 # The Linux guest for events a guest must cause (kernel + busybox initramfs).
 "$here/build-test-guest.sh"
+# The Kafka-protocol broker for the Kafka sink's tests (built once, ~9 min).
+"$here/install-tansu.sh"

@@ -24,7 +24,7 @@ use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::Router;
 use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
-use crate::sinks::{prometheus, stdout};
+use crate::sinks::{kafka, prometheus, stdout};
 
 /// Exit codes (sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -264,6 +264,16 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         registry.add_sink(stats.clone());
         stdout_thread = Some(stdout::spawn(router.add_sink(stats)).context("cannot start the stdout sink thread")?);
     }
+    let mut kafka_sink = None;
+    if cfg.sinks.kafka.enabled {
+        let k = &cfg.sinks.kafka;
+        let stats = SinkStats::new("kafka", k.queue_capacity);
+        registry.add_sink(stats.clone());
+        let sink = kafka::start(k, &cfg.hostname(), router.add_sink(stats), tokio::runtime::Handle::current())?;
+        registry.set_kafka(sink.stats.clone());
+        tracing::info!(brokers = %k.brokers.join(","), events_topic = %k.events_topic, spool = %k.spool_dir.display(), "Kafka sink started");
+        kafka_sink = Some(sink);
+    }
     let router = Arc::new(router);
 
     tasks.push(tokio::spawn(manager.clone().run()));
@@ -292,6 +302,7 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
             p.wake,
         )));
     }
+    let mut event_tasks = None;
     if cfg.events.enabled {
         let stats = EventStats::new(cfg.events.queue_capacity);
         registry.set_events(stats.clone());
@@ -301,15 +312,8 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
             resync: cfg.events.resync,
         };
         let identity = Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() };
-        collectors.extend(events::start(
-            settings,
-            manager.clone(),
-            router.clone(),
-            hooks,
-            identity,
-            filter(&cfg)?,
-            stats,
-        ));
+        event_tasks =
+            Some(events::start(settings, manager.clone(), router.clone(), hooks, identity, filter(&cfg)?, stats));
     }
     drop(router);
 
@@ -337,10 +341,19 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     if !stopped {
         tracing::warn!("the libvirt event loop did not stop within 2 s");
     }
+    if let Some(e) = event_tasks {
+        e.shutdown(Duration::from_secs(2)).await;
+    }
     // With every collector gone the router is dropped and the sink queues
     // close; give the sinks a moment to flush what they hold.
     if let Some(t) = stdout_thread {
         let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || t.join())).await;
+    }
+    if let Some(k) = kafka_sink {
+        let wait = cfg.sinks.kafka.shutdown_timeout + Duration::from_secs(2);
+        if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || k.join())).await.is_err() {
+            tracing::warn!("the Kafka sink did not stop in time; undelivered events stay in the spool");
+        }
     }
     if let Some(s) = server {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;

@@ -36,6 +36,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    // Property names and values only librdkafka can judge (no connection made).
+    if let Err(e) = virtpulse::sinks::kafka::check(&cfg.sinks.kafka) {
+        eprintln!("virtpulse: {e}");
+        return ExitCode::from(EXIT_CONFIG as u8);
+    }
     if cli.check_config {
         let path = cli.config.map(|p| p.display().to_string()).unwrap_or_else(|| DEFAULT_PATH.to_string());
         println!("configuration OK ({path} and VIRTPULSE_* environment)");

@@ -25,6 +25,15 @@ impl SinkQueue {
         b
     }
 
+    /// The next batch if one is waiting (never blocks).
+    pub fn try_recv(&mut self) -> Option<Arc<Batch>> {
+        let b = self.rx.try_recv().ok();
+        if b.is_some() {
+            self.stats.dequeued();
+        }
+        b
+    }
+
     /// Blocking variant for sinks that run on their own OS thread.
     pub fn blocking_recv(&mut self) -> Option<Arc<Batch>> {
         let b = self.rx.blocking_recv();
@@ -62,13 +71,17 @@ impl Router {
         let n = batch.records.len() as u64;
         let batch = Arc::new(batch);
         for r in &self.routes {
+            // Counted before the send: the sink may take the batch at once.
+            r.stats.enqueued();
             match r.tx.try_send(batch.clone()) {
-                Ok(()) => r.stats.enqueued(),
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    r.stats.dequeued();
                     r.stats.dropped(n);
                     tracing::warn!(sink = r.stats.name, records = n, "sink queue full; batch dropped");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
+                    r.stats.dequeued();
                     r.stats.dropped(n);
                     tracing::error!(sink = r.stats.name, records = n, "sink stopped; batch dropped");
                 }

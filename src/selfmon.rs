@@ -181,6 +181,7 @@ pub struct Registry {
     pub wanted_groups: AtomicU64,
     pub started_unix: f64,
     events: Mutex<Option<Arc<crate::events::EventStats>>>,
+    kafka: Mutex<Option<Arc<crate::sinks::kafka::stats::KafkaStats>>>,
 }
 
 impl Registry {
@@ -207,6 +208,16 @@ impl Registry {
         if let Ok(mut e) = self.events.lock() {
             *e = Some(stats);
         }
+    }
+
+    pub fn set_kafka(&self, stats: Arc<crate::sinks::kafka::stats::KafkaStats>) {
+        if let Ok(mut k) = self.kafka.lock() {
+            *k = Some(stats);
+        }
+    }
+
+    pub fn kafka(&self) -> Option<Arc<crate::sinks::kafka::stats::KafkaStats>> {
+        self.kafka.lock().ok().and_then(|k| k.clone())
     }
 
     pub fn events(&self) -> Option<Arc<crate::events::EventStats>> {

@@ -25,6 +25,7 @@ use crate::record::{Record, RecordKind, Unit};
 pub enum MetricType {
     Counter,
     Gauge,
+    Histogram,
 }
 
 impl MetricType {
@@ -32,6 +33,7 @@ impl MetricType {
         match self {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
         }
     }
 }
@@ -867,6 +869,7 @@ mod tests {
                 match e.mtype {
                     MetricType::Counter => assert!(e.name.ends_with("_total"), "counter {} lacks _total", e.name),
                     MetricType::Gauge => assert!(!e.name.ends_with("_total"), "gauge {} ends in _total", e.name),
+                    MetricType::Histogram => panic!("stat keys are never histograms: {}", e.name),
                 }
                 // Base units only: non-base source units must be scaled.
                 match s.unit {

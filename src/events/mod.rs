@@ -254,7 +254,7 @@ pub fn start(
     identity: Identity,
     filter: Arc<DomainFilter>,
     stats: Arc<EventStats>,
-) -> Vec<JoinHandle<()>> {
+) -> EventTasks {
     let (tx, mut rx) = mpsc::channel::<RawEvent>(settings.queue_capacity.max(1));
     let sink = make_sink(tx, stats.clone());
     let settings = Arc::new(settings);
@@ -288,11 +288,31 @@ pub fn start(
         })
     };
 
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop_rx = stop.clone();
     let processor = tokio::spawn(async move {
         let run = run_id();
         let mut seq: u64 = 0;
         let mut buf: Vec<RawEvent> = Vec::with_capacity(MAX_BATCH);
-        while rx.recv_many(&mut buf, MAX_BATCH).await > 0 {
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop_rx.notified() => {
+                    // Whatever libvirt handed over before the callbacks went
+                    // away is still routed (the Kafka sink spools it).
+                    rx.close();
+                    while let Ok(ev) = rx.try_recv() {
+                        buf.push(ev);
+                    }
+                    stopping = true;
+                }
+                n = rx.recv_many(&mut buf, MAX_BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            }
             let n = buf.len();
             stats.depth.fetch_sub(n.min(stats.depth()), Ordering::Relaxed);
             let mut records = Vec::with_capacity(n);
@@ -309,8 +329,32 @@ pub fn start(
                 records.push(to_record(ev, Stamp { host: &identity.host, uri: &identity.uri, run_id: &run, seq }));
             }
             stats.processed.fetch_add(n as u64, Ordering::Relaxed);
-            router.route(Batch { source: SOURCE, snapshot: false, records, ..Default::default() });
+            if !records.is_empty() {
+                router.route(Batch { source: SOURCE, snapshot: false, records, ..Default::default() });
+            }
+            if stopping {
+                return;
+            }
         }
     });
-    vec![registrar, processor]
+    EventTasks { registrar, processor, stop }
+}
+
+/// The event subsystem's tasks.
+pub struct EventTasks {
+    registrar: JoinHandle<()>,
+    processor: JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl EventTasks {
+    /// Stops registering; routes the events already handed over, then ends.
+    /// Call after the callbacks were deregistered.
+    pub async fn shutdown(self, wait: std::time::Duration) {
+        self.registrar.abort();
+        self.stop.notify_one();
+        if tokio::time::timeout(wait, self.processor).await.is_err() {
+            tracing::warn!("the event processor did not finish routing within {wait:?}");
+        }
+    }
 }

@@ -142,6 +142,12 @@ impl Agent {
         self.child.id()
     }
 
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();

@@ -7,6 +7,8 @@ pub mod compare;
 pub mod events;
 pub mod exposition;
 pub mod guest;
+pub mod ioerror;
+pub mod kafka;
 pub mod linux;
 pub mod schema;
 pub mod virsh;

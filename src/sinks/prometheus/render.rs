@@ -86,6 +86,40 @@ impl<'a> FamilyWriter<'a> {
     }
 }
 
+impl FamilyWriter<'_> {
+    /// A histogram: `buckets` are (upper bound, cumulative count), without +Inf.
+    pub fn add_histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        let fam = self.families.entry(name.to_string()).or_insert(Family {
+            help: help.to_string(),
+            mtype: MetricType::Histogram,
+            body: String::with_capacity(1024),
+        });
+        if fam.mtype != MetricType::Histogram {
+            self.stats.conflicts += 1;
+            return;
+        }
+        let bucket = format!("{name}_bucket");
+        let mut le = String::new();
+        for (bound, n) in buckets.iter().map(|(b, n)| (*b, *n)).chain([(f64::INFINITY, count)]) {
+            le.clear();
+            super::text::write_value(&mut le, bound);
+            let with_le: Vec<(&str, &str)> = labels.iter().copied().chain([("le", le.as_str())]).collect();
+            write_sample(&mut fam.body, &bucket, "", with_le, n as f64);
+        }
+        write_sample(&mut fam.body, &format!("{name}_sum"), "", labels.iter().copied(), sum);
+        write_sample(&mut fam.body, &format!("{name}_count"), "", labels.iter().copied(), count as f64);
+        self.stats.series += buckets.len() as u64 + 3;
+    }
+}
+
 fn state_name(code: Option<f64>) -> &'static str {
     match code.map(|c| c as i64) {
         Some(0) => "nostate",

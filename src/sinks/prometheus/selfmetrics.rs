@@ -6,7 +6,8 @@ use super::render::{Families, FamilyWriter, RenderStats};
 use crate::libvirt::stats::ALL_GROUPS;
 use crate::libvirt::ConnectionManager;
 use crate::selfmon::{CycleOutcome, Registry};
-use crate::stat_keys::MetricType::{self, Counter, Gauge};
+use crate::sinks::kafka::stats::{DropCause, KafkaStats, Stream};
+use crate::stat_keys::MetricType::{self, Counter, Gauge, Histogram};
 
 /// (name, type, help) of every self-metric, for the docs.
 pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
@@ -79,6 +80,32 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "virtpulse_event_callback_registered",
         Gauge,
         "Per event callback: 1 if registered on the current connection, 0 if the daemon refused it.",
+    ),
+    ("virtpulse_kafka_broker_up", Gauge, "1 if the Kafka producer has a connection to at least one broker, else 0."),
+    ("virtpulse_kafka_brokers_up", Gauge, "Kafka brokers (cluster members) the producer is connected to."),
+    ("virtpulse_kafka_spool_records", Gauge, "Events in the Kafka spool not yet acknowledged by the broker."),
+    ("virtpulse_kafka_spool_bytes", Gauge, "Size of the Kafka spool on disk."),
+    (
+        "virtpulse_kafka_spool_oldest_age_seconds",
+        Gauge,
+        "Age of the oldest unacknowledged event in the Kafka spool (0 when empty).",
+    ),
+    ("virtpulse_kafka_messages_delivered_total", Counter, "Messages the broker acknowledged, by stream (events, metrics)."),
+    (
+        "virtpulse_kafka_delivery_failures_total",
+        Counter,
+        "Delivery reports with an error, by stream; failed events are sent again from the spool.",
+    ),
+    ("virtpulse_kafka_events_resent_total", Counter, "Events handed to the producer again after a failed delivery."),
+    (
+        "virtpulse_kafka_records_dropped_total",
+        Counter,
+        "Records that will never reach the broker, by stream and reason (spool_full, spool_expired, spool_corrupt, spool_write_failed, rejected, superseded, producer_queue_full, undelivered).",
+    ),
+    (
+        "virtpulse_kafka_event_delivery_seconds",
+        Histogram,
+        "Time from libvirt's event callback to the broker's acknowledgement.",
     ),
     ("process_resident_memory_bytes", Gauge, "Resident memory of the agent process."),
     ("process_virtual_memory_bytes", Gauge, "Virtual memory of the agent process."),
@@ -218,6 +245,9 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
             );
         }
     }
+    if let Some(k) = registry.kafka() {
+        render_kafka(&mut w, &k, now);
+    }
     if let Some(p) = proc_stat() {
         add(&mut w, "process_resident_memory_bytes", &[], p.rss_bytes);
         add(&mut w, "process_virtual_memory_bytes", &[], p.vsize_bytes);
@@ -228,6 +258,29 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
         add(&mut w, "process_open_fds", &[], dir.count() as f64);
     }
     fams
+}
+
+fn render_kafka(w: &mut FamilyWriter, k: &KafkaStats, now: f64) {
+    add(w, "virtpulse_kafka_broker_up", &[], if k.connected() { 1.0 } else { 0.0 });
+    add(w, "virtpulse_kafka_brokers_up", &[], k.brokers_up() as f64);
+    let (records, bytes, oldest_ms) = k.spool();
+    add(w, "virtpulse_kafka_spool_records", &[], records as f64);
+    add(w, "virtpulse_kafka_spool_bytes", &[], bytes as f64);
+    let age = oldest_ms.map(|ms| (now - ms as f64 / 1000.0).max(0.0)).unwrap_or(0.0);
+    add(w, "virtpulse_kafka_spool_oldest_age_seconds", &[], age);
+    for s in Stream::ALL {
+        let l = [("stream", s.as_str())];
+        add(w, "virtpulse_kafka_messages_delivered_total", &l, k.delivered_count(s) as f64);
+        add(w, "virtpulse_kafka_delivery_failures_total", &l, k.failure_count(s) as f64);
+    }
+    add(w, "virtpulse_kafka_events_resent_total", &[], k.resent_count() as f64);
+    for c in DropCause::ALL {
+        let l = [("stream", c.stream().as_str()), ("reason", c.as_str())];
+        add(w, "virtpulse_kafka_records_dropped_total", &l, k.dropped_count(c) as f64);
+    }
+    let (buckets, sum, count) = k.latency();
+    let name = "virtpulse_kafka_event_delivery_seconds";
+    w.add_histogram(name, help(name), &[], &buckets, sum, count);
 }
 
 #[cfg(test)]
@@ -246,6 +299,7 @@ mod tests {
         registry.wanted_groups.store(3, std::sync::atomic::Ordering::Relaxed);
         registry.set_events(crate::events::EventStats::new(8));
         registry.supported_groups.store(1, std::sync::atomic::Ordering::Relaxed);
+        registry.set_kafka(Default::default());
         let manager = ConnectionManager::new(crate::libvirt::manager::ManagerOptions {
             uri: "test:///default".into(),
             read_only: true,

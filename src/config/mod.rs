@@ -15,6 +15,9 @@ use serde::{Deserialize, Deserializer};
 use crate::filter::DomainFilter;
 use crate::libvirt::stats::{group_by_name, ALL_GROUPS};
 
+pub mod kafka;
+pub use kafka::{ByteSize, KafkaConfig, SpoolSync};
+
 pub const DEFAULT_PATH: &str = "/etc/virtpulse/config.toml";
 pub const ENV_PREFIX: &str = "VIRTPULSE_";
 
@@ -216,6 +219,7 @@ pub struct DomainsConfig {
 pub struct SinksConfig {
     pub prometheus: PrometheusConfig,
     pub stdout: StdoutConfig,
+    pub kafka: KafkaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -556,6 +560,7 @@ impl Config {
         if self.sinks.stdout.queue_capacity == 0 {
             return Err(o.err("sinks.stdout.queue_capacity", "must be at least 1"));
         }
+        self.sinks.kafka.validate(o)?;
         Ok(())
     }
 
@@ -646,7 +651,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let text = include_str!("../config.example.toml");
+        let text = include_str!("../../config.example.toml");
         load(text).unwrap();
     }
 

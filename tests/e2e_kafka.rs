@@ -1,0 +1,349 @@
+//! The Kafka sink against a real broker (tansu) and a real consumer: events
+//! of real guests arrive in order with their keys and headers, and none is
+//! lost when the broker is down, when the agent is killed meanwhile, or
+//! (beyond the counted, oldest ones) when the spool bound is hit.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::agent::Agent;
+use common::events::{normalize_virsh, virsh_view, Capture, VirshEvent};
+use common::guest::{Guest, GuestSpec};
+use common::kafka::{sink_config, Broker, Reader, Received};
+use common::{virsh, wait_for};
+use serde_json::Value;
+
+fn include(names: &[&str]) -> String {
+    let list: Vec<String> = names.iter().map(|n| common::agent::toml_str(n)).collect();
+    format!("[domains]\ninclude = [{}]\n", list.join(", "))
+}
+
+/// Event messages of one domain, duplicates (same event id) removed, in
+/// offset order (which is the order within the domain's partition).
+fn events_of<'a>(got: &'a [Received], name: &str) -> Vec<&'a Received> {
+    let mut seen = HashSet::new();
+    let mut v: Vec<&Received> = got
+        .iter()
+        .filter(|m| m.value["kind"] == "event" && m.value["domain"]["name"] == name)
+        .filter(|m| m.value["event"]["name"] != "resync")
+        .collect();
+    v.sort_by_key(|m| (m.generation, m.partition, m.offset));
+    v.retain(|m| seen.insert(m.value["event"]["id"].as_str().unwrap_or_default().to_string()));
+    v
+}
+
+/// Waits until virsh printed `last` for `name`; returns virsh's events of it.
+fn virsh_events_until(capture: &Capture, name: &str, last: &str) -> Vec<VirshEvent> {
+    wait_for(Duration::from_secs(60), &format!("virsh to print {last} for {name}"), || {
+        let e = capture.of(name);
+        e.iter().any(|e| format!("{} {}", e.name, e.text).contains(last)).then_some(e)
+    })
+}
+
+/// Reads until every event virsh saw for each domain is in the topic, then
+/// checks they are the same events in the same order.
+fn assert_delivered(reader: &mut Reader, capture: &Capture, names: &[&str], timeout: Duration) {
+    let expected: HashMap<&str, Vec<(String, String)>> = names
+        .iter()
+        .map(|n| (*n, virsh_events_until(capture, n, "Stopped Destroyed").iter().map(normalize_virsh).collect()))
+        .collect();
+    reader.read_until(timeout, "every event of the guests", |got| {
+        names.iter().all(|n| events_of(got, n).len() >= expected[n].len())
+    });
+    for n in names {
+        let ours: Vec<(String, String)> = events_of(&reader.got, n).iter().map(|m| virsh_view(&m.value)).collect();
+        assert_same_sequence(&ours, &expected[n], &format!("events of {n} in Kafka vs virsh event"));
+    }
+}
+
+/// Equal sequences, or a panic showing where they part (not thousands of lines).
+fn assert_same_sequence(ours: &[(String, String)], theirs: &[(String, String)], what: &str) {
+    if ours == theirs {
+        return;
+    }
+    let at = ours.iter().zip(theirs).position(|(a, b)| a != b).unwrap_or(ours.len().min(theirs.len()));
+    let window = |v: &[(String, String)]| v[at.saturating_sub(3)..(at + 4).min(v.len())].to_vec();
+    panic!(
+        "{what}: {} vs {} events, first difference at #{at}:\n  Kafka: {:?}\n  virsh: {:?}",
+        ours.len(),
+        theirs.len(),
+        window(ours),
+        window(theirs)
+    );
+}
+
+fn value(agent: &Agent, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    agent.scrape().value(metric, labels).unwrap_or_else(|| panic!("{metric}{labels:?} missing"))
+}
+
+/// A broker with the sink's two topics (made again after a restart).
+fn broker_with_topics() -> Broker {
+    let mut b = Broker::start();
+    b.create_topic("libvirt.events", 3);
+    b.create_topic("libvirt.metrics", 3);
+    b
+}
+
+/// Waits until every event the agent got acknowledged was read back, so a
+/// broker restart (which loses them: in-memory storage) hides none of them.
+fn read_acknowledged(agent: &Agent, reader: &mut Reader) {
+    wait_for(Duration::from_secs(20), "an empty spool", || {
+        (value(agent, "virtpulse_kafka_spool_records", &[]) == 0.0).then_some(())
+    });
+    let acked = value(agent, "virtpulse_kafka_messages_delivered_total", &[("stream", "events")]) as usize;
+    reader.read_until(Duration::from_secs(20), "the acknowledged events", |got| {
+        got.iter().filter(|m| m.value["kind"] == "event").count() >= acked
+    });
+}
+
+fn suspend_resume(name: &str) {
+    virsh::must(&["suspend", name]);
+    virsh::must(&["resume", name]);
+}
+
+#[test]
+fn events_and_metrics_round_trip() {
+    let broker = Broker::start();
+    let spool = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&[]);
+    let (name, io_name) = (Guest::name_for("kafka"), Guest::name_for("kafkaio"));
+    let agent = Agent::start(&format!(
+        "{}{}[collectors.domain_stats]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n",
+        sink_config(&broker.address(), spool.path(), ""),
+        include(&[&name, &io_name])
+    ));
+    let mut events = Reader::new(&broker.address(), "libvirt.events");
+    let mut metrics = Reader::new(&broker.address(), "libvirt.metrics");
+
+    let g = Guest::start_named(&name, GuestSpec::default());
+    // Metric snapshots: the guest's domain stats keyed by its UUID, values as virsh has them.
+    // (The first records of a starting guest may show it paused: libvirt
+    // starts QEMU's CPUs last.)
+    let running = |m: &&Received| {
+        m.value["kind"] == "domain_stats"
+            && m.value["domain"]["uuid"] == g.uuid.as_str()
+            && m.value["fields"]["state.state"]["value"] == 1
+    };
+    metrics
+        .read_until(Duration::from_secs(30), "the running guest's domain stats", |got| got.iter().any(|m| running(&m)));
+    let stats = metrics.got.iter().find(running).unwrap();
+    assert_eq!(stats.key, g.uuid);
+    assert_eq!(stats.headers["virtpulse_kind"], "domain_stats");
+    assert_eq!(stats.headers["ce_type"], "io.virtpulse.domain_stats");
+    common::schema::assert_valid(&stats.value);
+    let virsh_stats = virsh::domstats(&name, &[]);
+    for key in ["balloon.maximum", "vcpu.maximum", "block.count"] {
+        assert_eq!(
+            stats.value["fields"][key]["value"].to_string(),
+            virsh_stats[key],
+            "{key}: Kafka record vs virsh domstats"
+        );
+    }
+    metrics.read_until(Duration::from_secs(30), "a node record", |got| got.iter().any(|m| m.value["kind"] == "node"));
+    let node = metrics.got.iter().find(|m| m.value["kind"] == "node").unwrap();
+    assert_eq!(node.key, node.value["host"].as_str().unwrap(), "host-level records are keyed by host");
+
+    suspend_resume(&name);
+    g.destroy();
+    let (io, _disk) = common::ioerror::start_guest(&io_name);
+    wait_for(Duration::from_secs(30), "the I/O error pause", || {
+        virsh::must(&["domstate", "--reason", &io_name]).contains("paused").then_some(())
+    });
+    io.destroy();
+    assert_delivered(&mut events, &capture, &[&name, &io_name], Duration::from_secs(30));
+    assert!(events_of(&events.got, &io_name).iter().any(|m| m.value["event"]["name"] == "io_error_reason"));
+
+    for (n, uuid) in [(&name, &g.uuid), (&io_name, &io.uuid)] {
+        let msgs = events_of(&events.got, n);
+        let partitions: HashSet<i32> = msgs.iter().map(|m| m.partition).collect();
+        assert_eq!(partitions.len(), 1, "one domain's events share a partition");
+        let seqs: Vec<u64> = msgs.iter().map(|m| m.value["event"]["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order within the partition: {seqs:?}");
+        for m in msgs {
+            let v = &m.value;
+            common::schema::assert_valid(v);
+            assert_eq!(&m.key, uuid);
+            let id = v["event"]["id"].as_str().unwrap();
+            let h = &m.headers;
+            assert_eq!(h["virtpulse_schema"], v["schema"].as_str().unwrap());
+            assert_eq!(h["virtpulse_kind"], "event");
+            assert_eq!(h["virtpulse_host"], v["host"].as_str().unwrap());
+            assert_eq!(h["virtpulse_event_id"], id);
+            assert_eq!(h["content-type"], "application/json");
+            assert_eq!(h["ce_specversion"], "1.0");
+            assert_eq!(h["ce_id"], id);
+            assert_eq!(h["ce_type"], format!("io.virtpulse.event.domain.{}", v["event"]["name"].as_str().unwrap()));
+            assert_eq!(h["ce_source"], format!("virtpulse://{}", v["host"].as_str().unwrap()));
+            assert_eq!(h["ce_time"], v["time"].as_str().unwrap());
+            assert_eq!(h["ce_subject"], uuid.as_str());
+            let t = humantime::parse_rfc3339(v["time"].as_str().unwrap()).unwrap();
+            let ms = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            assert_eq!(m.timestamp_ms, Some(ms), "message timestamp = event time");
+        }
+    }
+    wait_for(Duration::from_secs(10), "an empty spool", || {
+        (value(&agent, "virtpulse_kafka_spool_records", &[]) == 0.0).then_some(())
+    });
+    assert_eq!(value(&agent, "virtpulse_kafka_broker_up", &[]), 1.0);
+    let s = agent.scrape();
+    assert!(s.value("virtpulse_kafka_event_delivery_seconds_count", &[]).unwrap() >= 8.0);
+    assert_eq!(s.value("virtpulse_kafka_delivery_failures_total", &[("stream", "events")]), Some(0.0));
+}
+
+#[test]
+fn broker_outage_loses_no_event() {
+    let mut broker = broker_with_topics();
+    let spool = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&[]);
+    let names = [Guest::name_for("kout"), Guest::name_for("kout")];
+    let agent = Agent::start(&format!(
+        "{}{}",
+        sink_config(&broker.address(), spool.path(), ""),
+        include(&[&names[0], &names[1]])
+    ));
+    let mut reader = Reader::new(&broker.address(), "libvirt.events");
+    let guests: Vec<Guest> = names.iter().map(|n| Guest::start_named(n, GuestSpec::default())).collect();
+    wait_for(Duration::from_secs(20), "the broker connection", || {
+        (value(&agent, "virtpulse_kafka_broker_up", &[]) == 1.0).then_some(())
+    });
+    read_acknowledged(&agent, &mut reader);
+
+    broker.stop();
+    let outage = Instant::now();
+    let mut pairs = 0;
+    while outage.elapsed() < Duration::from_secs(60) {
+        for g in &guests {
+            suspend_resume(&g.name);
+        }
+        pairs += 1;
+    }
+    let spooled = value(&agent, "virtpulse_kafka_spool_records", &[]);
+    assert!(spooled >= f64::from(pairs), "events wait in the spool during the outage: {spooled}");
+    broker.resume();
+    reader.reconnect(&broker.address(), "libvirt.events");
+    for g in &guests {
+        g.destroy();
+    }
+    let started = Instant::now();
+    assert_delivered(&mut reader, &capture, &[&names[0], &names[1]], Duration::from_secs(120));
+    let caught_up = started.elapsed();
+
+    let total: usize = reader.got.iter().filter(|m| m.value["kind"] == "event").count();
+    let unique: HashSet<&str> = reader.got.iter().filter_map(|m| m.value["event"]["id"].as_str()).collect();
+    let s = agent.scrape();
+    eprintln!(
+        "outage of 60 s: {} events ({pairs} suspend/resume pairs per guest), {} duplicates, caught up {caught_up:?} after the broker returned, {} delivery failures, {} resent",
+        unique.len(),
+        total - unique.len(),
+        s.value("virtpulse_kafka_delivery_failures_total", &[("stream", "events")]).unwrap_or(0.0),
+        s.value("virtpulse_kafka_events_resent_total", &[]).unwrap_or(0.0),
+    );
+    // Duplicates are whole copies of one event (consumers de-duplicate by id).
+    let mut by_id: HashMap<&str, &Value> = HashMap::new();
+    for m in reader.got.iter().filter(|m| m.value["kind"] == "event") {
+        let id = m.value["event"]["id"].as_str().unwrap();
+        if let Some(prev) = by_id.insert(id, &m.value) {
+            assert_eq!(prev, &m.value, "a duplicate differs from its first copy");
+        }
+    }
+    for c in ["spool_full", "spool_expired", "spool_corrupt", "spool_write_failed", "rejected"] {
+        assert_eq!(
+            s.value("virtpulse_kafka_records_dropped_total", &[("stream", "events"), ("reason", c)]),
+            Some(0.0),
+            "{c}"
+        );
+    }
+    assert!(s.value("virtpulse_kafka_delivery_failures_total", &[("stream", "events")]).unwrap() >= 1.0);
+    wait_for(Duration::from_secs(20), "an empty spool", || {
+        (value(&agent, "virtpulse_kafka_spool_records", &[]) == 0.0).then_some(())
+    });
+}
+
+#[test]
+fn events_spooled_before_a_sigkill_are_delivered_after_restart() {
+    let mut broker = broker_with_topics();
+    let spool = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("kkill");
+    let config = format!("{}{}", sink_config(&broker.address(), spool.path(), ""), include(&[&name]));
+    let agent = Agent::start(&config);
+    wait_for(Duration::from_secs(20), "the broker connection", || {
+        (value(&agent, "virtpulse_kafka_broker_up", &[]) == 1.0).then_some(())
+    });
+    broker.stop();
+    let g = Guest::start_named(&name, GuestSpec::default());
+    for _ in 0..5 {
+        suspend_resume(&name);
+    }
+    g.destroy();
+    let n = virsh_events_until(&capture, &name, "Stopped Destroyed").len();
+    wait_for(Duration::from_secs(20), "the events in the spool", || {
+        (value(&agent, "virtpulse_kafka_spool_records", &[]) >= n as f64).then_some(())
+    });
+    agent.kill();
+
+    broker.resume();
+    let mut reader = Reader::new(&broker.address(), "libvirt.events");
+    let agent = Agent::start(&config);
+    assert!(agent.log().contains("replaying events spooled by an earlier run"), "{}", agent.log());
+    assert_delivered(&mut reader, &capture, &[&name], Duration::from_secs(60));
+    wait_for(Duration::from_secs(20), "an empty spool", || {
+        (value(&agent, "virtpulse_kafka_spool_records", &[]) == 0.0).then_some(())
+    });
+}
+
+#[test]
+fn full_spool_drops_the_oldest_counts_them_and_keeps_memory_bounded() {
+    let port = common::agent::free_port(); // nothing listens there yet
+    let spool = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("kfull");
+    let agent = Agent::start(&format!(
+        "{}{}",
+        sink_config(
+            &format!("127.0.0.1:{port}"),
+            spool.path(),
+            "spool_max_bytes = \"64KiB\"\nmax_in_flight = 50\nmetrics = false\n"
+        ),
+        include(&[&name])
+    ));
+    let g = Guest::start_named(&name, GuestSpec::default());
+    let rss = || value(&agent, "process_resident_memory_bytes", &[]);
+    for _ in 0..100 {
+        suspend_resume(&name);
+    }
+    let rss_mid = rss();
+    for _ in 0..100 {
+        suspend_resume(&name);
+    }
+    let n = capture.wait_count(&name, 401, Duration::from_secs(30)).len() as f64;
+    let dropped = |a: &Agent| {
+        value(a, "virtpulse_kafka_records_dropped_total", &[("stream", "events"), ("reason", "spool_full")])
+    };
+    let (kept, lost) = wait_for(Duration::from_secs(20), "every event spooled or counted as dropped", || {
+        let (kept, lost) = (value(&agent, "virtpulse_kafka_spool_records", &[]), dropped(&agent));
+        (kept + lost == n).then_some((kept, lost))
+    });
+    assert!(lost > 0.0 && kept > 0.0, "kept {kept}, dropped {lost}");
+    assert!(value(&agent, "virtpulse_kafka_spool_bytes", &[]) <= 65536.0);
+    assert!(agent.log().contains("the oldest undelivered records were dropped"));
+    let growth = rss() - rss_mid;
+    assert!(growth < 8.0 * 1048576.0, "memory grew by {growth} bytes while the spool was full");
+
+    // The broker appears: exactly the newest events arrive, in order.
+    let mut broker = Broker::start_on(port);
+    broker.create_topic("libvirt.events", 3);
+    let mut reader = Reader::new(&broker.address(), "libvirt.events");
+    g.destroy();
+    let expected: Vec<(String, String)> =
+        virsh_events_until(&capture, &name, "Stopped Destroyed").iter().map(normalize_virsh).collect();
+    // What was spooled when the broker was away, then what came after.
+    let newest = &expected[n as usize - kept as usize..];
+    reader.read_until(Duration::from_secs(60), "the events left in the spool", |got| {
+        events_of(got, &name).len() >= newest.len()
+    });
+    let ours: Vec<(String, String)> = events_of(&reader.got, &name).iter().map(|m| virsh_view(&m.value)).collect();
+    assert_same_sequence(&ours, newest, "the spool kept the newest events");
+}
