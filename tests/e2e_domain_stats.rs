@@ -159,3 +159,29 @@ fn output_passes_promtool_with_hostile_names_and_gzip() {
     assert!(headers.contains("content-encoding: gzip"), "{headers}");
     assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
 }
+
+/// libvirt refuses the `vm` and `dirtyrate` groups for an inactive domain
+/// under ENFORCE; the probe must not let a shut-off guest take them away
+/// from the running ones.
+#[test]
+fn probe_keeps_qemu_groups_with_a_shut_off_guest() {
+    use virtpulse::libvirt::stats::{ALL_GROUPS, FLAG_BACKING, FLAG_NOWAIT};
+    use virtpulse::libvirt::{Connection, OpenOptions};
+    let off = Guest::start("probeoff", GuestSpec::default());
+    off.destroy();
+    let on = Guest::start("probeon", GuestSpec::default());
+    let conn = Connection::open(&OpenOptions {
+        uri: virsh::URI.into(),
+        read_only: true,
+        keepalive_interval: 0,
+        keepalive_count: 0,
+    })
+    .unwrap();
+    let all = ALL_GROUPS.iter().fold(0, |m, g| m | g.bit);
+    let caps = conn.probe_stats(all, FLAG_NOWAIT | FLAG_BACKING).unwrap();
+    for g in ALL_GROUPS {
+        // What the running guest's QEMU reports when asked for just this group.
+        let works = virsh::run(&["domstats", "--enforce", &format!("--{}", g.name), &on.name]).is_ok();
+        assert_eq!(caps.groups & g.bit != 0, works, "group {} (probe vs virsh domstats --enforce)", g.name);
+    }
+}

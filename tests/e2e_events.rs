@@ -162,3 +162,204 @@ fn io_errors_match_virsh() {
 fn v_state(name: &str) -> String {
     virsh::must(&["domstate", "--reason", name])
 }
+
+#[test]
+fn disk_change_of_a_missing_cdrom_matches_virsh() {
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("diskchg");
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{name}\"]\n"));
+    let cdrom = "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>\
+        <source file='/nonexistent/virtpulse.iso' startupPolicy='optional'/><target dev='hdc' bus='ide'/><readonly/></disk>";
+    let g = Guest::start_named(&name, GuestSpec { extra_devices: cdrom.into(), ..Default::default() });
+    g.destroy();
+    assert_same_events(&agent, &capture, "domain", &name, "Stopped Destroyed");
+    assert!(event_records(&agent, "domain", &name).iter().any(|r| r["event"]["name"] == "disk_change"));
+}
+
+#[test]
+fn network_pool_and_secret_events_match_virsh() {
+    common::ensure_libvirtd();
+    let capture = Capture::start(&[
+        ("net-event", "lifecycle"),
+        ("pool-event", "lifecycle"),
+        ("pool-event", "refresh"),
+        ("secret-event", "lifecycle"),
+        ("secret-event", "value-changed"),
+    ]);
+    let agent = Agent::start(STDOUT);
+    let pid = std::process::id();
+    let dir = common::scratch_dir("evpool");
+    let net = format!("vpt-net-{pid}");
+    let bridge = format!("vpt{}", pid % 100000);
+    let net_xml = dir.path().join("net.xml");
+    std::fs::write(
+        &net_xml,
+        format!("<network><name>{net}</name><bridge name='{bridge}'/><dns enable='no'/></network>"),
+    )
+    .unwrap();
+    let v = |args: &[&str]| virsh::must(args);
+    v(&["net-define", net_xml.to_str().unwrap()]);
+    v(&["net-start", &net]);
+    v(&["net-destroy", &net]);
+    v(&["net-undefine", &net]);
+
+    let pool = format!("vpt-evpool-{pid}");
+    v(&["pool-define-as", &pool, "dir", "--target", dir.path().to_str().unwrap()]);
+    v(&["pool-start", &pool]);
+    v(&["pool-refresh", &pool]);
+    v(&["pool-destroy", &pool]);
+    v(&["pool-undefine", &pool]);
+
+    let usage = dir.path().join("volume.img");
+    let secret_xml = dir.path().join("secret.xml");
+    std::fs::write(
+        &secret_xml,
+        format!(
+            "<secret ephemeral='no' private='no'><usage type='volume'><volume>{}</volume></usage></secret>",
+            usage.display()
+        ),
+    )
+    .unwrap();
+    let out = v(&["secret-define", secret_xml.to_str().unwrap()]);
+    let uuid = out.split_whitespace().nth(1).unwrap().to_string();
+    v(&["secret-set-value", &uuid, "--base64", "aGVsbG8="]);
+    v(&["secret-undefine", &uuid]);
+
+    assert_same_events(&agent, &capture, "network", &net, "Undefined");
+    assert_same_events(&agent, &capture, "storage_pool", &pool, "Undefined");
+    // virsh names secrets by UUID; the agent records the usage ID as the name
+    // and the UUID next to it.
+    let secret_virsh = capture.wait_count(&uuid, 3, Duration::from_secs(20));
+    let secret_ours = wait_for(Duration::from_secs(20), "the secret's events", || {
+        let r: Vec<Value> = agent
+            .records()
+            .into_iter()
+            .filter(|r| {
+                r["kind"] == "event"
+                    && r["event"]["family"] == "secret"
+                    && r["event"]["object"]["uuid"] == uuid.as_str()
+            })
+            .collect();
+        (r.len() >= secret_virsh.len()).then_some(r)
+    });
+    let ours: Vec<String> =
+        secret_ours.iter().map(|r| format!("{} {}", r["event"]["name"], r["event"]["type"])).collect();
+    assert_eq!(ours, vec!["\"lifecycle\" \"defined\"", "\"value_changed\" \"\"", "\"lifecycle\" \"undefined\""]);
+    assert_eq!(secret_ours[0]["event"]["object"]["name"], usage.to_str().unwrap());
+}
+
+/// With intervals far longer than the test, only events can explain the
+/// collectors' quick reactions.
+#[test]
+fn events_make_collectors_react() {
+    let name = Guest::name_for("react");
+    let agent = Agent::start(&format!(
+        "[collectors.domain_stats]\ninterval = \"60s\"\n[collectors.jobs]\ninterval = \"60s\"\n[domains]\ninclude = [\"{name}\"]\n"
+    ));
+    let g = Guest::start_named(&name, GuestSpec::default());
+    let u = g.uuid.clone();
+    // Started: the domain stats collector runs at once.
+    wait_for(Duration::from_secs(10), "the new domain's series", || {
+        agent.scrape().value("libvirt_domain_cpu_time_seconds_total", &[("uuid", u.as_str())]).map(|_| ())
+    });
+    // job-completed: the job collector reads the completed save at once, and
+    // the stopped (saved) domain loses its runtime series at once.
+    let image = g.dir().join("save.img");
+    virsh::must(&["save", &g.name, image.to_str().unwrap()]);
+    wait_for(Duration::from_secs(10), "the completed save job", || {
+        agent
+            .scrape()
+            .value("libvirt_domain_job_time_elapsed_seconds", &[("uuid", u.as_str()), ("type", "completed")])
+            .map(|_| ())
+    });
+    wait_for(Duration::from_secs(10), "the saved domain's runtime series to go", || {
+        let s = agent.scrape();
+        (s.value("libvirt_domain_state", &[("uuid", u.as_str())]) == Some(5.0)
+            && s.value("libvirt_domain_vcpu_time_seconds_total", &[("uuid", u.as_str())]).is_none())
+        .then_some(())
+    });
+}
+
+/// 30 guests started and stopped as fast as libvirt allows: every lifecycle
+/// event virsh saw, the agent recorded.
+#[test]
+fn burst_of_thirty_guests_loses_no_event() {
+    let capture = Capture::start(&[]);
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{}burst-*\"]\n", common::guest::PREFIX));
+    let started = std::time::Instant::now();
+    let guests: Vec<Guest> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| Guest::start("burst", GuestSpec { persistent: false, ..Default::default() }))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    std::thread::scope(|s| {
+        for chunk in guests.chunks(10) {
+            s.spawn(move || chunk.iter().for_each(|g| g.destroy()));
+        }
+    });
+    let elapsed = started.elapsed();
+    let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
+    let expected: usize = wait_for(Duration::from_secs(30), "virsh to see every guest stop", || {
+        let all: usize = names.iter().map(|n| capture.of(n).len()).sum();
+        names.iter().all(|n| capture.of(n).iter().any(|e| e.text == "Stopped Destroyed")).then_some(all)
+    });
+    let recorded = wait_for(Duration::from_secs(30), "the agent's records of every event", || {
+        let n = agent
+            .records()
+            .iter()
+            .filter(|r| r["kind"] == "event" && r["event"]["name"] != "resync")
+            .filter(|r| names.iter().any(|n| r["domain"]["name"] == n.as_str()))
+            .count();
+        (n >= expected).then_some(n)
+    });
+    assert_eq!(recorded, expected, "events recorded vs printed by virsh");
+    for n in &names {
+        let ours: Vec<(String, String)> = event_records(&agent, "domain", n).iter().map(virsh_view).collect();
+        let theirs: Vec<(String, String)> = capture.of(n).iter().map(normalize_virsh).collect();
+        assert_eq!(ours, theirs, "{n}");
+    }
+    let s = agent.scrape();
+    assert_eq!(s.value("virtpulse_events_dropped_total", &[]), Some(0.0));
+    let processed = s.value("virtpulse_events_processed_total", &[]).unwrap();
+    let delay_total = s.value("virtpulse_event_delay_seconds_total", &[]).unwrap();
+    let delay_max = s.value("virtpulse_event_delay_max_seconds", &[]).unwrap();
+    eprintln!(
+        "burst: {expected} events from 30 guests in {:.1} s ({:.0} events/s); agent hand-off delay mean {:.3} ms, max {:.3} ms",
+        elapsed.as_secs_f64(),
+        expected as f64 / elapsed.as_secs_f64(),
+        delay_total / processed * 1e3,
+        delay_max * 1e3
+    );
+    drop(guests);
+}
+
+/// A machine check injected through QEMU's monitor (what a real memory
+/// failure looks like to libvirt).
+#[test]
+fn memory_failure_matches_virsh() {
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("mce");
+    let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{name}\"]\n"));
+    let g = Guest::start_named(&name, GuestSpec::default());
+    // Needs a read-write connection: the test's virsh, not the agent.
+    virsh::must(&["qemu-monitor-command", &g.name, "--hmp", "mce 0 9 0xbd000000000000c0 0xd 0x62000 0x8c"]);
+    wait_for(Duration::from_secs(20), "virsh to print the memory failure", || {
+        capture.of(&name).iter().any(|e| e.name == "memory-failure").then_some(())
+    });
+    g.destroy();
+    assert_same_events(&agent, &capture, "domain", &name, "Stopped Destroyed");
+    let recs = event_records(&agent, "domain", &name);
+    let mf = recs.iter().find(|r| r["event"]["name"] == "memory_failure").expect("memory_failure recorded");
+    assert_eq!(mf["event"]["detail"], "guest");
+    let s = agent.scrape();
+    assert!(s
+        .value("libvirt_domain_last_event_timestamp_seconds", &[("domain", name.as_str()), ("event", "memory_failure")])
+        .is_some());
+}

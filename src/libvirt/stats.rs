@@ -43,6 +43,10 @@ pub const FLAG_NOWAIT: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
 pub const FLAG_BACKING: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING;
 const FLAG_ENFORCE: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS;
 const FLAG_INACTIVE: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_INACTIVE;
+const FLAG_TRANSIENT: u32 = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_TRANSIENT;
+/// Selects no domain at all (a transient domain cannot be inactive): the
+/// daemon then judges only whether it knows the requested groups.
+const NO_DOMAIN: u32 = FLAG_INACTIVE | FLAG_TRANSIENT;
 
 /// The statistics of one domain from one bulk call.
 #[derive(Debug, Clone)]
@@ -135,13 +139,16 @@ impl Connection {
     ///
     /// Asking for a group the daemon does not know fails the whole call (with
     /// ENFORCE_STATS), so this asks once for everything and, only if that is
-    /// refused, once per group. The calls are restricted to inactive domains
-    /// so that no QEMU monitor is ever touched: a hung guest cannot hang the probe.
+    /// refused, once per group. The calls select no domain, so no QEMU
+    /// monitor is ever touched (a hung guest cannot hang the probe), and no
+    /// domain's own QEMU decides: libvirt refuses the `vm` and `dirtyrate`
+    /// groups for any inactive domain under ENFORCE, which would drop them
+    /// for every running one on a host with a shut-off guest.
     pub fn probe_stats(&self, wanted: u32, flags: u32) -> Result<StatsCapabilities> {
         let mut flags = flags & (FLAG_NOWAIT | FLAG_BACKING);
         let mut names = KeyInterner::default();
         let mut try_call =
-            |groups: u32, flags: u32| self.all_domain_stats(groups, flags | FLAG_ENFORCE | FLAG_INACTIVE, &mut names);
+            |groups: u32, flags: u32| self.all_domain_stats(groups, flags | FLAG_ENFORCE | NO_DOMAIN, &mut names);
 
         // Find the accepted flags with the always-present state group.
         let state = sys::VIR_DOMAIN_STATS_STATE;

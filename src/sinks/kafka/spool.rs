@@ -82,12 +82,16 @@ pub struct Dropped {
 }
 
 impl Dropped {
-    fn add(&mut self, reason: DropReason, n: u64) {
+    fn counter(&mut self, reason: DropReason) -> &mut u64 {
         match reason {
-            DropReason::Size => self.size += n,
-            DropReason::Age => self.age += n,
-            DropReason::Corrupt => self.corrupt += n,
+            DropReason::Size => &mut self.size,
+            DropReason::Age => &mut self.age,
+            DropReason::Corrupt => &mut self.corrupt,
         }
+    }
+
+    fn add(&mut self, reason: DropReason, n: u64) {
+        *self.counter(reason) += n;
     }
 
     pub fn total(&self) -> u64 {
@@ -135,7 +139,13 @@ pub struct Spool {
     last_sync: Instant,
     persisted_low_water: u64,
     dropped: Dropped,
+    /// Recently dropped seq ranges ([first, end), why): a dropped record the
+    /// producer already had may still be delivered, and then is not lost.
+    recent_drops: VecDeque<(u64, u64, DropReason)>,
 }
+
+/// Dropped ranges remembered for late acknowledgements (a segment each).
+const RECENT_DROPS: usize = 64;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -259,6 +269,7 @@ impl Spool {
             last_sync: Instant::now(),
             persisted_low_water: stored,
             dropped: Dropped { corrupt: recovery.corrupt, ..Default::default() },
+            recent_drops: VecDeque::new(),
         };
         while spool.acked.remove(&spool.low_water) {
             spool.low_water += 1;
@@ -452,7 +463,16 @@ impl Spool {
 
     /// The broker has `seq`.
     pub fn ack(&mut self, seq: u64) {
-        if seq < self.low_water || seq >= self.next_seq {
+        if seq < self.low_water {
+            // Delivered after all, though dropped while in the producer's hands.
+            if let Some(i) = self.recent_drops.iter().position(|(a, b, _)| (*a..*b).contains(&seq)) {
+                let reason = self.recent_drops[i].2;
+                let c = self.dropped.counter(reason);
+                *c = c.saturating_sub(1);
+            }
+            return;
+        }
+        if seq >= self.next_seq {
             return;
         }
         self.acked.insert(seq);
@@ -502,6 +522,12 @@ impl Spool {
             return Ok(0);
         };
         let lost = self.unacked_in(seg.first_seq, seg.end_seq);
+        if lost > 0 {
+            self.recent_drops.push_back((seg.first_seq.max(self.low_water), seg.end_seq, reason));
+            if self.recent_drops.len() > RECENT_DROPS {
+                self.recent_drops.pop_front();
+            }
+        }
         if let Err(e) = fs::remove_file(&seg.path) {
             tracing::warn!(file = %seg.path.display(), error = %e, "cannot delete a dropped spool segment");
         }
@@ -691,6 +717,23 @@ mod tests {
         let seqs: Vec<u64> = payloads(&mut s).into_iter().map(|(q, _)| q).collect();
         assert_eq!(*seqs.last().unwrap(), 199);
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn a_dropped_record_delivered_after_all_is_not_counted_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(cfg(dir.path(), 64 << 10)).unwrap();
+        push(&mut s, &["first"]);
+        let in_flight = s.read_next().unwrap().unwrap();
+        let big = "x".repeat(1000);
+        for _ in 0..200 {
+            push(&mut s, &[&big]);
+        }
+        let dropped = s.dropped().size;
+        assert!(dropped > 0);
+        s.ack(in_flight.seq);
+        assert_eq!(s.dropped().size, dropped - 1);
+        assert_eq!(s.dropped().size + s.pending(), 200);
     }
 
     #[test]
