@@ -10,42 +10,20 @@
 //! sends every event to the broker; the latency histogram is the agent's own
 //! `virtpulse_kafka_event_delivery_seconds`, read before and after each run.
 
-use std::ffi::CString;
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use virt_sys as sys;
+mod common;
+
+use common::{cpu_seconds, produce, start_guest, virsh};
 use virtpulse::sinks::kafka::spool::{Spool, SpoolConfig, SyncPolicy};
 
 const GUEST: &str = "vpbench-kafka";
 const LISTEN: &str = "127.0.0.1:19181";
 const BROKER: &str = "127.0.0.1:19182";
-
-fn virsh(args: &[&str]) -> bool {
-    Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn start_guest() {
-    let kvm = std::path::Path::new("/dev/kvm").exists() && virsh(&["domcapabilities", "--virttype", "kvm"]);
-    let xml = format!(
-        "<domain type='{}'><name>{GUEST}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
-        if kvm { "kvm" } else { "qemu" }
-    );
-    let path = std::env::temp_dir().join("vpbench-kafka.xml");
-    std::fs::write(&path, xml).unwrap();
-    virsh(&["destroy", GUEST]);
-    assert!(virsh(&["create", path.to_str().unwrap()]), "cannot start the bench guest");
-}
 
 fn tansu() -> String {
     std::env::var("VIRTPULSE_TANSU").unwrap_or_else(|_| "/opt/virtpulse-test/tansu/bin/tansu".into())
@@ -125,47 +103,6 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     f64::NAN
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-        / tck
-}
-
-/// Changes the description as fast as libvirtd accepts; counts calls.
-fn produce(stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
-    let uri = CString::new("qemu:///system").unwrap();
-    let name = CString::new(GUEST).unwrap();
-    // SAFETY: plain libvirt calls on objects this thread owns.
-    unsafe {
-        let conn = sys::virConnectOpen(uri.as_ptr());
-        assert!(!conn.is_null(), "cannot open a read-write connection");
-        let dom = sys::virDomainLookupByName(conn, name.as_ptr());
-        assert!(!dom.is_null());
-        let mut i = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            let text = CString::new(format!("bench {i}")).unwrap();
-            if sys::virDomainSetMetadata(
-                dom,
-                sys::VIR_DOMAIN_METADATA_DESCRIPTION as i32,
-                text.as_ptr(),
-                std::ptr::null(),
-                std::ptr::null(),
-                sys::VIR_DOMAIN_AFFECT_LIVE,
-            ) == 0
-            {
-                count.fetch_add(1, Ordering::Relaxed);
-            }
-            i += 1;
-        }
-        sys::virDomainFree(dom);
-        sys::virConnectClose(conn);
-    }
-}
-
 /// Runs `producers` threads for `seconds`; returns events produced.
 fn run_producers(producers: usize, seconds: u64) -> (u64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,7 +110,7 @@ fn run_producers(producers: usize, seconds: u64) -> (u64, f64) {
     let workers: Vec<_> = (0..producers)
         .map(|_| {
             let (stop, count) = (stop.clone(), count.clone());
-            std::thread::spawn(move || produce(stop, count))
+            std::thread::spawn(move || produce(GUEST, stop, count))
         })
         .collect();
     let started = Instant::now();
@@ -228,7 +165,7 @@ fn main() {
     let seconds: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(10);
     let root = env!("CARGO_MANIFEST_DIR");
     assert!(Command::new(format!("{root}/scripts/start-libvirtd.sh")).status().unwrap().success());
-    start_guest();
+    start_guest(GUEST);
     let mut broker = start_broker();
     let spool = tempfile::tempdir().unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_virtpulse"))

@@ -166,17 +166,10 @@ fn output_passes_promtool_with_hostile_names_and_gzip() {
 #[test]
 fn probe_keeps_qemu_groups_with_a_shut_off_guest() {
     use virtpulse::libvirt::stats::{ALL_GROUPS, FLAG_BACKING, FLAG_NOWAIT};
-    use virtpulse::libvirt::{Connection, OpenOptions};
     let off = Guest::start("probeoff", GuestSpec::default());
     off.destroy();
     let on = Guest::start("probeon", GuestSpec::default());
-    let conn = Connection::open(&OpenOptions {
-        uri: virsh::URI.into(),
-        read_only: true,
-        keepalive_interval: 0,
-        keepalive_count: 0,
-    })
-    .unwrap();
+    let conn = virsh::read_only_connection();
     let all = ALL_GROUPS.iter().fold(0, |m, g| m | g.bit);
     let caps = conn.probe_stats(all, FLAG_NOWAIT | FLAG_BACKING).unwrap();
     for g in ALL_GROUPS {

@@ -13,7 +13,6 @@ use common::guest::{Guest, GuestSpec};
 use common::{virsh, wait_for};
 use serde_json::Value;
 use virtpulse::libvirt::typed_params::KeyInterner;
-use virtpulse::libvirt::{Connection, OpenOptions};
 
 const JOBS_FAST: &str = "[collectors.jobs]\ninterval = \"200ms\"\n";
 
@@ -146,13 +145,7 @@ fn completed_jobs_leave_the_metrics_after_the_retention() {
 #[test]
 fn vanished_domain_reads_as_no_domain() {
     let g = Guest::start("jobgone", GuestSpec { persistent: false, ..Default::default() });
-    let conn = Connection::open(&OpenOptions {
-        uri: virsh::URI.into(),
-        read_only: true,
-        keepalive_interval: 0,
-        keepalive_count: 0,
-    })
-    .unwrap();
+    let conn = virsh::read_only_connection();
     let dom = conn.list_all_domains(0).unwrap().into_iter().find(|d| d.uuid() == g.uuid).expect("guest listed");
     g.destroy();
     let err = dom.job_stats(0, &mut KeyInterner::default()).expect_err("the domain is gone");

@@ -408,18 +408,79 @@ unsafe fn secret_ident(secret: sys::virSecretPtr) -> (String, String) {
     (if usage.is_null() { String::new() } else { CStr::from_ptr(usage).to_string_lossy().into_owned() }, uuid)
 }
 
-unsafe extern "C" fn on_net_lifecycle(
-    _c: sys::virConnectPtr,
-    n: sys::virNetworkPtr,
-    e: c_int,
-    d: c_int,
-    opaque: *mut c_void,
-) {
-    guarded(|| {
-        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
-        deliver(opaque, event(Family::Network, sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", net_ident(n), fields));
-    });
+/// The lifecycle callback of an object family: (event, detail) codes.
+macro_rules! object_lifecycle {
+    ($fn_name:ident, $obj:ty, $family:expr, $id:expr, $ident:ident) => {
+        unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, o: $obj, e: c_int, d: c_int, opaque: *mut c_void) {
+            guarded(|| {
+                let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
+                deliver(opaque, event($family, $id, "lifecycle", $ident(o), fields));
+            });
+        }
+    };
 }
+
+/// A callback that carries nothing but its object (refresh, update, value changed).
+macro_rules! object_plain {
+    ($fn_name:ident, $obj:ty, $family:expr, $id:expr, $name:expr, $ident:ident) => {
+        unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, o: $obj, opaque: *mut c_void) {
+            guarded(|| deliver(opaque, event($family, $id, $name, $ident(o), vec![])));
+        }
+    };
+}
+
+object_lifecycle!(
+    on_net_lifecycle,
+    sys::virNetworkPtr,
+    Family::Network,
+    sys::VIR_NETWORK_EVENT_ID_LIFECYCLE,
+    net_ident
+);
+object_lifecycle!(
+    on_pool_lifecycle,
+    sys::virStoragePoolPtr,
+    Family::StoragePool,
+    sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
+    pool_ident
+);
+object_plain!(
+    on_pool_refresh,
+    sys::virStoragePoolPtr,
+    Family::StoragePool,
+    sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH,
+    "refresh",
+    pool_ident
+);
+object_lifecycle!(
+    on_nodedev_lifecycle,
+    sys::virNodeDevicePtr,
+    Family::NodeDevice,
+    sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,
+    nodedev_ident
+);
+object_plain!(
+    on_nodedev_update,
+    sys::virNodeDevicePtr,
+    Family::NodeDevice,
+    sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE,
+    "update",
+    nodedev_ident
+);
+object_lifecycle!(
+    on_secret_lifecycle,
+    sys::virSecretPtr,
+    Family::Secret,
+    sys::VIR_SECRET_EVENT_ID_LIFECYCLE,
+    secret_ident
+);
+object_plain!(
+    on_secret_value_changed,
+    sys::virSecretPtr,
+    Family::Secret,
+    sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED,
+    "value_changed",
+    secret_ident
+);
 
 unsafe extern "C" fn on_net_metadata(
     _c: sys::virConnectPtr,
@@ -434,81 +495,6 @@ unsafe extern "C" fn on_net_metadata(
             opaque,
             event(Family::Network, sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", net_ident(n), fields),
         );
-    });
-}
-
-unsafe extern "C" fn on_pool_lifecycle(
-    _c: sys::virConnectPtr,
-    p: sys::virStoragePoolPtr,
-    e: c_int,
-    d: c_int,
-    opaque: *mut c_void,
-) {
-    guarded(|| {
-        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
-        deliver(
-            opaque,
-            event(Family::StoragePool, sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", pool_ident(p), fields),
-        );
-    });
-}
-
-unsafe extern "C" fn on_pool_refresh(_c: sys::virConnectPtr, p: sys::virStoragePoolPtr, opaque: *mut c_void) {
-    guarded(|| {
-        deliver(
-            opaque,
-            event(Family::StoragePool, sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", pool_ident(p), vec![]),
-        )
-    });
-}
-
-unsafe extern "C" fn on_nodedev_lifecycle(
-    _c: sys::virConnectPtr,
-    d: sys::virNodeDevicePtr,
-    e: c_int,
-    det: c_int,
-    opaque: *mut c_void,
-) {
-    guarded(|| {
-        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(det))]);
-        deliver(
-            opaque,
-            event(Family::NodeDevice, sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", nodedev_ident(d), fields),
-        );
-    });
-}
-
-unsafe extern "C" fn on_nodedev_update(_c: sys::virConnectPtr, d: sys::virNodeDevicePtr, opaque: *mut c_void) {
-    guarded(|| {
-        deliver(
-            opaque,
-            event(Family::NodeDevice, sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", nodedev_ident(d), vec![]),
-        )
-    });
-}
-
-unsafe extern "C" fn on_secret_lifecycle(
-    _c: sys::virConnectPtr,
-    s: sys::virSecretPtr,
-    e: c_int,
-    d: c_int,
-    opaque: *mut c_void,
-) {
-    guarded(|| {
-        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
-        deliver(
-            opaque,
-            event(Family::Secret, sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", secret_ident(s), fields),
-        );
-    });
-}
-
-unsafe extern "C" fn on_secret_value_changed(_c: sys::virConnectPtr, s: sys::virSecretPtr, opaque: *mut c_void) {
-    guarded(|| {
-        deliver(
-            opaque,
-            event(Family::Secret, sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", secret_ident(s), vec![]),
-        )
     });
 }
 
@@ -581,81 +567,66 @@ impl Connection {
                 sys::virConnectDomainEventRegisterAny(c, null_dom, id as c_int, cb, o, Some(free_sink))
             }));
         }
-        type NetCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
-        let net: [(u32, &'static str, *const ()); 2] = [
-            (sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", on_net_lifecycle as *const ()),
-            (sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", on_net_metadata as *const ()),
-        ];
-        for (id, name, cb) in net {
-            // SAFETY: as above; the generic cast is how the C API is used.
-            out.push(register_one(Family::Network, id, name, sink, |o| unsafe {
-                let cb = std::mem::transmute::<*const (), NetCb>(cb);
-                sys::virConnectNetworkEventRegisterAny(
-                    c,
-                    std::ptr::null_mut(),
-                    id as c_int,
-                    Some(cb),
-                    o,
-                    Some(free_sink),
-                )
-            }));
+        // The four object families register alike: (family, the callback's
+        // object type, the register function, [(event id, name, callback)]).
+        macro_rules! register_family {
+            ($family:expr, $obj:ty, $register:ident, [$(($id:expr, $name:expr, $cb:expr)),+ $(,)?]) => {
+                type Cb = unsafe extern "C" fn(sys::virConnectPtr, $obj, *mut c_void);
+                // Each callback has its event's own signature; the C API takes
+                // them as the generic type (the cast is how the API is used).
+                let table: [(u32, &'static str, *const ()); 2] = [$(($id, $name, $cb as *const ())),+];
+                for (id, name, cb) in table {
+                    // SAFETY: valid connection; cb matches id; opaque freed by free_sink.
+                    out.push(register_one($family, id, name, sink, |o| unsafe {
+                        let cb = std::mem::transmute::<*const (), Cb>(cb);
+                        sys::$register(c, std::ptr::null_mut(), id as c_int, Some(cb), o, Some(free_sink))
+                    }));
+                }
+            };
         }
-        type PoolCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
-        let pool: [(u32, &'static str, *const ()); 2] = [
-            (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", on_pool_lifecycle as *const ()),
-            (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", on_pool_refresh as *const ()),
-        ];
-        for (id, name, cb) in pool {
-            // SAFETY: as above.
-            out.push(register_one(Family::StoragePool, id, name, sink, |o| unsafe {
-                let cb = std::mem::transmute::<*const (), PoolCb>(cb);
-                sys::virConnectStoragePoolEventRegisterAny(
-                    c,
-                    std::ptr::null_mut(),
-                    id as c_int,
-                    Some(cb),
-                    o,
-                    Some(free_sink),
-                )
-            }));
+        {
+            register_family!(
+                Family::Network,
+                sys::virNetworkPtr,
+                virConnectNetworkEventRegisterAny,
+                [
+                    (sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", on_net_lifecycle),
+                    (sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", on_net_metadata),
+                ]
+            );
         }
-        type DevCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virNodeDevicePtr, *mut c_void);
-        let dev: [(u32, &'static str, *const ()); 2] = [
-            (sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", on_nodedev_lifecycle as *const ()),
-            (sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", on_nodedev_update as *const ()),
-        ];
-        for (id, name, cb) in dev {
-            // SAFETY: as above.
-            out.push(register_one(Family::NodeDevice, id, name, sink, |o| unsafe {
-                let cb = std::mem::transmute::<*const (), DevCb>(cb);
-                sys::virConnectNodeDeviceEventRegisterAny(
-                    c,
-                    std::ptr::null_mut(),
-                    id as c_int,
-                    Some(cb),
-                    o,
-                    Some(free_sink),
-                )
-            }));
+        {
+            register_family!(
+                Family::StoragePool,
+                sys::virStoragePoolPtr,
+                virConnectStoragePoolEventRegisterAny,
+                [
+                    (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", on_pool_lifecycle),
+                    (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", on_pool_refresh),
+                ]
+            );
         }
-        type SecretCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virSecretPtr, *mut c_void);
-        let secret: [(u32, &'static str, *const ()); 2] = [
-            (sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", on_secret_lifecycle as *const ()),
-            (sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", on_secret_value_changed as *const ()),
-        ];
-        for (id, name, cb) in secret {
-            // SAFETY: as above.
-            out.push(register_one(Family::Secret, id, name, sink, |o| unsafe {
-                let cb = std::mem::transmute::<*const (), SecretCb>(cb);
-                sys::virConnectSecretEventRegisterAny(
-                    c,
-                    std::ptr::null_mut(),
-                    id as c_int,
-                    Some(cb),
-                    o,
-                    Some(free_sink),
-                )
-            }));
+        {
+            register_family!(
+                Family::NodeDevice,
+                sys::virNodeDevicePtr,
+                virConnectNodeDeviceEventRegisterAny,
+                [
+                    (sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", on_nodedev_lifecycle),
+                    (sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", on_nodedev_update),
+                ]
+            );
+        }
+        {
+            register_family!(
+                Family::Secret,
+                sys::virSecretPtr,
+                virConnectSecretEventRegisterAny,
+                [
+                    (sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", on_secret_lifecycle),
+                    (sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", on_secret_value_changed),
+                ]
+            );
         }
         if qemu_monitor {
             // SAFETY: as above; a NULL event name subscribes to every event.

@@ -54,3 +54,14 @@ pub fn domuuid(name: &str) -> String {
 pub fn qemu_pid(name: &str) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid")).ok()?.trim().parse().ok()
 }
+
+/// The agent's own kind of connection: read-only, no keepalive.
+pub fn read_only_connection() -> virtpulse::libvirt::Connection {
+    virtpulse::libvirt::Connection::open(&virtpulse::libvirt::OpenOptions {
+        uri: URI.into(),
+        read_only: true,
+        keepalive_interval: 0,
+        keepalive_count: 0,
+    })
+    .expect("read-only connection to libvirtd")
+}
