@@ -14,3 +14,5 @@ ensure_cargo
 "$here/build-test-guest.sh"
 # The Kafka-protocol broker for the Kafka sink's tests (built once, ~9 min).
 "$here/install-tansu.sh"
+# The OTLP receiver for the OTLP sink's tests.
+"$here/install-rotel.sh" >/dev/null

@@ -24,7 +24,7 @@ use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::Router;
 use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
-use crate::sinks::{kafka, prometheus, stdout};
+use crate::sinks::{kafka, otlp, prometheus, stdout};
 
 /// Exit codes (sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -274,6 +274,15 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(brokers = %k.brokers.join(","), events_topic = %k.events_topic, spool = %k.spool_dir.display(), "Kafka sink started");
         kafka_sink = Some(sink);
     }
+    let mut otlp_sink = None;
+    if cfg.sinks.otlp.enabled {
+        let o = &cfg.sinks.otlp;
+        let stats = SinkStats::new("otlp", o.queue_capacity);
+        registry.add_sink(stats.clone());
+        let sink = otlp::start(o, &cfg.hostname(), &cfg.libvirt.uri, router.add_sink(stats))?;
+        registry.set_otlp(sink.stats.clone());
+        otlp_sink = Some(sink);
+    }
     let router = Arc::new(router);
 
     tasks.push(tokio::spawn(manager.clone().run()));
@@ -353,6 +362,13 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         let wait = cfg.sinks.kafka.shutdown_timeout + Duration::from_secs(2);
         if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || k.join())).await.is_err() {
             tracing::warn!("the Kafka sink did not stop in time; undelivered events stay in the spool");
+        }
+    }
+    if let Some(o) = otlp_sink {
+        // The exporters bound their own flush by shutdown_timeout.
+        let wait = cfg.sinks.otlp.shutdown_timeout + Duration::from_secs(2);
+        if tokio::time::timeout(wait, o.join()).await.is_err() {
+            tracing::warn!("the OTLP sink did not stop in time");
         }
     }
     if let Some(s) = server {

@@ -4,12 +4,13 @@
 use std::fmt::Write;
 
 use crate::record::RecordKind;
+use crate::sinks::otlp::naming::metric_name;
 use crate::sinks::prometheus::selfmetrics::SELF_METRICS;
 use crate::stat_keys::{table, LabelSource, RULES};
 
 fn table_section(s: &mut String, kind: RecordKind, title: &str) {
     let _ = writeln!(s, "## {title}\n");
-    s.push_str("| record key | metric | type | extra labels | help |\n|---|---|---|---|---|\n");
+    s.push_str("| record key | metric | type | extra labels | OTLP name (unit) | help |\n|---|---|---|---|---|---|\n");
     for spec in table(kind) {
         let Some(e) = spec.export else { continue };
         let labels: Vec<String> = spec
@@ -21,9 +22,11 @@ fn table_section(s: &mut String, kind: RecordKind, title: &str) {
                 LabelSource::Literal(v) => format!("`{}=\"{v}\"`", l.name),
             })
             .collect();
+        let (otlp, unit) = metric_name(e.name, e.mtype);
+        let unit = if unit.is_empty() { String::new() } else { format!(" (`{unit}`)") };
         let _ = writeln!(
             s,
-            "| `{}` | `{}` | {} | {} | {} |",
+            "| `{}` | `{}` | {} | {} | `{otlp}`{unit} | {} |",
             spec.pattern.replace('*', "<n>"),
             e.name,
             e.mtype.as_str(),
@@ -55,6 +58,12 @@ pub fn metrics_markdown() -> String {
         "pool series `pool` and `uuid`; node series none (the scrape target is the host). Values are converted ",
     );
     s.push_str("to base units (seconds, bytes, ratios); records keep libvirt's raw values and units.\n\n");
+    s.push_str(
+        "Over OTLP the same metrics carry the name in the OTLP column (counters as monotonic cumulative sums, \
+the rest as gauges, the unit in UCUM) and the labels as attributes: `libvirt.domain.name`, `libvirt.domain.uuid`, \
+`libvirt.domain.<label>` (`libvirt.job.<label>`, `libvirt.node.<label>`, `libvirt.pool.name`/`libvirt.pool.<label>` \
+for the other kinds); info metrics as `libvirt.domain.info` and so on, value 1.\n\n",
+    );
     for (kind, title) in [
         (RecordKind::DomainStats, "Domain statistics (`virConnectGetAllDomainStats`)"),
         (RecordKind::DomainJob, "Domain jobs (`virDomainGetJobStats`)"),

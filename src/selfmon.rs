@@ -182,6 +182,7 @@ pub struct Registry {
     pub started_unix: f64,
     events: Mutex<Option<Arc<crate::events::EventStats>>>,
     kafka: Mutex<Option<Arc<crate::sinks::kafka::stats::KafkaStats>>>,
+    otlp: Mutex<Option<Arc<crate::sinks::otlp::stats::OtlpStats>>>,
 }
 
 impl Registry {
@@ -218,6 +219,16 @@ impl Registry {
 
     pub fn kafka(&self) -> Option<Arc<crate::sinks::kafka::stats::KafkaStats>> {
         self.kafka.lock().ok().and_then(|k| k.clone())
+    }
+
+    pub fn set_otlp(&self, stats: Arc<crate::sinks::otlp::stats::OtlpStats>) {
+        if let Ok(mut o) = self.otlp.lock() {
+            *o = Some(stats);
+        }
+    }
+
+    pub fn otlp(&self) -> Option<Arc<crate::sinks::otlp::stats::OtlpStats>> {
+        self.otlp.lock().ok().and_then(|o| o.clone())
     }
 
     pub fn events(&self) -> Option<Arc<crate::events::EventStats>> {

@@ -80,6 +80,9 @@ impl Wake {
     }
 }
 
+/// How soon a cycle that found no connection is tried again.
+const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
+
 /// Runs forever (until the task is aborted).
 pub async fn run<C: Collector>(
     mut c: C,
@@ -114,8 +117,15 @@ pub async fn run<C: Collector>(
             );
             continue;
         }
+        let not_connected = stats.outcomes(CycleOutcome::NotConnected);
         if let Some(batch) = run_once(&mut c, &sched, &stats).await {
             router.route(batch);
+        }
+        if stats.outcomes(CycleOutcome::NotConnected) > not_connected {
+            // Most often the first tick, before the connection is up: a slow
+            // collector (node, pools) would otherwise show nothing for a
+            // whole interval after start or after a reconnect.
+            ticker.reset_after(NOT_CONNECTED_RETRY.min(sched.interval));
         }
         stats.set_stuck_calls(tracker.in_flight());
         // Ticks that passed while this cycle ran are skipped, not queued.

@@ -16,7 +16,9 @@ use crate::filter::DomainFilter;
 use crate::libvirt::stats::{group_by_name, ALL_GROUPS};
 
 pub mod kafka;
+pub mod otlp;
 pub use kafka::{ByteSize, KafkaConfig, SpoolSync};
+pub use otlp::{OtlpCompression, OtlpConfig, OtlpProtocol, OtlpSettings};
 
 pub const DEFAULT_PATH: &str = "/etc/virtpulse/config.toml";
 pub const ENV_PREFIX: &str = "VIRTPULSE_";
@@ -220,6 +222,7 @@ pub struct SinksConfig {
     pub prometheus: PrometheusConfig,
     pub stdout: StdoutConfig,
     pub kafka: KafkaConfig,
+    pub otlp: OtlpConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -561,6 +564,7 @@ impl Config {
             return Err(o.err("sinks.stdout.queue_capacity", "must be at least 1"));
         }
         self.sinks.kafka.validate(o)?;
+        self.sinks.otlp.validate(o)?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod ioerror;
 pub mod kafka;
 pub mod linux;
+pub mod otlp;
 pub mod schema;
 pub mod virsh;
 

@@ -6,8 +6,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rustc_hash::FxHasher;
 
 use super::text::{escape_label_value, write_header, write_sample};
-use crate::libvirt::TypedValue;
 use crate::record::{Record, RecordKind};
+use crate::sinks::codes::{job_operation_name, job_type_name};
+use crate::sinks::info::info_metrics;
 use crate::stat_keys::{for_each_sample, MetricType, SampleStats};
 
 #[derive(Debug, Clone)]
@@ -120,32 +121,6 @@ impl FamilyWriter<'_> {
     }
 }
 
-fn state_name(code: Option<f64>) -> &'static str {
-    match code.map(|c| c as i64) {
-        Some(0) => "nostate",
-        Some(1) => "running",
-        Some(2) => "blocked",
-        Some(3) => "paused",
-        Some(4) => "shutdown",
-        Some(5) => "shutoff",
-        Some(6) => "crashed",
-        Some(7) => "pmsuspended",
-        _ => "unknown",
-    }
-}
-
-fn opt_str(v: &Option<String>) -> &str {
-    v.as_deref().unwrap_or("")
-}
-
-fn opt_bool(v: Option<bool>) -> &'static str {
-    match v {
-        Some(true) => "true",
-        Some(false) => "false",
-        None => "",
-    }
-}
-
 /// Labels in exposition form, for labels every series of a record shares.
 fn label_prefix(labels: &[(&str, &str)]) -> String {
     let mut p = String::with_capacity(96);
@@ -161,147 +136,6 @@ fn label_prefix(labels: &[(&str, &str)]) -> String {
     p
 }
 
-fn int_str(v: Option<impl ToString>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_default()
-}
-
-fn field_str<'r>(r: &'r Record, key: &str) -> &'r str {
-    r.field(key).and_then(|v| v.as_str()).unwrap_or("")
-}
-
-fn field_bool(r: &Record, key: &str) -> &'static str {
-    match r.field(key) {
-        Some(TypedValue::Boolean(b)) => opt_bool(Some(*b)),
-        _ => "",
-    }
-}
-
-fn job_type_name(code: Option<u64>) -> &'static str {
-    match code {
-        Some(0) => "none",
-        Some(1) => "bounded",
-        Some(2) => "unbounded",
-        Some(3) => "completed",
-        Some(4) => "failed",
-        Some(5) => "cancelled",
-        _ => "unknown",
-    }
-}
-
-fn job_operation_name(code: Option<u64>) -> &'static str {
-    match code {
-        Some(1) => "start",
-        Some(2) => "save",
-        Some(3) => "restore",
-        Some(4) => "migration_in",
-        Some(5) => "migration_out",
-        Some(6) => "snapshot",
-        Some(7) => "snapshot_revert",
-        Some(8) => "dump",
-        Some(9) => "backup",
-        Some(10) => "snapshot_delete",
-        _ => "unknown",
-    }
-}
-
-fn pool_state_name(code: Option<u64>) -> &'static str {
-    match code {
-        Some(0) => "inactive",
-        Some(1) => "building",
-        Some(2) => "running",
-        Some(3) => "degraded",
-        Some(4) => "inaccessible",
-        _ => "unknown",
-    }
-}
-
-const GAUGE: MetricType = MetricType::Gauge;
-
-fn domain_info_metrics(w: &mut FamilyWriter, r: &Record, name: &str, uuid: &str) {
-    let info = r.domain.as_ref().and_then(|d| d.info.as_deref()).cloned().unwrap_or_default();
-    let vcpus = int_str(info.vcpus);
-    let maxmem = int_str(info.max_memory_bytes);
-    let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
-    w.add(
-        "libvirt_domain_info",
-        GAUGE,
-        "Descriptive data about the domain (value is always 1); join on domain/uuid.",
-        &[
-            ("domain", name),
-            ("uuid", uuid),
-            ("state", state),
-            ("virt_type", opt_str(&info.virt_type)),
-            ("os_type", opt_str(&info.os_type)),
-            ("arch", opt_str(&info.arch)),
-            ("machine", opt_str(&info.machine)),
-            ("vcpus", &vcpus),
-            ("max_memory_bytes", &maxmem),
-            ("persistent", opt_bool(info.persistent)),
-            ("autostart", opt_bool(info.autostart)),
-        ],
-        1.0,
-    );
-    if let Some(os) = &info.openstack {
-        w.add(
-            "libvirt_domain_openstack_info",
-            GAUGE,
-            "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.",
-            &[
-                ("domain", name),
-                ("uuid", uuid),
-                ("instance_name", opt_str(&os.instance_name)),
-                ("flavor", opt_str(&os.flavor)),
-                ("project_name", opt_str(&os.project_name)),
-                ("project_uuid", opt_str(&os.project_uuid)),
-                ("user_name", opt_str(&os.user_name)),
-                ("user_uuid", opt_str(&os.user_uuid)),
-            ],
-            1.0,
-        );
-    }
-}
-
-fn node_info_metrics(w: &mut FamilyWriter, r: &Record) {
-    if let Some(model) = r.field("info.model").and_then(|v| v.as_str()) {
-        w.add("libvirt_node_info", GAUGE, "The host's CPU model (value is always 1).", &[("model", model)], 1.0);
-    }
-    let version =
-        |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::libvirt::node::version_string).unwrap_or_default();
-    if r.field("version.daemon").is_some() {
-        let (library, daemon, hypervisor) =
-            (version("version.library"), version("version.daemon"), version("version.hypervisor"));
-        w.add(
-            "libvirt_node_versions_info",
-            GAUGE,
-            "Versions of the libvirt client library, the libvirt daemon and the hypervisor (value is always 1).",
-            &[
-                ("library_version", &library),
-                ("daemon_version", &daemon),
-                ("hypervisor", field_str(r, "hypervisor.type")),
-                ("hypervisor_version", &hypervisor),
-            ],
-            1.0,
-        );
-    }
-}
-
-fn pool_info_metrics(w: &mut FamilyWriter, r: &Record, name: &str, uuid: &str) {
-    w.add(
-        "libvirt_storage_pool_info",
-        GAUGE,
-        "Descriptive data about the storage pool (value is always 1); join on pool/uuid.",
-        &[
-            ("pool", name),
-            ("uuid", uuid),
-            ("type", field_str(r, "type")),
-            ("state", pool_state_name(r.field("state").and_then(|v| v.as_u64()))),
-            ("persistent", field_bool(r, "persistent")),
-            ("autostart", field_bool(r, "autostart")),
-        ],
-        1.0,
-    );
-}
-
 /// Renders records of any kind into families: identity labels per kind,
 /// info metrics, then every mapped value.
 pub fn render_records<'a>(
@@ -315,7 +149,6 @@ pub fn render_records<'a>(
             RecordKind::DomainStats | RecordKind::DomainJob => {
                 let Some(d) = &r.domain else { continue };
                 if r.kind == RecordKind::DomainStats {
-                    domain_info_metrics(&mut w, r, &d.name, &d.uuid);
                     label_prefix(&[("domain", &d.name), ("uuid", &d.uuid)])
                 } else {
                     let job_type = job_type_name(r.field("type").and_then(|v| v.as_u64()));
@@ -323,18 +156,15 @@ pub fn render_records<'a>(
                     label_prefix(&[("domain", &d.name), ("uuid", &d.uuid), ("type", job_type), ("operation", op)])
                 }
             }
-            RecordKind::Node => {
-                node_info_metrics(&mut w, r);
-                String::new()
-            }
+            RecordKind::Node => String::new(),
             // Events are counted (see `events`), not rendered as samples.
             RecordKind::Event => continue,
             RecordKind::StoragePool => {
                 let Some(p) = &r.pool else { continue };
-                pool_info_metrics(&mut w, r, &p.name, &p.uuid);
                 label_prefix(&[("pool", &p.name), ("uuid", &p.uuid)])
             }
         };
+        info_metrics(r, &mut |name, help, labels| w.add(name, MetricType::Gauge, help, labels, 1.0));
         let mut ss = SampleStats::default();
         for_each_sample(r, &mut ss, |s| {
             let labels: Vec<(&str, &str)> = s.labels().collect();

@@ -7,6 +7,7 @@ use crate::libvirt::stats::ALL_GROUPS;
 use crate::libvirt::ConnectionManager;
 use crate::selfmon::{CycleOutcome, Registry};
 use crate::sinks::kafka::stats::{DropCause, KafkaStats, Stream};
+use crate::sinks::otlp::stats::{DropReason as OtlpDrop, ExportResult, OtlpStats, Signal};
 use crate::stat_keys::MetricType::{self, Counter, Gauge, Histogram};
 
 /// (name, type, help) of every self-metric, for the docs.
@@ -106,6 +107,35 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "virtpulse_kafka_event_delivery_seconds",
         Histogram,
         "Time from libvirt's event callback to the broker's acknowledgement.",
+    ),
+    (
+        "virtpulse_otlp_receiver_up",
+        Gauge,
+        "Per signal (metrics, logs): 1 if the last OTLP export succeeded, else 0.",
+    ),
+    ("virtpulse_otlp_exports_total", Counter, "OTLP export requests by signal and result (ok, partial, failed, rejected)."),
+    (
+        "virtpulse_otlp_items_sent_total",
+        Counter,
+        "Data points (metrics) or log records (logs) the OTLP receiver accepted.",
+    ),
+    (
+        "virtpulse_otlp_request_bytes_total",
+        Counter,
+        "Protobuf bytes (before compression) of the OTLP requests the receiver accepted, by signal.",
+    ),
+    (
+        "virtpulse_otlp_items_dropped_total",
+        Counter,
+        "Data points or log records that never reached the OTLP receiver, by signal and reason (superseded, queue_full, rejected, cardinality_limit, shutdown).",
+    ),
+    ("virtpulse_otlp_log_queue_records", Gauge, "Event log records waiting for the OTLP receiver."),
+    ("virtpulse_otlp_log_queue_capacity", Gauge, "Capacity of the OTLP log queue in records."),
+    ("virtpulse_otlp_export_duration_seconds", Gauge, "Duration of the last OTLP export request, by signal."),
+    (
+        "virtpulse_otlp_last_success_timestamp_seconds",
+        Gauge,
+        "When an OTLP export of the signal last succeeded (Unix time).",
     ),
     ("process_resident_memory_bytes", Gauge, "Resident memory of the agent process."),
     ("process_virtual_memory_bytes", Gauge, "Virtual memory of the agent process."),
@@ -248,6 +278,9 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
     if let Some(k) = registry.kafka() {
         render_kafka(&mut w, &k, now);
     }
+    if let Some(o) = registry.otlp() {
+        render_otlp(&mut w, &o);
+    }
     if let Some(p) = proc_stat() {
         add(&mut w, "process_resident_memory_bytes", &[], p.rss_bytes);
         add(&mut w, "process_virtual_memory_bytes", &[], p.vsize_bytes);
@@ -283,6 +316,47 @@ fn render_kafka(w: &mut FamilyWriter, k: &KafkaStats, now: f64) {
     w.add_histogram(name, help(name), &[], &buckets, sum, count);
 }
 
+fn render_otlp(w: &mut FamilyWriter, o: &OtlpStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for s in Signal::ALL {
+        let l = [("signal", s.as_str())];
+        add(w, "virtpulse_otlp_receiver_up", &l, if o.up(s) { 1.0 } else { 0.0 });
+        for r in ExportResult::ALL {
+            add(
+                w,
+                "virtpulse_otlp_exports_total",
+                &[("signal", s.as_str()), ("result", r.as_str())],
+                o.exports(s, r) as f64,
+            );
+        }
+        add(w, "virtpulse_otlp_items_sent_total", &l, o.sent_items(s) as f64);
+        add(w, "virtpulse_otlp_request_bytes_total", &l, o.request_bytes(s) as f64);
+        for d in OtlpDrop::ALL {
+            let n = o.dropped_count(s, d);
+            // Only the reasons that can happen to the signal.
+            let applies = match d {
+                OtlpDrop::Superseded | OtlpDrop::CardinalityLimit => s == Signal::Metrics,
+                OtlpDrop::QueueFull | OtlpDrop::Shutdown => s == Signal::Logs,
+                OtlpDrop::Rejected => true,
+            };
+            if applies || n > 0 {
+                add(
+                    w,
+                    "virtpulse_otlp_items_dropped_total",
+                    &[("signal", s.as_str()), ("reason", d.as_str())],
+                    n as f64,
+                );
+            }
+        }
+        add(w, "virtpulse_otlp_export_duration_seconds", &l, o.last_duration(s).as_secs_f64());
+        if let Some(t) = o.last_success(s) {
+            add(w, "virtpulse_otlp_last_success_timestamp_seconds", &l, t);
+        }
+    }
+    add(w, "virtpulse_otlp_log_queue_records", &[], o.log_queue.load(Relaxed) as f64);
+    add(w, "virtpulse_otlp_log_queue_capacity", &[], o.log_queue_capacity.load(Relaxed) as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +374,9 @@ mod tests {
         registry.set_events(crate::events::EventStats::new(8));
         registry.supported_groups.store(1, std::sync::atomic::Ordering::Relaxed);
         registry.set_kafka(Default::default());
+        let otlp = std::sync::Arc::new(OtlpStats::default());
+        otlp.export(Signal::Logs, ExportResult::Ok, 3, 100, Duration::from_millis(2));
+        registry.set_otlp(otlp);
         let manager = ConnectionManager::new(crate::libvirt::manager::ManagerOptions {
             uri: "test:///default".into(),
             read_only: true,

@@ -1,0 +1,351 @@
+//! `[sinks.otlp]`: where and how metrics and event logs go over OTLP.
+//!
+//! Keys left unset fall back to the standard `OTEL_EXPORTER_OTLP_*`
+//! environment variables, then to the OTLP defaults; keys set here win.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, Origins};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (default port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (default port 4318).
+    Http,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpCompression {
+    None,
+    Gzip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub enabled: bool,
+    /// `http://host:port` or `https://host:port` (for HTTP, the `/v1/metrics`
+    /// and `/v1/logs` paths are appended). Default: OTEL_EXPORTER_OTLP_ENDPOINT,
+    /// else localhost on the protocol's port.
+    pub endpoint: Option<String>,
+    /// Default: OTEL_EXPORTER_OTLP_PROTOCOL (`grpc`, `http/protobuf`), else grpc.
+    pub protocol: Option<OtlpProtocol>,
+    /// How often the metric snapshot is exported. Default:
+    /// OTEL_METRIC_EXPORT_INTERVAL (ms), else 15 s.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Option<Duration>,
+    /// Deadline of one export request. Default: OTEL_EXPORTER_OTLP_TIMEOUT (ms), else 10 s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Default: OTEL_EXPORTER_OTLP_COMPRESSION, else gzip.
+    pub compression: Option<OtlpCompression>,
+    /// Request headers (authentication tokens...), added to
+    /// OTEL_EXPORTER_OTLP_HEADERS. Values never reach the logs.
+    pub headers: BTreeMap<String, String>,
+    /// PEM file with the CA(s) that sign the receiver's certificate (besides
+    /// the system's). Default: OTEL_EXPORTER_OTLP_CERTIFICATE.
+    pub ca_file: Option<PathBuf>,
+    /// Export metrics / event logs.
+    pub metrics: bool,
+    pub logs: bool,
+    /// Event log records held while the receiver is slow or down; beyond
+    /// this the oldest are dropped and counted.
+    pub log_queue_capacity: usize,
+    /// Log records per export request.
+    pub log_batch_size: usize,
+    /// Longest wait between retries of event logs.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_backoff: Duration,
+    /// Resource attributes added to (and overriding) the built-in ones and
+    /// OTEL_RESOURCE_ATTRIBUTES.
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Most data points sent per metric per export (a guard against a
+    /// runaway label; far above what a 1,000-domain host needs).
+    pub cardinality_limit: usize,
+    /// Batches between the router and the sink.
+    pub queue_capacity: usize,
+    /// On shutdown, how long the last export may take.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: None,
+            protocol: None,
+            export_interval: None,
+            timeout: None,
+            compression: None,
+            headers: BTreeMap::new(),
+            ca_file: None,
+            metrics: true,
+            logs: true,
+            log_queue_capacity: 10_000,
+            log_batch_size: 512,
+            max_retry_backoff: Duration::from_secs(30),
+            resource_attributes: BTreeMap::new(),
+            cardinality_limit: 100_000,
+            queue_capacity: 64,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The settings in effect: config, else the OTEL_* environment, else defaults.
+#[derive(Debug, Clone)]
+pub struct OtlpSettings {
+    pub protocol: OtlpProtocol,
+    /// Full URLs of the two signals (HTTP: with the `/v1/...` path).
+    pub metrics_endpoint: String,
+    pub logs_endpoint: String,
+    pub export_interval: Duration,
+    pub timeout: Duration,
+    pub compression: OtlpCompression,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+}
+
+fn env(vars: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    vars.get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn millis(vars: &BTreeMap<String, String>, key: &str) -> Result<Option<Duration>, String> {
+    env(vars, key)
+        .map(|v| {
+            v.parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("{key}={v:?} is not a number of milliseconds"))
+        })
+        .transpose()
+}
+
+/// Checks a base endpoint: scheme http or https, a host, nothing odd.
+pub fn endpoint_problem(url: &str) -> Option<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!("{url:?} is not a URL; write e.g. \"http://otel-collector:4317\""));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Some(format!("{url:?}: the scheme must be http or https"));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
+    if host.is_empty() || authority.contains(char::is_whitespace) {
+        return Some(format!("{url:?} names no host"));
+    }
+    if let Some((_, port)) = authority.rsplit_once(':') {
+        if port.is_empty() || (!host.ends_with(']') && port.parse::<u16>().is_err()) {
+            return Some(format!("{url:?}: {port:?} is not a port"));
+        }
+    }
+    url.parse::<hyper::Uri>().err().map(|e| format!("{url:?} is not a valid URL ({e})"))
+}
+
+/// `k1=v1,k2=v2` with percent-encoded values (OTEL_*_HEADERS,
+/// OTEL_RESOURCE_ATTRIBUTES).
+pub fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        out.push((k.trim().to_string(), percent_decode(v.trim())));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl OtlpConfig {
+    pub(super) fn validate(&self, o: &Origins) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("sinks.otlp.{k}");
+        if self.queue_capacity == 0 {
+            return Err(o.err(&key("queue_capacity"), "must be at least 1"));
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if let Some(e) = &self.endpoint {
+            if let Some(p) = endpoint_problem(e) {
+                return Err(o.err(&key("endpoint"), p));
+            }
+        }
+        if self.export_interval.is_some_and(|i| i < Duration::from_millis(100)) {
+            return Err(o.err(&key("export_interval"), "must be at least 100ms"));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(o.err(&key("timeout"), "must be greater than 0"));
+        }
+        if self.log_queue_capacity == 0 || self.log_batch_size == 0 {
+            return Err(o.err(&key("log_queue_capacity"), "log_queue_capacity and log_batch_size must be at least 1"));
+        }
+        if self.cardinality_limit == 0 {
+            return Err(o.err(&key("cardinality_limit"), "must be at least 1"));
+        }
+        if !self.metrics && !self.logs {
+            return Err(o.err(&key("metrics"), "metrics and logs are both off; disable the sink instead"));
+        }
+        for name in self.headers.keys() {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return Err(o.err(&key(&format!("headers.{name}")), "not a valid header name"));
+            }
+        }
+        if let Some(ca) = &self.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                return Err(o.err(&key("ca_file"), format!("cannot read {}: {e}", ca.display())));
+            }
+        }
+        // What the environment would supply must be valid too.
+        self.settings(&std::env::vars().collect()).map_err(|m| o.err(&key("endpoint"), m))?;
+        Ok(())
+    }
+
+    /// Resolves every setting from the config, then `vars` (the OTEL_*
+    /// environment), then the defaults.
+    pub fn settings(&self, vars: &BTreeMap<String, String>) -> Result<OtlpSettings, String> {
+        let protocol = match (self.protocol, env(vars, "OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            (Some(p), _) => p,
+            (None, Some(p)) => match p.as_str() {
+                "grpc" => OtlpProtocol::Grpc,
+                "http/protobuf" => OtlpProtocol::Http,
+                other => {
+                    return Err(format!(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported; use grpc or http/protobuf"
+                    ))
+                }
+            },
+            (None, None) => OtlpProtocol::Grpc,
+        };
+        let default_base = match protocol {
+            OtlpProtocol::Grpc => "http://localhost:4317",
+            OtlpProtocol::Http => "http://localhost:4318",
+        };
+        let base = self
+            .endpoint
+            .clone()
+            .or_else(|| env(vars, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_else(|| default_base.to_string());
+        if let Some(p) = endpoint_problem(&base) {
+            return Err(p);
+        }
+        let signal = |var: &str, path: &str| -> Result<String, String> {
+            // A per-signal variable is the full URL, used as is.
+            if self.endpoint.is_none() {
+                if let Some(url) = env(vars, var) {
+                    return endpoint_problem(&url).map_or(Ok(url), Err);
+                }
+            }
+            Ok(match protocol {
+                OtlpProtocol::Grpc => base.clone(),
+                OtlpProtocol::Http => format!("{}/{path}", base.trim_end_matches('/')),
+            })
+        };
+        let compression = match (self.compression, env(vars, "OTEL_EXPORTER_OTLP_COMPRESSION")) {
+            (Some(c), _) => c,
+            (None, Some(c)) if c == "gzip" => OtlpCompression::Gzip,
+            (None, Some(c)) if c == "none" => OtlpCompression::None,
+            (None, Some(c)) => return Err(format!("OTEL_EXPORTER_OTLP_COMPRESSION={c:?}: use gzip or none")),
+            (None, None) => OtlpCompression::Gzip,
+        };
+        let mut headers = match env(vars, "OTEL_EXPORTER_OTLP_HEADERS") {
+            Some(h) => parse_key_values(&h).map_err(|e| format!("OTEL_EXPORTER_OTLP_HEADERS: {e}"))?,
+            None => Vec::new(),
+        };
+        headers.retain(|(k, _)| !self.headers.contains_key(k));
+        headers.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(OtlpSettings {
+            protocol,
+            metrics_endpoint: signal("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "v1/metrics")?,
+            logs_endpoint: signal("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "v1/logs")?,
+            export_interval: self
+                .export_interval
+                .or(millis(vars, "OTEL_METRIC_EXPORT_INTERVAL")?)
+                .unwrap_or(Duration::from_secs(15)),
+            timeout: self.timeout.or(millis(vars, "OTEL_EXPORTER_OTLP_TIMEOUT")?).unwrap_or(Duration::from_secs(10)),
+            compression,
+            headers,
+            ca_file: self.ca_file.clone().or_else(|| env(vars, "OTEL_EXPORTER_OTLP_CERTIFICATE").map(PathBuf::from)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn config_wins_over_environment_which_wins_over_defaults() {
+        let c = OtlpConfig::default();
+        let s = c.settings(&vars(&[])).unwrap();
+        assert_eq!((s.protocol, s.metrics_endpoint.as_str()), (OtlpProtocol::Grpc, "http://localhost:4317"));
+        let env = vars(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "https://logs:9000/custom"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20abc,x-tenant=1"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+        ]);
+        let s = c.settings(&env).unwrap();
+        assert_eq!(s.metrics_endpoint, "https://collector:4318/v1/metrics");
+        assert_eq!(s.logs_endpoint, "https://logs:9000/custom");
+        assert_eq!(s.timeout, Duration::from_millis(2500));
+        assert!(s.headers.contains(&("authorization".into(), "Bearer abc".into())));
+        let mut c = OtlpConfig {
+            endpoint: Some("http://mine:4317".into()),
+            protocol: Some(OtlpProtocol::Grpc),
+            ..Default::default()
+        };
+        c.headers.insert("x-tenant".into(), "2".into());
+        let s = c.settings(&env).unwrap();
+        assert_eq!((s.metrics_endpoint.as_str(), s.logs_endpoint.as_str()), ("http://mine:4317", "http://mine:4317"));
+        assert_eq!(s.headers.iter().filter(|(k, _)| k == "x-tenant").count(), 1);
+        assert!(s.headers.contains(&("x-tenant".into(), "2".into())));
+    }
+
+    #[test]
+    fn bad_endpoints_and_protocols_are_explained() {
+        for bad in ["localhost:4317", "ftp://x:1", "http://:4317", "http://host:notaport", "http://a b:1"] {
+            assert!(endpoint_problem(bad).is_some(), "{bad}");
+        }
+        for good in ["http://localhost:4317", "https://otel.example.com", "http://[::1]:4318/"] {
+            assert_eq!(endpoint_problem(good), None, "{good}");
+        }
+        let e = OtlpConfig::default().settings(&vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
+        assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+    }
+
+    #[test]
+    fn key_values_are_percent_decoded() {
+        assert_eq!(
+            parse_key_values("a=b%2Cc, d = e ").unwrap(),
+            vec![("a".to_string(), "b,c".to_string()), ("d".to_string(), "e".to_string())]
+        );
+        assert!(parse_key_values("novalue").is_err());
+    }
+}
