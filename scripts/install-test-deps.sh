@@ -8,7 +8,7 @@ here=$(dirname "$0")
 "$here/install-libvirt.sh"
 # promtool (metrics lint, rules) and the Prometheus server; the Debian
 # libvirt exporter is the peer the benchmark compares against.
-apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd
+apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd openssl python3
 ensure_cargo
 # The Linux guest for events a guest must cause (kernel + busybox initramfs).
 "$here/build-test-guest.sh"

@@ -462,3 +462,43 @@ fn bad_otlp_config_is_a_clear_error_at_start() {
         }
     }
 }
+
+/// Real TLS (a private CA, ALPN h2 for gRPC) in front of the receiver: the
+/// CA from `ca_file` or OTEL_EXPORTER_OTLP_CERTIFICATE is trusted, a
+/// receiver whose CA is unknown is refused and says why.
+#[test]
+fn tls_with_a_private_ca_over_both_transports() {
+    let receiver = Receiver::start();
+    let tls = common::otlp::TlsFront::start(&receiver);
+    let agent_config = |endpoint: String, protocol: &str, who: &str, ca: Option<&std::path::Path>| {
+        let ca = ca.map(|p| format!("ca_file = \"{}\"\n", p.display())).unwrap_or_default();
+        format!(
+            "[libvirt]\nuri = \"test:///default\"\n{}{ca}[sinks.otlp.resource_attributes]\nwho = \"{who}\"\n",
+            sink_config(&endpoint, protocol, "1s")
+        )
+    };
+    let grpc =
+        Agent::start(&agent_config(format!("https://localhost:{}", tls.grpc_port), "grpc", "grpc", Some(&tls.ca_file)));
+    let http = Agent::start_with_env(
+        &agent_config(format!("https://127.0.0.1:{}", tls.http_port), "http", "http", None),
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", tls.ca_file.to_str().unwrap())],
+    );
+    let untrusted =
+        Agent::start(&agent_config(format!("https://localhost:{}", tls.grpc_port), "grpc", "untrusted", None));
+    wait_for(Duration::from_secs(30), "metrics from both TLS agents", || {
+        let points = receiver.points();
+        let from = |who: &str| points.iter().any(|p| p.resource.get("who").map(String::as_str) == Some(who));
+        (from("grpc") && from("http")).then_some(())
+    });
+    wait_for(Duration::from_secs(30), "the untrusted agent to report failures", || {
+        let s = untrusted.scrape();
+        (s.value("virtpulse_otlp_exports_total", &[("signal", "metrics"), ("result", "failed")])? >= 2.0).then_some(())
+    });
+    assert!(!receiver.points().iter().any(|p| p.resource.get("who").map(String::as_str) == Some("untrusted")));
+    let log = untrusted.log();
+    assert!(log.contains("certificate") || log.contains("UnknownIssuer"), "the failure names the certificate:\n{log}");
+    for agent in [&grpc, &http] {
+        assert_eq!(agent.scrape().value("virtpulse_otlp_receiver_up", &[("signal", "metrics")]), Some(1.0));
+    }
+    drop(tls);
+}
