@@ -8,6 +8,7 @@ pub mod collectors;
 pub mod config;
 pub mod events;
 pub mod filter;
+pub mod health;
 pub mod libvirt;
 pub mod record;
 pub mod reference;

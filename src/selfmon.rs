@@ -39,6 +39,14 @@ pub struct CollectorStats {
     stuck_calls: AtomicUsize,
     partial_records: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// When the control loop last came round (ms on the process clock).
+    last_beat_ms: AtomicU64,
+}
+
+/// Milliseconds since the process started, on a monotonic clock.
+pub fn process_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 impl CollectorStats {
@@ -53,6 +61,7 @@ impl CollectorStats {
             stuck_calls: AtomicUsize::new(0),
             partial_records: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            last_beat_ms: AtomicU64::new(process_millis()),
         })
     }
 
@@ -106,6 +115,15 @@ impl CollectorStats {
 
     pub fn stuck_calls(&self) -> usize {
         self.stuck_calls.load(Ordering::Relaxed)
+    }
+
+    /// The control loop is alive (see `health`).
+    pub fn beat(&self) {
+        self.last_beat_ms.store(process_millis(), Ordering::Relaxed);
+    }
+
+    pub fn since_beat(&self) -> Duration {
+        Duration::from_millis(process_millis().saturating_sub(self.last_beat_ms.load(Ordering::Relaxed)))
     }
 }
 

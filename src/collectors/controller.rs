@@ -80,6 +80,13 @@ impl Wake {
     }
 }
 
+/// Fault injection for the watchdog test: `VIRTPULSE_TEST_WEDGE_COLLECTOR=<name>`
+/// makes that collector's loop block its thread after the first cycle.
+/// Without the variable (always, in production) nothing changes.
+fn wedge_requested(name: &str) -> bool {
+    std::env::var("VIRTPULSE_TEST_WEDGE_COLLECTOR").is_ok_and(|v| v == name)
+}
+
 /// How soon a cycle that found no connection is tried again.
 const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
 
@@ -95,13 +102,24 @@ pub async fn run<C: Collector>(
     let mut ticker = tokio::time::interval(sched.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_start: Option<Instant> = None;
+    let wedge = wedge_requested(c.name());
     loop {
+        stats.beat();
         tokio::select! {
             _ = ticker.tick() => {}
             _ = wake.0.notified() => {
                 if let Some(t) = last_start {
                     tokio::time::sleep(MIN_TRIGGER_SPACING.saturating_sub(t.elapsed())).await;
                 }
+            }
+        }
+        stats.beat();
+        if wedge && last_start.is_some() {
+            // Blocks this worker thread for good, as a buggy blocking call
+            // would: the health check must notice (see `wedge_requested`).
+            tracing::warn!(collector = c.name(), "VIRTPULSE_TEST_WEDGE_COLLECTOR: wedging this collector's loop");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
             }
         }
         let started = Instant::now();
@@ -128,6 +146,7 @@ pub async fn run<C: Collector>(
             ticker.reset_after(NOT_CONNECTED_RETRY.min(sched.interval));
         }
         stats.set_stuck_calls(tracker.in_flight());
+        stats.beat();
         // Ticks that passed while this cycle ran are skipped, not queued.
         let overrun = started.elapsed().as_nanos() / sched.interval.as_nanos().max(1);
         for _ in 0..overrun {

@@ -56,8 +56,13 @@ impl Default for EventsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// The journal (structured fields) when systemd connected stderr to it
+    /// and its socket exists, else text on stderr.
+    Auto,
     Text,
     Json,
+    /// Always the journal (native protocol, structured fields).
+    Journald,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +237,9 @@ pub struct PrometheusConfig {
     pub listen: String,
     pub path: String,
     pub queue_capacity: usize,
+    /// TLS and basic auth for every endpoint, in the Prometheus
+    /// exporter-toolkit web config format (see README "Endpoint security").
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,7 +251,7 @@ pub struct StdoutConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self { hostname: None, log_level: "info".into(), log_format: LogFormat::Text }
+        Self { hostname: None, log_level: "info".into(), log_format: LogFormat::Auto }
     }
 }
 
@@ -290,7 +298,13 @@ impl Default for DomainStatsConfig {
 
 impl Default for PrometheusConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "0.0.0.0:9177".into(), path: "/metrics".into(), queue_capacity: 16 }
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:9177".into(),
+            path: "/metrics".into(),
+            queue_capacity: 16,
+            web_config_file: None,
+        }
     }
 }
 
@@ -552,6 +566,10 @@ impl Config {
             }
             if !p.path.starts_with('/') || p.path.len() < 2 {
                 return Err(o.err("sinks.prometheus.path", "must start with / and name a path (e.g. \"/metrics\")"));
+            }
+            if let Some(f) = &p.web_config_file {
+                crate::sinks::prometheus::web::Security::load(f)
+                    .map_err(|m| o.err("sinks.prometheus.web_config_file", m))?;
             }
         }
         if p.queue_capacity == 0 {

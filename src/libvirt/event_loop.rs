@@ -6,7 +6,7 @@
 //! `virEventRunDefaultImpl` blocks.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +17,19 @@ use super::error::{LibvirtError, Result};
 static INIT: OnceLock<std::result::Result<(), LibvirtError>> = OnceLock::new();
 static STOP: AtomicBool = AtomicBool::new(false);
 static DONE: Mutex<Option<std::sync::mpsc::Receiver<()>>> = Mutex::new(None);
+/// When the heartbeat timer last ran on the loop thread (process clock, ms).
+static HEARTBEAT_MS: AtomicU64 = AtomicU64::new(0);
+
+unsafe extern "C" fn heartbeat(_timer: std::ffi::c_int, _opaque: *mut c_void) {
+    HEARTBEAT_MS.store(crate::selfmon::process_millis().max(1), Ordering::Relaxed);
+}
+
+/// How long ago libvirt's event loop thread last ran its 1 s heartbeat
+/// timer (`None` before the loop started).
+pub fn heartbeat_age() -> Option<Duration> {
+    let beat = HEARTBEAT_MS.load(Ordering::Relaxed);
+    (beat > 0).then(|| Duration::from_millis(crate::selfmon::process_millis().saturating_sub(beat)))
+}
 
 /// libvirt's default error handler prints every error to stderr; the agent
 /// reports errors itself, with context, so the default one is silenced.
@@ -33,6 +46,10 @@ pub fn init() -> Result<()> {
             sys::virSetErrorFunc(std::ptr::null_mut(), Some(quiet_error_handler));
             if sys::virEventRegisterDefaultImpl() < 0 {
                 return Err(LibvirtError::last());
+            }
+            // A repeating 1 s timer proves the loop thread turns (health).
+            if sys::virEventAddTimeout(1000, Some(heartbeat), std::ptr::null_mut(), None) >= 0 {
+                HEARTBEAT_MS.store(crate::selfmon::process_millis().max(1), Ordering::Relaxed);
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();

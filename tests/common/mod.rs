@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod linux;
 pub mod otlp;
 pub mod schema;
+pub mod tls;
 pub mod virsh;
 
 use std::path::{Path, PathBuf};

@@ -307,84 +307,24 @@ pub fn sink_config(endpoint: &str, protocol: &str, interval: &str) -> String {
 }
 
 /// TLS in front of a receiver (tests/tools/tls_proxy.py), with a private CA
-/// made by openssl for this test only.
+/// made for this test only.
 pub struct TlsFront {
     pub grpc_port: u16,
     pub http_port: u16,
     pub ca_file: PathBuf,
-    dir: tempfile::TempDir,
+    _pki: super::tls::Pki,
     child: Child,
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl TlsFront {
     pub fn start(receiver: &Receiver) -> TlsFront {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=virtpulse test CA",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "srv.key",
-                "-out",
-                "srv.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "srv.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "srv.pem",
-                "-days",
-                "1",
-                "-extfile",
-                "ext.cnf",
-            ],
-        );
+        let pki = super::tls::Pki::new();
         let (grpc_port, http_port) = (free_port(), free_port());
         let script = super::project_root().join("tests/tools/tls_proxy.py");
         let child = Command::new("python3")
             .arg(script)
-            .arg(d.join("srv.pem"))
-            .arg(d.join("srv.key"))
+            .arg(pki.path("server.pem"))
+            .arg(pki.path("server.key"))
             .args([grpc_port, receiver.grpc_port, http_port, receiver.http_port].map(|p| p.to_string()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -393,12 +333,7 @@ impl TlsFront {
         wait_for(Duration::from_secs(20), "the TLS proxy to listen", || {
             [grpc_port, http_port].iter().all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok()).then_some(())
         });
-        let ca_file = d.join("ca.pem");
-        TlsFront { grpc_port, http_port, ca_file, dir, child }
-    }
-
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+        TlsFront { grpc_port, http_port, ca_file: pki.ca(), _pki: pki, child }
     }
 }
 

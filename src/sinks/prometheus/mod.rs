@@ -6,6 +6,7 @@ pub mod events;
 pub mod render;
 pub mod selfmetrics;
 pub mod text;
+pub mod web;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::compression::CompressionLayer;
 
+use crate::health::Health;
 use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::SinkQueue;
@@ -129,17 +131,36 @@ async fn metrics(State(exporter): State<Exporter>) -> Response {
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Liveness: 200 while every loop turns (what the systemd watchdog checks).
+async fn healthz(health: Arc<Health>) -> Response {
+    match health.liveness() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
+    }
 }
 
-pub fn router(exporter: Exporter, path: &str) -> axum::Router {
+/// Readiness: 200 when connected to libvirt with fresh collections; the
+/// body tells the state of every part either way.
+async fn readyz(health: Arc<Health>) -> Response {
+    let (ready, body) = health.readiness();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
+}
+
+pub fn router(exporter: Exporter, path: &str, health: Arc<Health>) -> axum::Router {
     let landing = format!(
         "<html><head><title>virtpulse</title></head><body><h1>virtpulse</h1><p><a href=\"{path}\">Metrics</a></p></body></html>\n"
     );
     axum::Router::new()
         .route(path, get(metrics))
-        .route("/healthz", get(healthz))
+        .route(
+            "/healthz",
+            get({
+                let h = health.clone();
+                move || healthz(h.clone())
+            }),
+        )
+        .route("/readyz", get(move || readyz(health.clone())))
         .route("/", get(move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], landing) }))
         .layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd())
         .with_state(exporter)

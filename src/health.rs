@@ -1,0 +1,110 @@
+//! Is the agent alive, and is it ready? The systemd watchdog, `/healthz`
+//! and `/readyz` ask here.
+//!
+//! Alive: every collector's control loop came round within twice its
+//! interval plus a grace (a loop waits at most an interval, and a cycle
+//! lasts at most its deadline, which never exceeds the interval), and
+//! libvirt's event loop thread ran its heartbeat timer lately. A hung QEMU
+//! does not make the agent unhealthy (cycles time out and the loop goes
+//! on); a wedged loop or event thread does, and then systemd restarts it.
+//!
+//! Ready: alive, connected to libvirt, and every collector succeeded
+//! lately. Sink state is reported, but a sink outage does not make the
+//! agent unready: it keeps collecting and buffering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::libvirt::ConnectionManager;
+use crate::selfmon::Registry;
+
+/// How long past its expected silence a loop may stay quiet.
+const GRACE: Duration = Duration::from_secs(10);
+/// The event loop heartbeat timer fires every second.
+const EVENT_LOOP_MAX_SILENCE: Duration = Duration::from_secs(15);
+
+pub struct Health {
+    registry: Arc<Registry>,
+    manager: Arc<ConnectionManager>,
+    /// Whether libvirt's event loop is in use (events or keepalive).
+    watch_event_loop: bool,
+}
+
+impl Health {
+    pub fn new(registry: Arc<Registry>, manager: Arc<ConnectionManager>, watch_event_loop: bool) -> Arc<Self> {
+        Arc::new(Self { registry, manager, watch_event_loop })
+    }
+
+    /// `Err` names what is stuck.
+    pub fn liveness(&self) -> Result<(), String> {
+        for c in self.registry.collectors() {
+            let quiet = c.since_beat();
+            let allowed = c.interval * 2 + GRACE;
+            if quiet > allowed {
+                return Err(format!(
+                    "the {} collector's loop has not come round for {:.0} s (allowed {:.0} s)",
+                    c.name,
+                    quiet.as_secs_f64(),
+                    allowed.as_secs_f64()
+                ));
+            }
+        }
+        if self.watch_event_loop {
+            match crate::libvirt::event_loop::heartbeat_age() {
+                Some(age) if age > EVENT_LOOP_MAX_SILENCE => {
+                    return Err(format!("libvirt's event loop thread has not run for {:.0} s", age.as_secs_f64()))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// (ready, the state of every part, as JSON for `/readyz`).
+    pub fn readiness(&self) -> (bool, Value) {
+        let alive = self.liveness();
+        let libvirt_up = self.manager.is_up();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut collectors = serde_json::Map::new();
+        let mut fresh = true;
+        for c in self.registry.collectors() {
+            let last = c.last_success_unix();
+            let age = (last > 0.0).then(|| (now.as_secs_f64() - last).max(0.0));
+            let ok = age.is_some_and(|a| a <= (c.interval * 2 + GRACE).as_secs_f64());
+            fresh &= ok;
+            collectors.insert(c.name.to_string(), json!({ "ok": ok, "last_success_age_seconds": age }));
+        }
+        let mut sinks = serde_json::Map::new();
+        for s in self.registry.sinks() {
+            sinks.insert(
+                s.name.to_string(),
+                json!({ "queue_depth": s.depth(), "queue_capacity": s.capacity, "records_dropped": s.dropped_records() }),
+            );
+        }
+        if let Some(k) = self.registry.kafka() {
+            let (records, bytes, _) = k.spool();
+            sinks.insert(
+                "kafka_broker".into(),
+                json!({ "up": k.connected(), "spool_records": records, "spool_bytes": bytes }),
+            );
+        }
+        if let Some(o) = self.registry.otlp() {
+            use crate::sinks::otlp::stats::Signal;
+            sinks.insert(
+                "otlp_receiver".into(),
+                json!({ "metrics_up": o.up(Signal::Metrics), "logs_up": o.up(Signal::Logs) }),
+            );
+        }
+        let ready = alive.is_ok() && libvirt_up && fresh;
+        let body = json!({
+            "ready": ready,
+            "alive": alive.as_ref().map(|_| "ok").unwrap_or_else(|e| e.as_str()),
+            "libvirt": { "uri": self.manager.uri(), "up": libvirt_up },
+            "collectors": collectors,
+            "sinks": sinks,
+        });
+        (ready, body)
+    }
+}
