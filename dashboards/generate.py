@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Writes the Grafana dashboards (virtpulse-fleet.json, virtpulse-domain.json).
+
+The JSON files are generated: edit this script, run it, commit both. The
+test suite (tests/dashboards.rs) checks the files are what this script
+writes, and runs every query against a real Prometheus scraping the agent.
+
+    python3 dashboards/generate.py [OUTPUT_DIR]
+"""
+import json
+import os
+import sys
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class Layout:
+    """Places panels left to right, wrapping at 24 columns."""
+
+    def __init__(self):
+        self.panels = []
+        self.x = 0
+        self.y = 0
+        self.row_h = 0
+
+    def _id(self):
+        return len(self.panels) + 1
+
+    def row(self, title):
+        if self.x:
+            self.y += self.row_h
+        self.x, self.row_h = 0, 0
+        self.panels.append({"type": "row", "id": self._id(), "title": title, "collapsed": False,
+                            "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}, "panels": []})
+        self.y += 1
+
+    def add(self, panel, w, h):
+        if self.x + w > 24:
+            self.y += self.row_h
+            self.x, self.row_h = 0, 0
+        panel["id"] = self._id()
+        panel["gridPos"] = {"h": h, "w": w, "x": self.x, "y": self.y}
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+
+def target(expr, legend="", ref="A", instant=False):
+    return {"datasource": DS, "refId": ref, "expr": expr, "legendFormat": legend,
+            "range": not instant, "instant": instant, "editorMode": "code"}
+
+
+def targets(*pairs, instant=False):
+    return [target(e, l, chr(ord("A") + i), instant) for i, (e, l) in enumerate(pairs)]
+
+
+def timeseries(title, desc, pairs, unit="short", stack=False, axis=""):
+    return {
+        "type": "timeseries", "title": title, "description": desc, "datasource": DS,
+        "fieldConfig": {"defaults": {
+            "unit": unit, "color": {"mode": "palette-classic"}, "min": 0,
+            "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never",
+                       "spanNulls": False, "axisLabel": axis,
+                       "stacking": {"mode": "normal" if stack else "none", "group": "A"}},
+        }, "overrides": []},
+        "options": {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                               "calcs": ["mean", "max", "lastNotNull"], "sortBy": "Max", "sortDesc": True},
+                    "tooltip": {"mode": "multi", "sort": "desc"}},
+        "targets": targets(*pairs),
+    }
+
+
+def stat(title, desc, pairs, unit="none", red_at=None, decimals=0):
+    steps = [{"color": "green", "value": None}]
+    if red_at is not None:
+        steps.append({"color": "red", "value": red_at})
+    return {
+        "type": "stat", "title": title, "description": desc, "datasource": DS,
+        "fieldConfig": {"defaults": {"unit": unit, "decimals": decimals, "color": {"mode": "thresholds"},
+                                     "thresholds": {"mode": "absolute", "steps": steps}}, "overrides": []},
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "colorMode": "background", "graphMode": "area", "textMode": "auto"},
+        "targets": targets(*pairs),
+    }
+
+
+def bargauge(title, desc, pairs, unit="short", max_=None):
+    defaults = {"unit": unit, "color": {"mode": "continuous-GrYlRd"}, "min": 0}
+    if max_ is not None:
+        defaults["max"] = max_
+    return {
+        "type": "bargauge", "title": title, "description": desc, "datasource": DS,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {"orientation": "horizontal", "displayMode": "gradient",
+                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
+        "targets": [dict(t, instant=True, range=False) for t in targets(*pairs)],
+    }
+
+
+def table(title, desc, pairs):
+    return {
+        "type": "table", "title": title, "description": desc, "datasource": DS,
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True},
+        "transformations": [{"id": "merge"}, {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True, "job": True}}}],
+        "targets": [dict(t, format="table") for t in targets(*pairs, instant=True)],
+    }
+
+
+def state_timeline(title, desc, pairs, mappings=None):
+    return {
+        "type": "state-timeline", "title": title, "description": desc, "datasource": DS,
+        "fieldConfig": {"defaults": {"color": {"mode": "thresholds"}, "mappings": mappings or [],
+                                     "thresholds": {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}},
+                        "overrides": []},
+        "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8},
+        "targets": targets(*pairs),
+    }
+
+
+def variable(name, label, query, multi=True):
+    v = {"name": name, "label": label, "type": "query", "datasource": DS, "definition": query,
+         "query": {"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+         "refresh": 2, "regex": "", "sort": 1, "multi": multi, "includeAll": multi, "options": [], "hide": 0}
+    if multi:
+        v["allValue"] = ".*"
+        v["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    else:
+        v["current"] = {}
+    return v
+
+
+def dashboard(uid, title, desc, variables, panels, links):
+    return {
+        "__inputs": [], "__requires": [{"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
+                                       {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"}],
+        "annotations": {"list": [{"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+                                  "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "description": desc, "editable": True, "graphTooltip": 1, "id": None, "uid": uid, "links": links,
+        "refresh": "1m", "schemaVersion": 39, "tags": ["virtpulse", "libvirt", "kvm"],
+        "templating": {"list": [{"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+                                 "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": ""}]
+                       + variables},
+        "time": {"from": "now-6h", "to": "now"}, "timepicker": {}, "timezone": "", "title": title, "version": 1,
+        "panels": panels,
+    }
+
+
+H = 'instance=~"$instance"'
+HD = 'instance=~"$instance", domain=~"$domain"'
+RI = "[$__rate_interval]"
+
+
+def fleet():
+    L = Layout()
+    L.row("Fleet overview")
+    L.add(stat("Hosts up", "Agents connected to libvirt (libvirt_up == 1).",
+               [(f"count(libvirt_up{{{H}}} == 1) or vector(0)", "up")]), 4, 4)
+    L.add(stat("Hosts with libvirt down", "Agents answering but not connected to libvirt. Hosts whose agent is not scraped at all are the VirtpulseAgentDown alert.",
+               [(f"count(libvirt_up{{{H}}} == 0) or vector(0)", "down")], red_at=1), 4, 4)
+    L.add(stat("Domains", "Domains libvirt knows on the selected hosts, running or not.",
+               [(f"count(libvirt_domain_info{{{HD}}}) or vector(0)", "domains")]), 4, 4)
+    L.add(stat("Crashed or paused on I/O error", "Domains in state crashed (6), or paused (3) with reason I/O error (5).",
+               [(f"count(libvirt_domain_state{{{HD}}} == 6 or (libvirt_domain_state{{{HD}}} == 3 and on (instance, uuid) libvirt_domain_state_reason{{{HD}}} == 5)) or vector(0)", "domains")], red_at=1), 4, 4)
+    L.add(stat("Oldest collection", "The longest time since any collector last succeeded.",
+               [(f"max(virtpulse_collection_age_seconds{{{H}}})", "age")], unit="s", red_at=600), 4, 4)
+    L.add(stat("Records dropped (rate)", "Records sinks dropped (queue full) plus events lost before normalization.",
+               [(f"sum(rate(virtpulse_sink_records_dropped_total{{{H}}}{RI})) + sum(rate(virtpulse_events_dropped_total{{{H}}}{RI}))", "dropped/s")], unit="short", red_at=0.001, decimals=2), 4, 4)
+    L.add(bargauge("Domains by state", "From libvirt_domain_info.",
+                   [(f"count by (state) (libvirt_domain_info{{{HD}}})", "{{state}}")]), 8, 8)
+    L.add(bargauge("Running domains per host", "",
+                   [(f"sort_desc(count by (instance) (libvirt_domain_state{{{HD}}} == 1))", "{{instance}}")]), 8, 8)
+    L.add(table("Domains not running", "State and reason codes are libvirt's (docs/metrics.md).",
+                [(f"libvirt_domain_state_reason{{{HD}}} * on (instance, uuid) group_left (state) libvirt_domain_info{{{HD}}}", "")]), 8, 8)
+
+    L.row("Top consumers")
+    L.add(bargauge("Top 10 by CPU (cores)", "Host CPU time of all the domain's QEMU threads.",
+                   [(f"topk(10, sum by (instance, domain) (rate(libvirt_domain_cpu_time_seconds_total{{{HD}}}{RI})))", "{{domain}} @ {{instance}}")]), 6, 8)
+    L.add(bargauge("Top 10 by memory (QEMU RSS)", "Resident memory of the QEMU process on the host.",
+                   [(f"topk(10, libvirt_domain_balloon_rss_bytes{{{HD}}})", "{{domain}} @ {{instance}}")], unit="bytes"), 6, 8)
+    L.add(bargauge("Top 10 by disk I/O", "Read + write bytes per second over every disk (guest I/O is counted on the top layer of each backing chain; max by device picks it).",
+                   [(f"topk(10, sum by (instance, domain) (max by (instance, domain, device) (rate(libvirt_domain_block_read_bytes_total{{{HD}}}{RI}) + rate(libvirt_domain_block_write_bytes_total{{{HD}}}{RI}))))", "{{domain}} @ {{instance}}")], unit="Bps"), 6, 8)
+    L.add(bargauge("Top 10 by network", "Received + transmitted bytes per second over every interface.",
+                   [(f"topk(10, sum by (instance, domain) (rate(libvirt_domain_interface_receive_bytes_total{{{HD}}}{RI}) + rate(libvirt_domain_interface_transmit_bytes_total{{{HD}}}{RI})))", "{{domain}} @ {{instance}}")], unit="Bps"), 6, 8)
+
+    L.row("Events")
+    L.add(timeseries("Event rate by type", "Every libvirt event callback the agents receive, per host.",
+                     [(f"sum by (family, event, type) (rate(libvirt_events_total{{{H}}}{RI}))", "{{family}} {{event}} {{type}}")], unit="short", axis="events/s"), 12, 8)
+    L.add(timeseries("I/O errors, watchdogs and crashes", "Events that usually page someone (0 when none happened).",
+                     [(f"sum(increase(libvirt_events_total{{{H}, family=\"domain\", event=~\"io_error|io_error_reason\"}}{RI})) or vector(0)", "I/O errors"),
+                      (f"sum(increase(libvirt_events_total{{{H}, family=\"domain\", event=\"watchdog\"}}{RI})) or vector(0)", "watchdogs"),
+                      (f"sum(increase(libvirt_events_total{{{H}, family=\"domain\", event=\"lifecycle\", type=~\"crashed|stopped\", detail=~\"panicked|crashloaded|crashed\"}}{RI})) or vector(0)", "crashes")], unit="short"), 12, 8)
+
+    L.row("Domain CPU and memory")
+    L.add(timeseries("CPU usage (cores)", "Host CPU time consumed by each domain (all QEMU threads).",
+                     [(f"sum by (instance, domain) (rate(libvirt_domain_cpu_time_seconds_total{{{HD}}}{RI}))", "{{domain}} @ {{instance}}")], axis="cores"), 12, 8)
+    L.add(timeseries("vCPU steal (host run-queue delay)", "Share of time vCPUs waited for a host CPU, averaged over the domain's vCPUs.",
+                     [(f"sum by (instance, domain) (rate(libvirt_domain_vcpu_delay_seconds_total{{{HD}}}{RI})) / count by (instance, domain) (libvirt_domain_vcpu_delay_seconds_total{{{HD}}})", "{{domain}} @ {{instance}}")], unit="percentunit"), 12, 8)
+    L.add(timeseries("Assigned memory (balloon current)", "", [(f"libvirt_domain_balloon_current_bytes{{{HD}}}", "{{domain}} @ {{instance}}")], unit="bytes"), 12, 8)
+    L.add(timeseries("QEMU RSS on host", "", [(f"libvirt_domain_balloon_rss_bytes{{{HD}}}", "{{domain}} @ {{instance}}")], unit="bytes"), 12, 8)
+
+    L.row("Disk and network")
+    L.add(timeseries("Disk throughput", "Top layer of each disk.",
+                     [(f"max by (instance, domain, device) (rate(libvirt_domain_block_read_bytes_total{{{HD}}}{RI}))", "read {{domain}} {{device}}"),
+                      (f"max by (instance, domain, device) (rate(libvirt_domain_block_write_bytes_total{{{HD}}}{RI}))", "write {{domain}} {{device}}")], unit="Bps"), 12, 8)
+    L.add(bargauge("Fullest disks (allocation / capacity)", "",
+                   [(f"topk(20, libvirt_domain_block_allocation_bytes{{{HD}}} / (libvirt_domain_block_capacity_bytes{{{HD}}} > 0))", "{{domain}} {{device}} {{backing_index}}")], unit="percentunit", max_=1), 12, 8)
+    L.add(timeseries("Network throughput", "",
+                     [(f"rate(libvirt_domain_interface_receive_bytes_total{{{HD}}}{RI})", "rx {{domain}} {{interface}}"),
+                      (f"rate(libvirt_domain_interface_transmit_bytes_total{{{HD}}}{RI})", "tx {{domain}} {{interface}}")], unit="Bps"), 12, 8)
+    L.add(timeseries("Network drops and errors", "Packets dropped or in error, all interfaces of the selection.",
+                     [(f"sum(rate(libvirt_domain_interface_receive_drops_total{{{HD}}}{RI}) + rate(libvirt_domain_interface_transmit_drops_total{{{HD}}}{RI}))", "drops"),
+                      (f"sum(rate(libvirt_domain_interface_receive_errors_total{{{HD}}}{RI}) + rate(libvirt_domain_interface_transmit_errors_total{{{HD}}}{RI}))", "errors")], unit="pps"), 12, 8)
+
+    L.row("Agent health")
+    L.add(state_timeline("libvirt connection", "", [(f"libvirt_up{{{H}}}", "{{instance}}")],
+                         mappings=[{"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}]), 12, 6)
+    L.add(timeseries("Collection duration (last cycle)", "", [(f"virtpulse_collection_duration_seconds{{{H}}}", "{{collector}} @ {{instance}}")], unit="s"), 12, 6)
+    L.add(timeseries("Collection cycles by result", "ok, error, timeout, not_connected; skipped while calls are stuck.",
+                     [(f"sum by (collector, result) (rate(virtpulse_collections_total{{{H}}}{RI}))", "{{collector}} {{result}}"),
+                      (f"sum by (collector) (rate(virtpulse_collection_skipped_total{{{H}}}{RI}))", "{{collector}} skipped")]), 12, 8)
+    L.add(timeseries("Stuck libvirt calls", "Calls still running past their deadline (hung QEMU).", [(f"virtpulse_libvirt_stuck_calls{{{H}}}", "{{collector}} @ {{instance}}")]), 12, 8)
+    L.add(timeseries("Drops", "Records dropped by sink queues, events lost before normalization, Kafka and OTLP drops by reason.",
+                     [(f"sum by (instance, sink) (rate(virtpulse_sink_records_dropped_total{{{H}}}{RI}))", "sink {{sink}} @ {{instance}}"),
+                      (f"sum by (instance) (rate(virtpulse_events_dropped_total{{{H}}}{RI}))", "events @ {{instance}}"),
+                      (f"sum by (instance, reason) (rate(virtpulse_kafka_records_dropped_total{{{H}}}{RI}))", "kafka {{reason}} @ {{instance}}"),
+                      (f"sum by (instance, reason) (rate(virtpulse_otlp_items_dropped_total{{{H}}}{RI}))", "otlp {{reason}} @ {{instance}}")]), 12, 8)
+    L.add(timeseries("Kafka spool and OTLP log queue", "Events waiting for the broker (spool) or the OTLP receiver.",
+                     [(f"virtpulse_kafka_spool_records{{{H}}}", "kafka spool @ {{instance}}"),
+                      (f"virtpulse_otlp_log_queue_records{{{H}}}", "otlp queue @ {{instance}}")]), 12, 8)
+    L.add(timeseries("Sink queue fill", "Batches waiting per sink, as a share of the queue.",
+                     [(f"virtpulse_sink_queue_depth{{{H}}} / (virtpulse_sink_queue_capacity{{{H}}} > 0)", "{{sink}} @ {{instance}}")], unit="percentunit"), 12, 8)
+    L.add(timeseries("Agent memory and CPU", "",
+                     [(f"process_resident_memory_bytes{{{H}}} and on (instance, job) virtpulse_build_info", "RSS {{instance}}")], unit="bytes"), 12, 8)
+    return dashboard("virtpulse-fleet", "virtpulse / KVM fleet",
+                     "KVM fleet overview from the virtpulse libvirt telemetry agent (metrics in docs/metrics.md).",
+                     [variable("instance", "Host", "label_values(libvirt_up, instance)"),
+                      variable("domain", "Domain", 'label_values(libvirt_domain_info{instance=~"$instance"}, domain)')],
+                     L.panels,
+                     [{"title": "Domain drill-down", "type": "link", "url": "/d/virtpulse-domain", "includeVars": True, "keepTime": True}])
+
+
+D = 'instance=~"$instance", domain="$domain"'
+
+
+def domain():
+    L = Layout()
+    L.row("Domain")
+    L.add(table("Domain info", "Descriptive data (libvirt_domain_info) of the domain.",
+                [(f"libvirt_domain_info{{{D}}}", "")]), 16, 4)
+    L.add(state_timeline("State", "libvirt state code (1 running, 3 paused, 5 shut off, 6 crashed).",
+                         [(f"libvirt_domain_state{{{D}}}", "state")],
+                         mappings=[{"type": "value", "options": {"1": {"text": "running", "color": "green"}, "3": {"text": "paused", "color": "yellow"},
+                                                                  "5": {"text": "shut off", "color": "blue"}, "6": {"text": "crashed", "color": "red"}}}]), 8, 4)
+
+    L.row("CPU")
+    L.add(timeseries("CPU usage (cores)", "Host CPU time of all QEMU threads, split into guest user and system time.",
+                     [(f"sum(rate(libvirt_domain_cpu_time_seconds_total{{{D}}}{RI}))", "total"),
+                      (f"sum(rate(libvirt_domain_cpu_user_seconds_total{{{D}}}{RI}))", "user"),
+                      (f"sum(rate(libvirt_domain_cpu_system_seconds_total{{{D}}}{RI}))", "system")], axis="cores"), 8, 8)
+    L.add(timeseries("Per vCPU", "Time each vCPU ran.",
+                     [(f"rate(libvirt_domain_vcpu_time_seconds_total{{{D}}}{RI})", "vCPU {{vcpu}}")], unit="percentunit"), 8, 8)
+    L.add(timeseries("vCPU steal and wait", "Delay: the vCPU was runnable but waited for a host CPU (steal). Wait: waiting on I/O.",
+                     [(f"rate(libvirt_domain_vcpu_delay_seconds_total{{{D}}}{RI})", "steal vCPU {{vcpu}}"),
+                      (f"rate(libvirt_domain_vcpu_wait_seconds_total{{{D}}}{RI})", "wait vCPU {{vcpu}}")], unit="percentunit"), 8, 8)
+
+    L.row("Memory")
+    L.add(timeseries("Balloon vs RSS", "Memory assigned to the guest (balloon current), its maximum, and what QEMU holds on the host (RSS).",
+                     [(f"libvirt_domain_balloon_current_bytes{{{D}}}", "assigned"),
+                      (f"libvirt_domain_balloon_maximum_bytes{{{D}}}", "maximum"),
+                      (f"libvirt_domain_balloon_rss_bytes{{{D}}}", "QEMU RSS")], unit="bytes"), 24, 8)
+
+    L.row("Disks")
+    L.add(timeseries("Disk IOPS", "Per disk (guest I/O shows on the top layer of the backing chain; max by device picks it).",
+                     [(f"max by (device) (rate(libvirt_domain_block_read_requests_total{{{D}}}{RI}))", "read {{device}}"),
+                      (f"max by (device) (rate(libvirt_domain_block_write_requests_total{{{D}}}{RI}))", "write {{device}}"),
+                      (f"max by (device) (rate(libvirt_domain_block_flush_requests_total{{{D}}}{RI}))", "flush {{device}}")], unit="iops"), 8, 8)
+    L.add(timeseries("Disk throughput", "Per disk (guest I/O shows on the top layer of the backing chain; max by device picks it).",
+                     [(f"max by (device) (rate(libvirt_domain_block_read_bytes_total{{{D}}}{RI}))", "read {{device}}"),
+                      (f"max by (device) (rate(libvirt_domain_block_write_bytes_total{{{D}}}{RI}))", "write {{device}}")], unit="Bps"), 8, 8)
+    L.add(timeseries("Disk latency (average per request)", "Time spent per request over the interval (0 when idle).",
+                     [(f"max by (device) (rate(libvirt_domain_block_read_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_read_requests_total{{{D}}}{RI})), 1e-9)", "read {{device}}"),
+                      (f"max by (device) (rate(libvirt_domain_block_write_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_write_requests_total{{{D}}}{RI})), 1e-9)", "write {{device}}"),
+                      (f"max by (device) (rate(libvirt_domain_block_flush_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_flush_requests_total{{{D}}}{RI})), 1e-9)", "flush {{device}}")], unit="s"), 8, 8)
+    L.add(table("Disk allocation and capacity", "Every layer of every disk's backing chain.",
+                [(f"libvirt_domain_block_allocation_bytes{{{D}}}", ""),
+                 (f"libvirt_domain_block_capacity_bytes{{{D}}}", ""),
+                 (f"libvirt_domain_block_physical_bytes{{{D}}}", "")]), 24, 6)
+
+    L.row("Network")
+    L.add(timeseries("Network throughput", "Per interface.",
+                     [(f"rate(libvirt_domain_interface_receive_bytes_total{{{D}}}{RI})", "rx {{interface}}"),
+                      (f"rate(libvirt_domain_interface_transmit_bytes_total{{{D}}}{RI})", "tx {{interface}}")], unit="Bps"), 8, 8)
+    L.add(timeseries("Network packets", "Per interface.",
+                     [(f"rate(libvirt_domain_interface_receive_packets_total{{{D}}}{RI})", "rx {{interface}}"),
+                      (f"rate(libvirt_domain_interface_transmit_packets_total{{{D}}}{RI})", "tx {{interface}}")], unit="pps"), 8, 8)
+    L.add(timeseries("Network drops and errors", "Per interface.",
+                     [(f"rate(libvirt_domain_interface_receive_drops_total{{{D}}}{RI})", "rx drops {{interface}}"),
+                      (f"rate(libvirt_domain_interface_transmit_drops_total{{{D}}}{RI})", "tx drops {{interface}}"),
+                      (f"rate(libvirt_domain_interface_receive_errors_total{{{D}}}{RI})", "rx errors {{interface}}"),
+                      (f"rate(libvirt_domain_interface_transmit_errors_total{{{D}}}{RI})", "tx errors {{interface}}")], unit="pps"), 8, 8)
+
+    L.row("Jobs and migrations")
+    L.add(timeseries("Job progress", "Share of the job's data processed: the running job, or the last one (type completed/failed/cancelled) while it stays on view.",
+                     [(f"libvirt_domain_job_data_processed_bytes_total{{{D}}} / (libvirt_domain_job_data_total_bytes{{{D}}} > 0)", "{{operation}} {{type}}")], unit="percentunit"), 8, 8)
+    L.add(timeseries("Job memory transfer", "Memory processed and remaining (migrations, saves, dumps).",
+                     [(f"libvirt_domain_job_memory_processed_bytes_total{{{D}}}", "processed {{operation}}"),
+                      (f"libvirt_domain_job_memory_remaining_bytes{{{D}}}", "remaining {{operation}}")], unit="bytes"), 8, 8)
+    L.add(timeseries("Job time", "Elapsed time of the job.",
+                     [(f"libvirt_domain_job_time_elapsed_seconds{{{D}}}", "elapsed {{operation}} {{type}}")], unit="s"), 8, 8)
+
+    L.row("Events")
+    L.add(timeseries("Event timeline", "Events of this domain by callback and type.",
+                     [(f"sum by (event, type, detail) (increase(libvirt_domain_events_total{{{D}}}{RI}))", "{{event}} {{type}} {{detail}}")], stack=True), 16, 8)
+    L.add(table("Last notable events", "When the domain last had an I/O error, watchdog, crash, block threshold, memory failure, control error or failed device removal (Unix time; empty when never).",
+                [(f"libvirt_domain_last_event_timestamp_seconds{{{D}}} * 1000", "")]), 8, 8)
+    return dashboard("virtpulse-domain", "virtpulse / KVM domain",
+                     "One domain in depth, from the virtpulse libvirt telemetry agent.",
+                     [variable("instance", "Host", "label_values(libvirt_up, instance)"),
+                      variable("domain", "Domain", 'label_values(libvirt_domain_info{instance=~"$instance"}, domain)', multi=False)],
+                     L.panels,
+                     [{"title": "Fleet", "type": "link", "url": "/d/virtpulse-fleet", "includeVars": True, "keepTime": True}])
+
+
+def main():
+    out = sys.argv[1] if len(sys.argv) > 1 else HERE
+    for name, d in (("virtpulse-fleet.json", fleet()), ("virtpulse-domain.json", domain())):
+        with open(os.path.join(out, name), "w") as f:
+            json.dump(d, f, indent=1, sort_keys=False)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+//! The Grafana dashboards work: a real Prometheus (Debian package) scrapes
+//! the agent over real guests, and every PromQL expression of every panel
+//! and variable, with the template variables filled in, must return data.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::agent::{free_port, Agent};
+use common::guest::{Guest, GuestSpec};
+use common::{virsh, wait_for};
+use serde_json::Value;
+
+fn dashboard(name: &str) -> Value {
+    let text = std::fs::read_to_string(common::project_root().join("dashboards").join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn dashboards_are_what_the_generator_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("python3")
+        .arg(common::project_root().join("dashboards/generate.py"))
+        .arg(dir.path())
+        .status()
+        .expect("python3");
+    assert!(st.success());
+    for name in ["virtpulse-fleet.json", "virtpulse-domain.json"] {
+        let fresh = std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let committed = std::fs::read_to_string(common::project_root().join("dashboards").join(name)).unwrap();
+        assert!(fresh == committed, "dashboards/{name} is out of date: run python3 dashboards/generate.py");
+    }
+}
+
+struct Prometheus {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: virtpulse\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus (scripts/install-test-deps.sh installs it)");
+        wait_for(Duration::from_secs(30), "Prometheus to listen", || TcpStream::connect(("127.0.0.1", port)).ok());
+        Prometheus { port, child, _dir: dir }
+    }
+
+    /// The result vector of an instant query, or the error Prometheus gave.
+    fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        let resp = ureq::get(&url).query("query", expr).timeout(Duration::from_secs(10)).call();
+        let text = match resp {
+            Ok(r) => r.into_string().map_err(|e| e.to_string())?,
+            Err(ureq::Error::Status(_, r)) => r.into_string().map_err(|e| e.to_string())?,
+            Err(e) => return Err(e.to_string()),
+        };
+        let body: Value = serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// Every (panel title, expression) of a dashboard, variables substituted.
+fn expressions(d: &Value, vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let mut e = t["expr"].as_str().unwrap().to_string();
+            for (k, v) in vars {
+                e = e.replace(k, v);
+            }
+            out.push((p["title"].as_str().unwrap().to_string(), e));
+        }
+    }
+    out
+}
+
+/// `label_values(selector, label)` of the query variables, substituted.
+fn variable_queries(d: &Value, vars: &[(&str, &str)]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"].as_str().unwrap();
+        let inner = q.strip_prefix("label_values(").and_then(|s| s.strip_suffix(')')).unwrap();
+        let (selector, label) = inner.rsplit_once(',').unwrap();
+        let mut selector = selector.trim().to_string();
+        for (k, val) in vars {
+            selector = selector.replace(k, val);
+        }
+        out.push((v["name"].as_str().unwrap().to_string(), selector, label.trim().to_string()));
+    }
+    out
+}
+
+#[test]
+fn every_panel_query_returns_data_from_a_real_prometheus() {
+    // Real guests: one healthy, one whose disk fails (I/O error events).
+    let g = Guest::start("dash", GuestSpec::default());
+    let name = Guest::name_for("dash-ioerr");
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n\
+         [domains]\ninclude = [\"{}\", \"{name}\"]\n\
+         [sinks.kafka]\nenabled = true\nbrokers = [\"127.0.0.1:{}\"]\nspool_dir = \"{}\"\n\
+         [sinks.otlp]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\nexport_interval = \"1s\"\n",
+        g.name,
+        free_port(),
+        spool.path().display(),
+        free_port()
+    );
+    let agent = Agent::start(&config);
+    let (bad, _disk) = common::ioerror::start_guest(&name);
+    wait_for(Duration::from_secs(30), "the I/O error pause", || {
+        virsh::must(&["domstate", &bad.name]).contains("paused").then_some(())
+    });
+    // A finished job stays on view (type completed) for the job panels.
+    let dump = tempfile::Builder::new().prefix("dash-dump-").tempdir_in("/var/tmp").unwrap();
+    virsh::must(&["dump", &bad.name, dump.path().join("core").to_str().unwrap()]);
+
+    let prom = Prometheus::start(&format!("127.0.0.1:{}", agent.port));
+    let instance = format!("127.0.0.1:{}", agent.port);
+    // Enough scrapes for rates over the 20 s window used for $__rate_interval.
+    wait_for(Duration::from_secs(90), "30 s of scrapes", || {
+        let up = prom.query("count_over_time(libvirt_up[30s])").ok()?;
+        let n = up.first()?["value"][1].as_str()?.parse::<f64>().ok()?;
+        (n >= 25.0).then_some(())
+    });
+    let job = prom.query("{__name__=~\"libvirt_domain_job_.*\"}").unwrap();
+    assert!(!job.is_empty(), "no job series after the dump:\n{}", agent.scrape_text());
+
+    let mut problems = Vec::new();
+    let mut names = BTreeSet::new();
+    let metric_name = regex::Regex::new(r"\b(libvirt_[a-z_]+|virtpulse_[a-z_]+|process_[a-z_]+)\b").unwrap();
+    for (file, domain) in [("virtpulse-fleet.json", ".*"), ("virtpulse-domain.json", name.as_str())] {
+        let d = dashboard(file);
+        let vars = [("$instance", instance.as_str()), ("$domain", domain), ("$__rate_interval", "20s")];
+        let exprs = expressions(&d, &vars);
+        assert!(exprs.len() > 20, "{file}: {} queries", exprs.len());
+        for (title, expr) in exprs {
+            assert!(!expr.contains('$'), "{file} / {title}: unsubstituted variable in {expr}");
+            names.extend(metric_name.find_iter(&expr).map(|m| m.as_str().to_string()));
+            match prom.query(&expr) {
+                Ok(r) if r.is_empty() => problems.push(format!("{file} / {title}: no data for {expr}")),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{file} / {title}: error {e} for {expr}")),
+            }
+        }
+        for (var, selector, label) in variable_queries(&d, &vars) {
+            let r = prom.query(&selector).unwrap_or_default();
+            if !r.iter().any(|s| s["metric"][label.as_str()].is_string()) {
+                problems.push(format!("{file}: variable {var} finds no {label} in {selector}"));
+            }
+        }
+    }
+    // Every metric a panel names exists (so `or vector(0)` cannot hide a typo).
+    for n in &names {
+        if prom.query(&format!("count({n})")).map(|r| r.is_empty()).unwrap_or(true) {
+            problems.push(format!("metric {n} has no series in Prometheus"));
+        }
+    }
+    assert!(problems.is_empty(), "{} dashboard problems:\n{}", problems.len(), problems.join("\n"));
+    drop(bad);
+}
