@@ -7,11 +7,22 @@ set -euo pipefail
 mkdir -p /run/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
 
+# Read-only clients are authorized by polkit, over the system bus. Without a
+# bus (containers, CI) polkit cannot answer and only root could connect;
+# libvirt's polkit policy lets every local user monitor read-only, so say
+# the same here ("none" on the read-only socket only).
+args=(-d)
+if [ ! -S /run/dbus/system_bus_socket ]; then
+  conf=/run/libvirt/virtpulse-libvirtd.conf
+  { cat /etc/libvirt/libvirtd.conf; echo 'auth_unix_ro = "none"'; } > "$conf"
+  args+=(--config "$conf")
+fi
+
 for _ in $(seq 1 150); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
     exit 0
   fi
-  pgrep -x libvirtd >/dev/null || libvirtd -d
+  pgrep -x libvirtd >/dev/null || libvirtd "${args[@]}"
   sleep 0.1
 done
 echo "libvirtd did not answer on qemu:///system within 15s" >&2
