@@ -252,6 +252,7 @@ fn network_pool_and_secret_events_match_virsh() {
 /// collectors' quick reactions.
 #[test]
 fn events_make_collectors_react() {
+    let _quiet = common::light();
     let name = Guest::name_for("react");
     let agent = Agent::start(&format!(
         "[collectors.domain_stats]\ninterval = \"60s\"\n[collectors.jobs]\ninterval = \"60s\"\n[domains]\ninclude = [\"{name}\"]\n"
@@ -259,20 +260,20 @@ fn events_make_collectors_react() {
     let g = Guest::start_named(&name, GuestSpec::default());
     let u = g.uuid.clone();
     // Started: the domain stats collector runs at once.
-    wait_for(Duration::from_secs(10), "the new domain's series", || {
+    wait_for(Duration::from_secs(30), "the new domain's series", || {
         agent.scrape().value("libvirt_domain_cpu_time_seconds_total", &[("uuid", u.as_str())]).map(|_| ())
     });
     // job-completed: the job collector reads the completed save at once, and
     // the stopped (saved) domain loses its runtime series at once.
     let image = g.dir().join("save.img");
     virsh::must(&["save", &g.name, image.to_str().unwrap()]);
-    wait_for(Duration::from_secs(10), "the completed save job", || {
+    wait_for(Duration::from_secs(30), "the completed save job", || {
         agent
             .scrape()
             .value("libvirt_domain_job_time_elapsed_seconds", &[("uuid", u.as_str()), ("type", "completed")])
             .map(|_| ())
     });
-    wait_for(Duration::from_secs(10), "the saved domain's runtime series to go", || {
+    wait_for(Duration::from_secs(30), "the saved domain's runtime series to go", || {
         let s = agent.scrape();
         (s.value("libvirt_domain_state", &[("uuid", u.as_str())]) == Some(5.0)
             && s.value("libvirt_domain_vcpu_time_seconds_total", &[("uuid", u.as_str())]).is_none())
@@ -284,6 +285,7 @@ fn events_make_collectors_react() {
 /// event virsh saw, the agent recorded.
 #[test]
 fn burst_of_thirty_guests_loses_no_event() {
+    let _alone = common::heavy();
     let capture = Capture::start(&[]);
     let agent = Agent::start(&format!("{STDOUT}[domains]\ninclude = [\"{}burst-*\"]\n", common::guest::PREFIX));
     let started = std::time::Instant::now();

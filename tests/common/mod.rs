@@ -40,6 +40,19 @@ pub fn start_libvirtd() {
     assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
 }
 
+/// Tests that load libvirtd heavily (dozens of guests at once) take this
+/// exclusively; tests with tight deadlines take it shared, so they never
+/// run beside such a burst in the same test binary.
+pub fn heavy() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn light() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|e| e.into_inner())
+}
+
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
