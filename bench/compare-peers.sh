@@ -15,20 +15,7 @@ DIR=/var/tmp/virtpulse-bench
 OURS=127.0.0.1:19177
 THEIRS=127.0.0.1:19178
 
-scripts/install-test-deps.sh >/dev/null
-scripts/start-libvirtd.sh
-cargo build --release --locked -q
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  remove_guests "$PREFIX"
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-echo "starting $GUESTS guests..." >&2
-make_guests "$PREFIX" "$GUESTS" "$DIR"
+start_bench
 sleep 3
 libvirtd_pid=$(pgrep -xo libvirtd)
 

@@ -40,3 +40,22 @@ remove_guests() {
     virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
   done
 }
+
+# Installs and builds what a guest benchmark needs, starts GUESTS guests
+# named $PREFIX-N under $DIR, and removes them (and kills the PIDs added to
+# the pids array) when the script exits.
+start_bench() {
+  scripts/install-test-deps.sh >/dev/null
+  scripts/start-libvirtd.sh
+  cargo build --release --locked -q
+  pids=()
+  trap bench_cleanup EXIT
+  echo "starting $GUESTS guests..." >&2
+  make_guests "$PREFIX" "$GUESTS" "$DIR"
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  remove_guests "$PREFIX"
+  rm -rf "$DIR"
+}

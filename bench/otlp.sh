@@ -16,21 +16,8 @@ LISTEN=127.0.0.1:19177
 GRPC=127.0.0.1:19317
 HTTP=127.0.0.1:19318
 
-scripts/install-test-deps.sh >/dev/null
-scripts/start-libvirtd.sh
-cargo build --release --locked -q
+start_bench
 rotel=$(scripts/install-rotel.sh)
-
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  remove_guests "$PREFIX"
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
-
-echo "starting $GUESTS guests..." >&2
-make_guests "$PREFIX" "$GUESTS" "$DIR"
 "$rotel" start --otlp-grpc-endpoint "$GRPC" --otlp-http-endpoint "$HTTP" --exporter blackhole >/dev/null 2>&1 &
 pids+=($!)
 sleep 3

@@ -42,6 +42,54 @@ pub struct Accepted {
     pub message: String,
 }
 
+/// What differs between the two signals' export calls.
+trait ExportRequest: Message + Sized + Send + 'static {
+    type Response: Message + Default;
+    const METRICS: bool;
+    fn grpc(
+        channel: Channel,
+        gzip: bool,
+        req: tonic::Request<Self>,
+    ) -> impl std::future::Future<Output = Result<Self::Response, tonic::Status>> + Send;
+    fn accepted(resp: Self::Response) -> Accepted;
+}
+
+impl ExportRequest for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const METRICS: bool = true;
+
+    async fn grpc(channel: Channel, gzip: bool, req: tonic::Request<Self>) -> Result<Self::Response, tonic::Status> {
+        let mut client = MetricsServiceClient::new(channel);
+        if gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(client.export(req).await?.into_inner())
+    }
+
+    fn accepted(resp: Self::Response) -> Accepted {
+        let p = resp.partial_success.unwrap_or_default();
+        Accepted { rejected: p.rejected_data_points, message: p.error_message }
+    }
+}
+
+impl ExportRequest for ExportLogsServiceRequest {
+    type Response = ExportLogsServiceResponse;
+    const METRICS: bool = false;
+
+    async fn grpc(channel: Channel, gzip: bool, req: tonic::Request<Self>) -> Result<Self::Response, tonic::Status> {
+        let mut client = LogsServiceClient::new(channel);
+        if gzip {
+            client = client.send_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(client.export(req).await?.into_inner())
+    }
+
+    fn accepted(resp: Self::Response) -> Accepted {
+        let p = resp.partial_success.unwrap_or_default();
+        Accepted { rejected: p.rejected_log_records, message: p.error_message }
+    }
+}
+
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 enum Kind {
@@ -190,55 +238,28 @@ impl Transport {
     }
 
     pub async fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Accepted, ExportError> {
-        match &self.kind {
-            Kind::Grpc { metrics, metadata, gzip, .. } => {
-                let mut client = MetricsServiceClient::new(metrics.clone());
-                if *gzip {
-                    client = client.send_compressed(CompressionEncoding::Gzip);
-                }
-                let mut request = tonic::Request::new(req);
-                *request.metadata_mut() = metadata.clone();
-                request.set_timeout(self.timeout);
-                let resp = client.export(request).await.map_err(grpc_error)?.into_inner();
-                Ok(resp
-                    .partial_success
-                    .map(|p| Accepted { rejected: p.rejected_data_points, message: p.error_message })
-                    .unwrap_or_default())
-            }
-            Kind::Http { client, metrics_url, headers, gzip, .. } => {
-                let body = self.post(client, metrics_url, headers, *gzip, req.encode_to_vec()).await?;
-                let resp = ExportMetricsServiceResponse::decode(body).unwrap_or_default();
-                Ok(resp
-                    .partial_success
-                    .map(|p| Accepted { rejected: p.rejected_data_points, message: p.error_message })
-                    .unwrap_or_default())
-            }
-        }
+        self.export(req).await
     }
 
     pub async fn export_logs(&self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
+        self.export(req).await
+    }
+
+    async fn export<R: ExportRequest>(&self, req: R) -> Result<Accepted, ExportError> {
         match &self.kind {
-            Kind::Grpc { logs, metadata, gzip, .. } => {
-                let mut client = LogsServiceClient::new(logs.clone());
-                if *gzip {
-                    client = client.send_compressed(CompressionEncoding::Gzip);
-                }
+            Kind::Grpc { metrics, logs, metadata, gzip } => {
+                let channel = if R::METRICS { metrics } else { logs };
                 let mut request = tonic::Request::new(req);
                 *request.metadata_mut() = metadata.clone();
                 request.set_timeout(self.timeout);
-                let resp = client.export(request).await.map_err(grpc_error)?.into_inner();
-                Ok(resp
-                    .partial_success
-                    .map(|p| Accepted { rejected: p.rejected_log_records, message: p.error_message })
-                    .unwrap_or_default())
+                let resp = R::grpc(channel.clone(), *gzip, request).await.map_err(grpc_error)?;
+                Ok(R::accepted(resp))
             }
-            Kind::Http { client, logs_url, headers, gzip, .. } => {
-                let body = self.post(client, logs_url, headers, *gzip, req.encode_to_vec()).await?;
-                let resp = ExportLogsServiceResponse::decode(body).unwrap_or_default();
-                Ok(resp
-                    .partial_success
-                    .map(|p| Accepted { rejected: p.rejected_log_records, message: p.error_message })
-                    .unwrap_or_default())
+            Kind::Http { client, metrics_url, logs_url, headers, gzip } => {
+                let url = if R::METRICS { metrics_url } else { logs_url };
+                let body = self.post(client, url, headers, *gzip, req.encode_to_vec()).await?;
+                // A receiver may answer 200 with an empty or non-protobuf body.
+                Ok(R::accepted(R::Response::decode(body).unwrap_or_default()))
             }
         }
     }
