@@ -119,6 +119,11 @@ fn fingerprint_of(js: &JobStats) -> u64 {
     fingerprint(&v)
 }
 
+/// Bounded or unbounded: a job still running.
+fn is_running(job_type: i32) -> bool {
+    matches!(job_type, 1 | 2)
+}
+
 /// Reads one domain's running and last completed job.
 fn read_domain(dom: &crate::libvirt::Domain, active: bool, read_completed: bool) -> DomainRead {
     let mut names = KeyInterner::default();
@@ -126,8 +131,12 @@ fn read_domain(dom: &crate::libvirt::Domain, active: bool, read_completed: bool)
     let mut jobs = DomainJobs { name: dom.name(), uuid: dom.uuid(), active: None, completed: None };
     if active {
         match dom.job_stats(0, &mut names) {
-            Ok(js) if js.job_type != JOB_NONE => jobs.active = Some(js),
-            Ok(_) => {}
+            Ok(js) if js.job_type == JOB_NONE => {}
+            Ok(js) if is_running(js.job_type) => jobs.active = Some(js),
+            // Read just as the job ended, libvirt hands over the finished
+            // job (type completed/failed/cancelled): it goes the completed
+            // way, where it is de-duplicated, not out as a running job.
+            Ok(js) => jobs.completed = Some(js),
             Err(e) if e.is_no_domain() => return out,
             Err(e) if e.code as u32 == virt_sys::VIR_ERR_NO_SUPPORT => {
                 out.unsupported = true;
