@@ -17,8 +17,18 @@ fn libvirtd_running() -> bool {
     Command::new("pgrep").args(["-x", "libvirtd"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// SIGTERM, then SIGKILL if libvirtd takes longer than 10 s to shut down
+/// (it sometimes waits that long on its workers): either way the daemon is
+/// gone, which is what the tests are about.
 fn stop_libvirtd() {
     let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while libvirtd_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if libvirtd_running() {
+        let _ = Command::new("pkill").args(["-KILL", "-x", "libvirtd"]).status();
+    }
     wait_for(Duration::from_secs(20), "libvirtd to exit", || (!libvirtd_running()).then_some(()));
 }
 
