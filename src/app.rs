@@ -299,7 +299,7 @@ async fn shutdown_signal() {
 pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let manager = ConnectionManager::new(manager_options(&cfg));
-    let health = Health::new(registry.clone(), manager.clone(), true);
+    let health = Health::new(registry.clone(), manager.clone());
     let mut router = Router::new();
     let mut tasks = Vec::new();
 

@@ -28,13 +28,11 @@ const EVENT_LOOP_MAX_SILENCE: Duration = Duration::from_secs(15);
 pub struct Health {
     registry: Arc<Registry>,
     manager: Arc<ConnectionManager>,
-    /// Whether libvirt's event loop is in use (events or keepalive).
-    watch_event_loop: bool,
 }
 
 impl Health {
-    pub fn new(registry: Arc<Registry>, manager: Arc<ConnectionManager>, watch_event_loop: bool) -> Arc<Self> {
-        Arc::new(Self { registry, manager, watch_event_loop })
+    pub fn new(registry: Arc<Registry>, manager: Arc<ConnectionManager>) -> Arc<Self> {
+        Arc::new(Self { registry, manager })
     }
 
     /// `Err` names what is stuck.
@@ -51,13 +49,9 @@ impl Health {
                 ));
             }
         }
-        if self.watch_event_loop {
-            match crate::libvirt::event_loop::heartbeat_age() {
-                Some(age) if age > EVENT_LOOP_MAX_SILENCE => {
-                    return Err(format!("libvirt's event loop thread has not run for {:.0} s", age.as_secs_f64()))
-                }
-                _ => {}
-            }
+        // `None` until libvirt is initialised (before the first connection).
+        if let Some(age) = crate::libvirt::event_loop::heartbeat_age().filter(|a| *a > EVENT_LOOP_MAX_SILENCE) {
+            return Err(format!("libvirt's event loop thread has not run for {:.0} s", age.as_secs_f64()));
         }
         Ok(())
     }
