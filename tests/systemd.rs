@@ -57,7 +57,31 @@ impl Notify {
     }
 }
 
-fn start(notify: &Notify, config: &str, env: &[(&str, &str)]) -> (Child, tempfile::TempDir, u16) {
+/// The agent under test; killed when dropped, so a failed assertion leaves
+/// nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn start(notify: &Notify, config: &str, env: &[(&str, &str)]) -> (Running, tempfile::TempDir, u16) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let path = dir.path().join("config.toml");
@@ -72,7 +96,7 @@ fn start(notify: &Notify, config: &str, env: &[(&str, &str)]) -> (Child, tempfil
         .stderr(log)
         .spawn()
         .unwrap();
-    (child, dir, port)
+    (Running(child), dir, port)
 }
 
 fn terminate(child: &mut Child) -> Option<i32> {
@@ -140,7 +164,7 @@ fn ready_does_not_wait_for_an_absent_libvirtd() {
 #[test]
 fn watchdog_pings_stop_when_a_collector_loop_is_wedged() {
     let mut n = Notify::new();
-    let (mut child, dir, _port) =
+    let (child, dir, _port) =
         start(&n, TEST_DRIVER, &[("WATCHDOG_USEC", "2000000"), ("VIRTPULSE_TEST_WEDGE_COLLECTOR", "domain_stats")]);
     n.wait_for("READY=1", Duration::from_secs(20)).expect("READY=1");
     // Allowed silence: 2 x 1 s interval + 10 s grace. Watch for 25 s.
@@ -155,8 +179,7 @@ fn watchdog_pings_stop_when_a_collector_loop_is_wedged() {
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(log.contains("no longer pinging the systemd watchdog"), "{log}");
     assert!(log.contains("the domain_stats collector's loop has not come round"), "{log}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 #[test]
