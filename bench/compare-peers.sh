@@ -8,10 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-GUESTS=${GUESTS:-20}
-WINDOW=${WINDOW:-60}
-PREFIX=vpbench
-DIR=/var/tmp/virtpulse-bench
 OURS=127.0.0.1:19177
 THEIRS=127.0.0.1:19178
 

@@ -41,6 +41,12 @@ remove_guests() {
   done
 }
 
+# Guest benchmarks: how many guests, how long each measurement, and where.
+GUESTS=${GUESTS:-20}
+WINDOW=${WINDOW:-60}
+PREFIX=vpbench
+DIR=/var/tmp/virtpulse-bench
+
 # Installs and builds what a guest benchmark needs, starts GUESTS guests
 # named $PREFIX-N under $DIR, and removes them (and kills the PIDs added to
 # the pids array) when the script exits.

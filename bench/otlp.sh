@@ -8,10 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-GUESTS=${GUESTS:-20}
-WINDOW=${WINDOW:-60}
-PREFIX=vpbench
-DIR=/var/tmp/virtpulse-bench
 LISTEN=127.0.0.1:19177
 GRPC=127.0.0.1:19317
 HTTP=127.0.0.1:19318

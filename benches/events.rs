@@ -10,13 +10,13 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 mod common;
 
-use common::{cpu_seconds, produce, start_guest, virsh};
+use common::{cpu_seconds, start_guest, virsh, Producers};
 
 const GUEST: &str = "vpbench-events";
 const LISTEN: &str = "127.0.0.1:19180";
@@ -94,24 +94,13 @@ fn main() {
         latencies.lock().unwrap().clear();
         let before = received.load(Ordering::Relaxed);
         let cpu0 = cpu_seconds(agent.id());
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let workers: Vec<_> = (0..producers)
-            .map(|_| {
-                let (stop, count) = (stop.clone(), count.clone());
-                std::thread::spawn(move || produce(GUEST, stop, count))
-            })
-            .collect();
-        let started = Instant::now();
+        let p = Producers::start(GUEST, producers);
         let mut queue_max: f64 = 0.0;
-        while started.elapsed() < Duration::from_secs(seconds) {
+        while p.elapsed() < Duration::from_secs(seconds) {
             queue_max = queue_max.max(metric("virtpulse_event_queue_depth"));
             std::thread::sleep(Duration::from_millis(100));
         }
-        stop.store(true, Ordering::Relaxed);
-        workers.into_iter().for_each(|w| w.join().unwrap());
-        let produced = count.load(Ordering::Relaxed);
-        let window = started.elapsed().as_secs_f64();
+        let (produced, window) = p.finish();
         let settle = Instant::now() + Duration::from_secs(10);
         while received.load(Ordering::Relaxed) - before < produced && Instant::now() < settle {
             std::thread::sleep(Duration::from_millis(50));

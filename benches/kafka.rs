@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cpu_seconds, produce, start_guest, virsh};
+use common::{cpu_seconds, start_guest, virsh, Producers};
 use virtpulse::sinks::kafka::spool::{Spool, SpoolConfig, SyncPolicy};
 
 const GUEST: &str = "vpbench-kafka";
@@ -105,19 +105,9 @@ fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
 
 /// Runs `producers` threads for `seconds`; returns events produced.
 fn run_producers(producers: usize, seconds: u64) -> (u64, f64) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..producers)
-        .map(|_| {
-            let (stop, count) = (stop.clone(), count.clone());
-            std::thread::spawn(move || produce(GUEST, stop, count))
-        })
-        .collect();
-    let started = Instant::now();
+    let p = Producers::start(GUEST, producers);
     std::thread::sleep(Duration::from_secs(seconds));
-    stop.store(true, Ordering::Relaxed);
-    workers.into_iter().for_each(|w| w.join().unwrap());
-    (count.load(Ordering::Relaxed), started.elapsed().as_secs_f64())
+    p.finish()
 }
 
 fn spool_throughput() {

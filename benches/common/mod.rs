@@ -74,3 +74,38 @@ pub fn produce(guest: &str, stop: Arc<AtomicBool>, count: Arc<AtomicU64>) {
         sys::virConnectClose(conn);
     }
 }
+
+/// `n` producer threads (see `produce`) running until `finish`.
+pub struct Producers {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    started: std::time::Instant,
+}
+
+impl Producers {
+    pub fn start(guest: &'static str, n: usize) -> Producers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let workers = (0..n)
+            .map(|_| {
+                let (stop, count) = (stop.clone(), count.clone());
+                std::thread::spawn(move || produce(guest, stop, count))
+            })
+            .collect();
+        Producers { stop, count, workers, started: std::time::Instant::now() }
+    }
+
+    // Each bench compiles this module on its own; not all of them sample.
+    #[allow(dead_code)]
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops the threads; returns (events produced, seconds they ran).
+    pub fn finish(self) -> (u64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.workers.into_iter().for_each(|w| w.join().unwrap());
+        (self.count.load(Ordering::Relaxed), self.started.elapsed().as_secs_f64())
+    }
+}
