@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry as PcRegistry;
 use virtpulse::record::{Batch, Record};
+use virtpulse::selection::Selection;
 use virtpulse::selfmon::Registry;
 use virtpulse::sinks::prometheus::Exporter;
 use virtpulse::stat_keys::{samples, MetricType, SampleStats};
@@ -35,7 +36,7 @@ impl prometheus_client::collector::Collector for PcCollector {
             for s in samples(r, &mut SampleStats::default()) {
                 let mut labels =
                     vec![("domain".to_string(), d.name.to_string()), ("uuid".to_string(), d.uuid.to_string())];
-                labels.extend(s.labels().map(|(k, v)| (k.to_string(), v.to_string())));
+                labels.extend(s.labels().into_iter().map(|(k, v)| (k.to_string(), v)));
                 fams.entry(s.name().to_string())
                     .or_insert_with(|| (s.mtype(), s.help().to_string(), Vec::new()))
                     .2
@@ -74,14 +75,14 @@ fn main() {
     let records = snapshot(domains);
     let rounds = 15;
 
-    let exporter = Exporter::new(Registry::new(), None);
+    let exporter = Exporter::new(Registry::new(), None, Arc::new(Selection::everything()), u64::MAX);
     let mut render = Vec::new();
     let mut scrape = Vec::new();
     let mut ours = String::new();
     for _ in 0..rounds {
         let batch = Batch { source: "domain_stats", snapshot: true, records: records.clone(), ..Default::default() };
         let t = Instant::now();
-        exporter.apply(&batch);
+        exporter.apply(Arc::new(batch));
         render.push(t.elapsed());
         let t = Instant::now();
         ours = exporter.encode();

@@ -167,12 +167,14 @@ def fleet():
                [(f"max(virtpulse_collection_age_seconds{{{H}}})", "age")], unit="s", red_at=600), 4, 4)
     L.add(stat("Records dropped (rate)", "Records sinks dropped (queue full) plus events lost before normalization.",
                [(f"sum(rate(virtpulse_sink_records_dropped_total{{{H}}}{RI})) + sum(rate(virtpulse_events_dropped_total{{{H}}}{RI}))", "dropped/s")], unit="short", red_at=0.001, decimals=2), 4, 4)
-    L.add(bargauge("Domains by state", "From libvirt_domain_info.",
-                   [(f"count by (state) (libvirt_domain_info{{{HD}}})", "{{state}}")]), 8, 8)
+    L.add(bargauge("Domains by state", "From libvirt_domain_state (codes in docs/metrics.md).",
+                   [(f"count(libvirt_domain_state{{{HD}}} == {code}) or vector(0)", name)
+                    for code, name in [(1, "running"), (3, "paused"), (5, "shutoff"), (6, "crashed"), (7, "pmsuspended")]]
+                   + [(f"count(libvirt_domain_state{{{HD}}} == 0 or libvirt_domain_state{{{HD}}} == 2 or libvirt_domain_state{{{HD}}} == 4) or vector(0)", "other")]), 8, 8)
     L.add(bargauge("Running domains per host", "",
                    [(f"sort_desc(count by (instance) (libvirt_domain_state{{{HD}}} == 1))", "{{instance}}")]), 8, 8)
-    L.add(table("Domains not running", "State and reason codes are libvirt's (docs/metrics.md).",
-                [(f"libvirt_domain_state_reason{{{HD}}} * on (instance, uuid) group_left (state) libvirt_domain_info{{{HD}}}", "")]), 8, 8)
+    L.add(table("Domains not running", "The value is the reason code of the domain's state; state and reason codes are libvirt's (docs/metrics.md).",
+                [(f"libvirt_domain_state_reason{{{HD}}} and on (instance, uuid) (libvirt_domain_state{{{HD}}} != 1)", "")]), 8, 8)
 
     L.row("Top consumers")
     L.add(bargauge("Top 10 by CPU (cores)", "Host CPU time of all the domain's QEMU threads.",

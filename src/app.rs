@@ -24,6 +24,7 @@ use crate::libvirt::manager::ManagerOptions;
 use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::Router;
+use crate::selection::Selection;
 use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
 use crate::sinks::{kafka, otlp, prometheus, stdout};
 
@@ -74,6 +75,24 @@ pub fn init_logging(cfg: &Config) {
     };
 }
 
+/// Every check a start makes short of connecting anywhere: what
+/// `--check-config` proves, and what the daemon runs before it starts (a
+/// failure is a configuration error, exit 78). The configuration itself
+/// (keys, types, bounds, patterns, the web config's TLS files and users,
+/// every VIRTPULSE_* variable) was checked when it was loaded.
+pub fn preflight(cfg: &Config) -> Result<(), String> {
+    // Property names and values only librdkafka can judge (no connection made).
+    kafka::check(&cfg.sinks.kafka)?;
+    // OTLP settings from OTEL_* variables, TLS material, headers, resource
+    // attributes; the transport needs a runtime to exist (it connects lazily).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime for the checks: {e}"))?;
+    rt.block_on(async { otlp::check(&cfg.sinks.otlp, &cfg.hostname(), &cfg.libvirt.uri) })?;
+    Ok(())
+}
+
 fn manager_options(cfg: &Config) -> ManagerOptions {
     ManagerOptions {
         uri: cfg.libvirt.uri.clone(),
@@ -107,13 +126,60 @@ fn collector_context(
     })
 }
 
-fn domain_stats_collector(cfg: &Config, ctx: CollectorContext) -> anyhow::Result<DomainStatsCollector> {
+/// What the domain stats collector asks libvirt for: the groups a metric
+/// sink exports, plus every configured group when a sink reads whole
+/// records; the backing chain only when someone shows it.
+pub fn requested_stats(cfg: &Config, selection: &Selection, records: bool) -> Result<(u32, bool), String> {
+    let bit = |name: &str| crate::libvirt::stats::group_by_name(name).map(|g| g.bit);
+    let configured = cfg.stats_groups_mask()?;
+    let state = bit("state").unwrap_or(1);
+    let mut wanted = state;
+    let metrics = cfg.metric_consumers();
+    if metrics {
+        wanted |= selection.needed_groups(bit);
+    }
+    if records {
+        wanted |= configured;
+    }
+    let backing = cfg.collectors.domain_stats.backing_chain
+        && (records || (metrics && selection.enabled(crate::stat_keys::Detail::BackingChain)));
+    Ok(((configured & wanted) | state, backing))
+}
+
+fn domain_stats_collector(
+    cfg: &Config,
+    ctx: CollectorContext,
+    selection: &Arc<Selection>,
+    records: bool,
+) -> anyhow::Result<DomainStatsCollector> {
     let ds = &cfg.collectors.domain_stats;
+    let (groups, backing_chain) = requested_stats(cfg, selection, records).map_err(|m| anyhow!(m))?;
+    let key_filter: Option<crate::libvirt::typed_params::KeyFilter> = if records {
+        None
+    } else {
+        let sel = selection.clone();
+        // The state keys drive the collector itself (running or not).
+        Some(Arc::new(move |k: &str| {
+            k.starts_with("state.") || sel.wants_key(crate::record::RecordKind::DomainStats, k)
+        }))
+    };
+    tracing::info!(
+        groups = ?crate::libvirt::stats::group_names(groups),
+        backing_chain,
+        all_fields = records,
+        metrics = ?selection.enabled_details(),
+        "domain stats: what is asked of libvirt"
+    );
+    let timeout = cfg.domain_stats_schedule().1;
     let settings = domain_stats::Settings {
-        groups: cfg.stats_groups_mask().map_err(|m| anyhow!(m))?,
-        backing_chain: ds.backing_chain,
+        groups,
+        backing_chain,
         nowait: ds.nowait,
-        connect_wait: cfg.domain_stats_schedule().1 / 2,
+        connect_wait: timeout / 2,
+        chunk_size: ds.chunk_size,
+        chunks_in_flight: ds.chunks_in_flight,
+        chunk_wait: timeout * 3 / 4,
+        key_filter,
     };
     Ok(DomainStatsCollector::new(ctx, settings, InfoCache::new(ds.metadata_refresh)))
 }
@@ -161,6 +227,8 @@ fn plan_collectors(
     cfg: &Config,
     manager: &Arc<ConnectionManager>,
     registry: &Arc<Registry>,
+    selection: &Arc<Selection>,
+    records: bool,
 ) -> anyhow::Result<Vec<Planned>> {
     let c = &cfg.collectors;
     let mut out = Vec::new();
@@ -181,14 +249,20 @@ fn plan_collectors(
         let ctx = collector_context(cfg, manager.clone(), registry.clone(), stats.clone())?;
         let tracker = ctx.tracker.clone();
         let collector = match name {
-            CollectorName::DomainStats => AnyCollector::DomainStats(domain_stats_collector(cfg, ctx)?),
-            CollectorName::Jobs => {
-                AnyCollector::Jobs(JobsCollector::new(ctx, c.jobs.completed_retention, timeout * 3 / 4))
+            CollectorName::DomainStats => {
+                AnyCollector::DomainStats(domain_stats_collector(cfg, ctx, selection, records)?)
             }
-            CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, c.node.per_cpu)),
+            CollectorName::Jobs => AnyCollector::Jobs(JobsCollector::new(
+                ctx,
+                c.jobs.completed_retention,
+                timeout * 3 / 4,
+                cfg.jobs_idle_interval(),
+            )),
+            CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, cfg.node_per_cpu(selection))),
             CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
         };
-        out.push(Planned { name, collector, sched, tracker, stats, wake: Wake::default() });
+        let wake = Wake::counted(stats.clone());
+        out.push(Planned { name, collector, sched, tracker, stats, wake });
     }
     Ok(out)
 }
@@ -212,7 +286,15 @@ pub async fn run_once(cfg: Config) -> i32 {
             return EXIT_SOFTWARE;
         }
     }
-    let plan = match plan_collectors(&cfg, &manager, &Registry::new()) {
+    let selection = match cfg.selection() {
+        Ok(s) => Arc::new(s),
+        Err((k, m)) => {
+            eprintln!("virtpulse: metrics.{k}: {m}");
+            return EXIT_CONFIG;
+        }
+    };
+    // Records are what --once prints: every configured group, every field.
+    let plan = match plan_collectors(&cfg, &manager, &Registry::new(), &selection, true) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("virtpulse: {e}");
@@ -298,6 +380,7 @@ async fn shutdown_signal() {
 /// The daemon. Returns when a termination signal arrives.
 pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
+    let selection = Arc::new(cfg.selection().map_err(|(k, m)| anyhow!("metrics.{k}: {m}"))?);
     let manager = ConnectionManager::new(manager_options(&cfg));
     let health = Health::new(registry.clone(), manager.clone());
     let mut router = Router::new();
@@ -313,7 +396,8 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         })?;
         let stats = SinkStats::new("prometheus", p.queue_capacity);
         registry.add_sink(stats.clone());
-        let exporter = prometheus::Exporter::new(registry.clone(), Some(manager.clone()));
+        let exporter =
+            prometheus::Exporter::new(registry.clone(), Some(manager.clone()), selection.clone(), p.max_series);
         tasks.push(tokio::spawn(prometheus::run_sink(exporter.clone(), router.add_sink(stats))));
         let mut app = prometheus::router(exporter, &p.path, health.clone());
         let security = match &p.web_config_file {
@@ -359,7 +443,7 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         let o = &cfg.sinks.otlp;
         let stats = SinkStats::new("otlp", o.queue_capacity);
         registry.add_sink(stats.clone());
-        let sink = otlp::start(o, &cfg.hostname(), &cfg.libvirt.uri, router.add_sink(stats))?;
+        let sink = otlp::start(o, &cfg.hostname(), &cfg.libvirt.uri, selection.clone(), router.add_sink(stats))?;
         registry.set_otlp(sink.stats.clone());
         otlp_sink = Some(sink);
     }
@@ -369,7 +453,7 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
 
     let mut hooks = Hooks::default();
     let mut collectors = Vec::new();
-    for p in plan_collectors(&cfg, &manager, &registry)? {
+    for p in plan_collectors(&cfg, &manager, &registry, &selection, cfg.record_consumers())? {
         tracing::info!(collector = p.collector.name(), interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
         match (&p.name, &p.collector) {
             (CollectorName::DomainStats, AnyCollector::DomainStats(c)) => {

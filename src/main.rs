@@ -23,7 +23,21 @@ struct Cli {
     print_metrics_reference: bool,
 }
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    // Before any thread exists (see libvirt::heap); an operator's own
+    // MALLOC_* settings win.
+    use virtpulse::libvirt::heap;
+    if !heap::tuned_by_environment(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
+        heap::tune(heap::DEFAULT_TUNING);
+    }
     let cli = Cli::parse();
     if cli.print_metrics_reference {
         print!("{}", virtpulse::reference::metrics_markdown());
@@ -36,9 +50,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    // Property names and values only librdkafka can judge (no connection made).
-    if let Err(e) = virtpulse::sinks::kafka::check(&cfg.sinks.kafka) {
-        eprintln!("virtpulse: {e}");
+    if let Err(e) = app::preflight(&cfg) {
+        eprintln!("virtpulse: configuration error: {e}");
         return ExitCode::from(EXIT_CONFIG as u8);
     }
     if cli.check_config {

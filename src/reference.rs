@@ -4,13 +4,24 @@
 use std::fmt::Write;
 
 use crate::record::RecordKind;
+use crate::selection::SWITCHES;
 use crate::sinks::otlp::naming::metric_name;
 use crate::sinks::prometheus::selfmetrics::SELF_METRICS;
-use crate::stat_keys::{table, LabelSource, RULES};
+use crate::stat_keys::{detail_of, table, Detail, LabelSource, RULES};
+
+/// Where a metric is exported: the default profile, or the switch that adds it.
+fn exported_by(kind: RecordKind, pattern: &str) -> String {
+    match detail_of(kind, pattern) {
+        Detail::Core => "default".into(),
+        d => SWITCHES.iter().find(|s| s.detail == d).map(|s| format!("`{}`", s.key)).unwrap_or_default(),
+    }
+}
 
 fn table_section(s: &mut String, kind: RecordKind, title: &str) {
     let _ = writeln!(s, "## {title}\n");
-    s.push_str("| record key | metric | type | extra labels | OTLP name (unit) | help |\n|---|---|---|---|---|---|\n");
+    s.push_str(
+        "| record key | metric | type | extra labels | exported by | OTLP name (unit) | help |\n|---|---|---|---|---|---|---|\n",
+    );
     for spec in table(kind) {
         let Some(e) = spec.export else { continue };
         let labels: Vec<String> = spec
@@ -26,11 +37,12 @@ fn table_section(s: &mut String, kind: RecordKind, title: &str) {
         let unit = if unit.is_empty() { String::new() } else { format!(" (`{unit}`)") };
         let _ = writeln!(
             s,
-            "| `{}` | `{}` | {} | {} | `{otlp}`{unit} | {} |",
+            "| `{}` | `{}` | {} | {} | {} | `{otlp}`{unit} | {} |",
             spec.pattern.replace('*', "<n>"),
             e.name,
             e.mtype.as_str(),
             labels.join(", "),
+            exported_by(kind, spec.pattern),
             e.help.replace('|', "\\|")
         );
     }
@@ -64,6 +76,19 @@ the rest as gauges, the unit in UCUM) and the labels as attributes: `libvirt.dom
 `libvirt.domain.<label>` (`libvirt.job.<label>`, `libvirt.node.<label>`, `libvirt.pool.name`/`libvirt.pool.<label>` \
 for the other kinds); info metrics as `libvirt.domain.info` and so on, value 1.\n\n",
     );
+    s.push_str("## Export profiles and switches\n\n");
+    s.push_str(
+        "`[metrics] profile` decides what the Prometheus and OTLP sinks export; records (Kafka, stdout) always carry \
+every field collected. `default` is what the dashboards, the alert rules and a capacity planner need (the rows \
+marked `default` below, about 70 series for a domain with 4 vCPUs, 2 disks and 2 NICs); `everything` turns every \
+switch on. Each switch can also be set on its own (`[metrics] <switch> = true`); `include` / `exclude` globs over \
+metric names and `drop_labels` globs over label names apply after them. A stats group none of whose metrics is \
+exported is not asked of libvirt unless a record sink is on.\n\n| switch | covers | adds |\n|---|---|---|\n",
+    );
+    for sw in SWITCHES {
+        let _ = writeln!(s, "| `{}` | {} | {} |", sw.key, sw.covers.replace('|', "\\|"), sw.adds);
+    }
+    s.push('\n');
     for (kind, title) in [
         (RecordKind::DomainStats, "Domain statistics (`virConnectGetAllDomainStats`)"),
         (RecordKind::DomainJob, "Domain jobs (`virDomainGetJobStats`)"),
@@ -72,19 +97,30 @@ for the other kinds); info metrics as `libvirt.domain.info` and so on, value 1.\
     ] {
         table_section(&mut s, kind, title);
     }
-    s.push_str("\n## Hypervisor-defined statistics (by rule)\n\n| libvirt key | metric | notes |\n|---|---|---|\n");
+    s.push_str("\n## Hypervisor-defined statistics (by rule)\n\n| libvirt key | metric | exported by | notes |\n|---|---|---|---|\n");
     for (key, metric, notes) in RULES {
-        let _ = writeln!(s, "| `{key}` | `{metric}` | {notes} |");
+        let switch = if key.starts_with("vm.") {
+            "`vm_kvm`"
+        } else if key.starts_with("vcpu.") {
+            "`vcpu_kvm`"
+        } else {
+            "`block_latency`"
+        };
+        let _ = writeln!(s, "| `{key}` | `{metric}` | {switch} | {notes} |");
     }
     s.push_str("\n## Descriptive (info) metrics\n\n");
     s.push_str("| metric | labels |\n|---|---|\n");
-    s.push_str("| `libvirt_domain_info` | `domain`, `uuid`, `state`, `virt_type`, `os_type`, `arch`, `machine`, `vcpus`, `max_memory_bytes`, `persistent`, `autostart` |\n");
+    s.push_str("| `libvirt_domain_info` | `domain`, `uuid`, `virt_type`, `os_type`, `arch`, `machine`, `vcpus`, `max_memory_bytes`, `persistent`, `autostart` |\n");
     s.push_str("| `libvirt_domain_openstack_info` | `domain`, `uuid`, `instance_name`, `flavor`, `project_name`, `project_uuid`, `user_name`, `user_uuid` (only for domains with Nova metadata) |\n");
     s.push_str("| `libvirt_node_info` | `model` |\n");
     s.push_str(
         "| `libvirt_node_versions_info` | `library_version`, `daemon_version`, `hypervisor`, `hypervisor_version` |\n",
     );
     s.push_str("| `libvirt_storage_pool_info` | `pool`, `uuid`, `type`, `state`, `persistent`, `autostart` |\n");
+    s.push_str(
+        "\n`libvirt_domain_info` carries no state: the state has its own gauge (`libvirt_domain_state`), and a state \
+label would start a new series at every state change.\n",
+    );
     s.push_str("\nJob series exist while a job runs (`type` bounded or unbounded); the last finished job of a domain stays \
 on view with `type` completed, failed or cancelled for `collectors.jobs.completed_retention` after it was first seen.\n");
     s.push_str("\n## Events\n\n| metric | type | labels | help |\n|---|---|---|---|\n");

@@ -8,6 +8,10 @@ use tokio::sync::mpsc;
 
 use crate::record::Batch;
 use crate::selfmon::SinkStats;
+use crate::throttle::Throttle;
+
+/// Drops are counted every time; the warning shows once a minute per sink.
+static DROP_WARNINGS: Throttle = Throttle::new(std::time::Duration::from_secs(60));
 
 /// The receiving end a sink task drains.
 pub struct SinkQueue {
@@ -78,12 +82,21 @@ impl Router {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     r.stats.dequeued();
                     r.stats.dropped(n);
-                    tracing::warn!(sink = r.stats.name, records = n, "sink queue full; batch dropped");
+                    if let Some(held_back) = DROP_WARNINGS.allow(r.stats.name) {
+                        tracing::warn!(sink = r.stats.name, records = n, earlier_drops_not_logged = held_back, "sink queue full; batch dropped (counted in virtpulse_sink_records_dropped_total; this warning shows once a minute)");
+                    }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     r.stats.dequeued();
                     r.stats.dropped(n);
-                    tracing::error!(sink = r.stats.name, records = n, "sink stopped; batch dropped");
+                    if let Some(held_back) = DROP_WARNINGS.allow(&format!("{}/stopped", r.stats.name)) {
+                        tracing::error!(
+                            sink = r.stats.name,
+                            records = n,
+                            earlier_drops_not_logged = held_back,
+                            "sink stopped; batch dropped"
+                        );
+                    }
                 }
             }
         }
@@ -143,5 +156,29 @@ mod tests {
         drop(router.add_sink(s.clone()));
         router.route(batch(5));
         assert_eq!(s.dropped_records(), 5);
+    }
+
+    #[test]
+    fn drops_are_counted_every_time_and_warned_once_a_minute() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Count(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let warnings = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Count(warnings.clone()));
+        let stats = SinkStats::new("router-test-warn-once", 1);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut router = Router::new();
+            let _q = router.add_sink(stats.clone());
+            for _ in 0..100 {
+                router.route(batch(1));
+            }
+        });
+        assert_eq!(stats.dropped_records(), 99);
+        assert_eq!(warnings.load(Ordering::Relaxed), 1, "one warning for 99 drops, not one per batch");
     }
 }

@@ -5,6 +5,26 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Why a chunk of domains is missing from a cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkMiss {
+    /// Still running at the cycle's deadline.
+    Late,
+    /// The call failed.
+    Failed,
+}
+
+impl ChunkMiss {
+    pub const ALL: [ChunkMiss; 2] = [ChunkMiss::Late, ChunkMiss::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkMiss::Late => "late",
+            ChunkMiss::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CycleOutcome {
     Ok,
@@ -38,6 +58,10 @@ pub struct CollectorStats {
     last_success_unix_ns: AtomicU64,
     stuck_calls: AtomicUsize,
     partial_records: AtomicU64,
+    missed_chunks: [AtomicU64; 2],
+    /// Collections asked for by events (wakes), and those that ran.
+    wakes: AtomicU64,
+    triggered: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// When the control loop last came round (ms on the process clock).
     last_beat_ms: AtomicU64,
@@ -60,6 +84,9 @@ impl CollectorStats {
             last_success_unix_ns: AtomicU64::new(0),
             stuck_calls: AtomicUsize::new(0),
             partial_records: AtomicU64::new(0),
+            missed_chunks: Default::default(),
+            wakes: AtomicU64::new(0),
+            triggered: AtomicU64::new(0),
             last_error: Mutex::new(None),
             last_beat_ms: AtomicU64::new(process_millis()),
         })
@@ -85,6 +112,32 @@ impl CollectorStats {
 
     pub fn partial_records(&self) -> u64 {
         self.partial_records.load(Ordering::Relaxed)
+    }
+
+    pub fn missed_chunks(&self, why: ChunkMiss, n: u64) {
+        self.missed_chunks[why as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn chunks_missed(&self, why: ChunkMiss) -> u64 {
+        self.missed_chunks[why as usize].load(Ordering::Relaxed)
+    }
+
+    /// An event asked for a collection.
+    pub fn woken(&self) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::Relaxed)
+    }
+
+    /// A collection ran because events asked for one (however many did).
+    pub fn triggered(&self) {
+        self.triggered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn triggered_runs(&self) -> u64 {
+        self.triggered.load(Ordering::Relaxed)
     }
 
     pub fn skip(&self) {

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use rustc_hash::FxHashMap;
@@ -35,6 +36,76 @@ impl MetricType {
             MetricType::Gauge => "gauge",
             MetricType::Histogram => "histogram",
         }
+    }
+}
+
+/// How deep a key's data goes: `Core` is in the default export profile,
+/// the rest is one switch away each (see `selection::SWITCHES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Detail {
+    Core,
+    VcpuKvm,
+    VcpuState,
+    VmKvm,
+    BackingChain,
+    Haltpoll,
+    Perf,
+    BlockLimits,
+    BlockLatency,
+    Resctrl,
+    Iothread,
+    Dirtyrate,
+    NodePerCpu,
+}
+
+impl Detail {
+    pub const ALL: [Detail; 13] = [
+        Detail::Core,
+        Detail::VcpuKvm,
+        Detail::VcpuState,
+        Detail::VmKvm,
+        Detail::BackingChain,
+        Detail::Haltpoll,
+        Detail::Perf,
+        Detail::BlockLimits,
+        Detail::BlockLatency,
+        Detail::Resctrl,
+        Detail::Iothread,
+        Detail::Dirtyrate,
+        Detail::NodePerCpu,
+    ];
+
+    pub fn bit(self) -> u32 {
+        1 << self as u32
+    }
+}
+
+/// The detail of a key (or of a table pattern, whose indices are `*`).
+/// Backing-chain layers share their keys with the top layer: that detail
+/// is judged per record (see `BlockLayers`).
+pub fn detail_of(kind: RecordKind, key: &str) -> Detail {
+    let index = |s: &str| s == "*" || is_index(s);
+    let mut parts = key.split('.');
+    let (a, b, c, d, e) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
+    match kind {
+        RecordKind::Node => match (a, b) {
+            (Some("cpu"), Some(n)) if index(n) => Detail::NodePerCpu,
+            _ => Detail::Core,
+        },
+        RecordKind::DomainStats => match (a, b, c, d, e) {
+            (Some("vm"), ..) => Detail::VmKvm,
+            (Some("perf"), ..) => Detail::Perf,
+            (Some("iothread"), ..) => Detail::Iothread,
+            (Some("dirtyrate"), ..) => Detail::Dirtyrate,
+            (Some("memory"), ..) | (Some("cpu"), Some("cache"), ..) => Detail::Resctrl,
+            (Some("cpu"), Some("haltpoll"), ..) => Detail::Haltpoll,
+            (Some("vcpu"), Some(n), Some("state" | "halted"), None, _) if index(n) => Detail::VcpuState,
+            (Some("vcpu"), Some(n), Some(_), Some("sum" | "cur" | "max"), None) if index(n) => Detail::VcpuKvm,
+            (Some("block"), Some(n), Some("limits"), ..) if index(n) => Detail::BlockLimits,
+            (Some("block"), Some(n), Some("timed_group" | "latency_histogram"), ..) if index(n) => Detail::BlockLatency,
+            _ => Detail::Core,
+        },
+        RecordKind::DomainJob | RecordKind::StoragePool | RecordKind::Event => Detail::Core,
     }
 }
 
@@ -589,9 +660,21 @@ pub struct KeyMapping {
     pub export: Option<Arc<MappedExport>>,
     /// Neither exported nor describing anything known.
     pub unmapped: bool,
+    pub detail: Detail,
+    /// `n` of `block.<n>.*` keys (backing-chain layers are judged by it).
+    pub block_index: Option<u32>,
 }
 
 impl KeyMapping {
+    const NONE: KeyMapping = KeyMapping {
+        unit: None,
+        numeric_unit: Unknown,
+        export: None,
+        unmapped: false,
+        detail: Detail::Core,
+        block_index: None,
+    };
+
     pub fn unit_for(&self, value: &TypedValue) -> Unit {
         self.unit.unwrap_or(match value {
             TypedValue::String(_) => Text,
@@ -602,6 +685,18 @@ impl KeyMapping {
 }
 
 fn resolve(kind: RecordKind, key: &str) -> KeyMapping {
+    let mut m = resolve_export(kind, key);
+    m.detail = detail_of(kind, key);
+    if kind == RecordKind::DomainStats {
+        let mut parts = key.split('.');
+        if parts.next() == Some("block") {
+            m.block_index = parts.next().and_then(|n| if is_index(n) { n.parse().ok() } else { None });
+        }
+    }
+    m
+}
+
+fn resolve_export(kind: RecordKind, key: &str) -> KeyMapping {
     if let Some(spec) = lookup(kind, key) {
         let export = spec.export.map(|e| {
             Arc::new(MappedExport {
@@ -623,13 +718,19 @@ fn resolve(kind: RecordKind, key: &str) -> KeyMapping {
                     .collect(),
             })
         });
-        return KeyMapping { unit: Some(spec.unit), numeric_unit: spec.unit, export, unmapped: false };
+        return KeyMapping {
+            unit: Some(spec.unit),
+            numeric_unit: spec.unit,
+            export,
+            unmapped: false,
+            ..KeyMapping::NONE
+        };
     }
     if kind != RecordKind::DomainStats {
-        return KeyMapping { unit: None, numeric_unit: Unknown, export: None, unmapped: true };
+        return KeyMapping { unmapped: true, ..KeyMapping::NONE };
     }
     if let Some(unit) = histogram_aux_unit(key) {
-        return KeyMapping { unit: Some(unit), numeric_unit: unit, export: None, unmapped: false };
+        return KeyMapping { unit: Some(unit), numeric_unit: unit, ..KeyMapping::NONE };
     }
     if let Some(m) = rule_for(key) {
         return KeyMapping {
@@ -642,10 +743,10 @@ fn resolve(kind: RecordKind, key: &str) -> KeyMapping {
                 help: Cow::Owned(m.help),
                 labels: m.labels,
             })),
-            unmapped: false,
+            ..KeyMapping::NONE
         };
     }
-    KeyMapping { unit: None, numeric_unit: Unknown, export: None, unmapped: true }
+    KeyMapping { unmapped: true, ..KeyMapping::NONE }
 }
 
 /// Distinct keys cached at most; a daemon inventing keys without end (it
@@ -681,16 +782,28 @@ pub fn unit_of(kind: RecordKind, key: &str, value: &TypedValue) -> Unit {
     mapping(kind, key).unit_for(value)
 }
 
-/// One exported value of a record.
-#[derive(Debug, Clone, PartialEq)]
+/// Labels of one series at most, beyond the record's identity.
+pub const MAX_LABELS: usize = 6;
+
+/// No sibling field: the label is empty.
+pub const NO_FIELD: u32 = u32::MAX;
+
+/// One exported value of a record: a view, nothing copied. Label values are
+/// read from the record when asked for.
+#[derive(Debug, Clone)]
 pub struct Sample<'r> {
     pub export: Arc<MappedExport>,
-    /// Parallel to `export.labels`; empty placeholders where the label is literal.
-    label_values: Vec<Cow<'r, str>>,
+    pub record: &'r Record,
+    /// Index of the field in the record.
+    pub field: u32,
+    /// Per label (by position): the sibling field that holds its value.
+    pub siblings: [u32; MAX_LABELS],
+    /// Bit i set: the i-th label is dropped.
+    pub dropped: u32,
     pub value: f64,
 }
 
-impl Sample<'_> {
+impl<'r> Sample<'r> {
     pub fn name(&self) -> &str {
         &self.export.name
     }
@@ -703,27 +816,58 @@ impl Sample<'_> {
         &self.export.help
     }
 
-    /// Labels beyond the record's identity (domain, uuid).
-    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        self.export.labels.iter().zip(&self.label_values).map(|((name, src), v)| {
-            let value = match src {
-                MappedLabel::Literal(s) => s.as_str(),
-                _ => v.as_ref(),
-            };
-            (*name, value)
-        })
+    /// Calls `f` with each label beyond the record's identity (domain,
+    /// uuid), in order, without allocating.
+    pub fn for_each_label(&self, f: impl FnMut(&'static str, &str)) {
+        for_each_label(&self.export, self.record, &self.siblings, self.dropped, f)
+    }
+
+    /// The labels as owned pairs (tests, slow paths).
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(self.export.labels.len());
+        self.for_each_label(|k, v| out.push((k, v.to_string())));
+        out
     }
 }
 
-fn label_value(v: &TypedValue) -> Cow<'_, str> {
-    match v {
-        TypedValue::String(s) => Cow::Borrowed(s.as_str()),
-        TypedValue::Int(i) => Cow::Owned(i.to_string()),
-        TypedValue::UInt(i) => Cow::Owned(i.to_string()),
-        TypedValue::LLong(i) => Cow::Owned(i.to_string()),
-        TypedValue::ULLong(i) => Cow::Owned(i.to_string()),
-        TypedValue::Double(d) => Cow::Owned(d.to_string()),
-        TypedValue::Boolean(b) => Cow::Borrowed(if *b { "1" } else { "0" }),
+/// The labels of a series of `export` in `record`: literal ones from the
+/// mapping, the others from the sibling fields (see `Sample`).
+pub fn for_each_label(
+    export: &MappedExport,
+    record: &Record,
+    siblings: &[u32; MAX_LABELS],
+    dropped: u32,
+    mut f: impl FnMut(&'static str, &str),
+) {
+    let mut ints = itoa::Buffer::new();
+    let mut text = String::new();
+    for (i, (name, src)) in export.labels.iter().enumerate().take(MAX_LABELS) {
+        if dropped & (1 << i) != 0 {
+            continue;
+        }
+        let sibling = record.fields.get(siblings[i] as usize).map(|f| &f.value);
+        match (src, sibling) {
+            (MappedLabel::Literal(s), _) => f(name, s),
+            (_, None) => f(name, ""),
+            (MappedLabel::NanosecondsAsSeconds(_), Some(v)) => {
+                text.clear();
+                let _ = write!(text, "{}", scaled(v.as_f64().unwrap_or(0.0), NS));
+                f(name, &text)
+            }
+            (MappedLabel::Sibling(_), Some(v)) => match v {
+                TypedValue::String(s) => f(name, s),
+                TypedValue::Int(x) => f(name, ints.format(*x)),
+                TypedValue::UInt(x) => f(name, ints.format(*x)),
+                TypedValue::LLong(x) => f(name, ints.format(*x)),
+                TypedValue::ULLong(x) => f(name, ints.format(*x)),
+                TypedValue::Boolean(b) => f(name, if *b { "1" } else { "0" }),
+                TypedValue::Double(d) => {
+                    text.clear();
+                    let _ = write!(text, "{d}");
+                    f(name, &text)
+                }
+            },
+        }
     }
 }
 
@@ -750,7 +894,7 @@ fn nth_index(key: &str, n: usize) -> Option<&str> {
 
 /// Dividing by 1e9 rounds better than multiplying by 1e-9 (1.5 s, not
 /// 1.5000000000000002 s).
-fn scaled(raw: f64, scale: f64) -> f64 {
+pub fn scaled(raw: f64, scale: f64) -> f64 {
     if scale < 1.0 {
         raw / (1.0 / scale).round()
     } else {
@@ -767,11 +911,68 @@ pub struct SampleStats {
     pub wrong_type: Vec<String>,
 }
 
-/// Calls `emit` with each exported value of a record, labels resolved from
-/// sibling keys.
-pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit: impl FnMut(Sample<'r>)) {
-    let by_key: FxHashMap<&str, &TypedValue> = record.fields.iter().map(|f| (&*f.key, &f.value)).collect();
+/// What a sink leaves out of a record's samples (see `selection`).
+pub trait SampleFilter {
+    /// Whether a sample of this detail and metric name is exported.
+    fn selects(&self, detail: Detail, name: &str) -> bool;
+    /// Whether series keep this label.
+    fn keeps_label(&self, label: &str) -> bool;
+    /// Whether any label is dropped at all (the common case is none).
+    fn drops_labels(&self) -> bool;
+}
+
+/// Exports everything (tests, references).
+pub struct AllSamples;
+
+impl SampleFilter for AllSamples {
+    fn selects(&self, _: Detail, _: &str) -> bool {
+        true
+    }
+
+    fn keeps_label(&self, _: &str) -> bool {
+        true
+    }
+
+    fn drops_labels(&self) -> bool {
+        false
+    }
+}
+
+/// Block indices that are backing-chain layers of a record: libvirt lists
+/// each disk's chain top first, so an index whose disk name appeared at a
+/// lower index is a layer below the top.
+fn backing_layers(record: &Record) -> Vec<u32> {
+    let mut names: Vec<(u32, &str)> = Vec::new();
     for f in &record.fields {
+        let Some(rest) = f.key.strip_prefix("block.") else { continue };
+        let Some(n) = rest.strip_suffix(".name") else { continue };
+        if let (Ok(n), Some(name)) = (n.parse::<u32>(), f.value.as_str()) {
+            names.push((n, name));
+        }
+    }
+    names.sort_unstable();
+    let mut layers = Vec::new();
+    for (i, (n, name)) in names.iter().enumerate() {
+        if names[..i].iter().any(|(_, other)| other == name) {
+            layers.push(*n);
+        }
+    }
+    layers
+}
+
+/// Calls `emit` with each exported value of a record that `filter`
+/// selects, labels resolved from sibling keys.
+pub fn for_each_sample<'r>(
+    record: &'r Record,
+    filter: &dyn SampleFilter,
+    stats: &mut SampleStats,
+    mut emit: impl FnMut(Sample<'r>),
+) {
+    // Built when the first sample needs a sibling (most records do).
+    let mut by_key: Option<FxHashMap<&str, u32>> = None;
+    let layers = if record.kind == RecordKind::DomainStats { backing_layers(record) } else { Vec::new() };
+    let drops = filter.drops_labels();
+    for (index, f) in record.fields.iter().enumerate() {
         let m = mapping(record.kind, &f.key);
         let Some(export) = &m.export else {
             if m.unmapped {
@@ -779,34 +980,46 @@ pub fn for_each_sample<'r>(record: &'r Record, stats: &mut SampleStats, mut emit
             }
             continue;
         };
+        if !filter.selects(m.detail, &export.name) {
+            continue;
+        }
+        if m.block_index.is_some_and(|n| layers.contains(&n)) && !filter.selects(Detail::BackingChain, &export.name) {
+            continue;
+        }
         let Some(raw) = f.value.as_f64() else {
             stats.wrong_type.push(f.key.to_string());
             continue;
         };
-        let label_values = export
-            .labels
-            .iter()
-            .map(|(_, src)| -> Cow<'r, str> {
-                match src {
-                    MappedLabel::Literal(_) => Cow::Borrowed(""),
-                    MappedLabel::Sibling(k) => {
-                        by_key.get(k.as_str()).map(|v| label_value(v)).unwrap_or(Cow::Borrowed(""))
-                    }
-                    MappedLabel::NanosecondsAsSeconds(k) => {
-                        let ns = by_key.get(k.as_str()).and_then(|v| v.as_f64()).unwrap_or(0.0);
-                        Cow::Owned(scaled(ns, NS).to_string())
-                    }
-                }
-            })
-            .collect();
-        emit(Sample { export: export.clone(), label_values, value: scaled(raw, export.scale) });
+        let mut dropped = 0u32;
+        let mut siblings = [NO_FIELD; MAX_LABELS];
+        for (i, (name, src)) in export.labels.iter().enumerate().take(MAX_LABELS) {
+            if drops && !filter.keeps_label(name) {
+                dropped |= 1 << i;
+                continue;
+            }
+            let key = match src {
+                MappedLabel::Literal(_) => continue,
+                MappedLabel::Sibling(k) | MappedLabel::NanosecondsAsSeconds(k) => k,
+            };
+            let map = by_key
+                .get_or_insert_with(|| record.fields.iter().enumerate().map(|(i, f)| (&*f.key, i as u32)).collect());
+            siblings[i] = map.get(key.as_str()).copied().unwrap_or(NO_FIELD);
+        }
+        emit(Sample {
+            export: export.clone(),
+            record,
+            field: index as u32,
+            siblings,
+            dropped,
+            value: scaled(raw, export.scale),
+        });
     }
 }
 
-/// Collects `for_each_sample` into a vector.
+/// Collects `for_each_sample` (everything selected) into a vector.
 pub fn samples<'r>(record: &'r Record, stats: &mut SampleStats) -> Vec<Sample<'r>> {
     let mut out = Vec::with_capacity(record.fields.len());
-    for_each_sample(record, stats, |s| out.push(s));
+    for_each_sample(record, &AllSamples, stats, |s| out.push(s));
     out
 }
 
@@ -818,7 +1031,7 @@ mod tests {
     use std::time::SystemTime;
 
     fn labels_of(s: &Sample) -> Vec<(&'static str, String)> {
-        s.labels().map(|(k, v)| (k, v.to_string())).collect()
+        s.labels()
     }
 
     fn rec(fields: &[(&str, TypedValue)]) -> Record {

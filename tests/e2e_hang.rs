@@ -23,7 +23,7 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     let healthy = Guest::start("hang", GuestSpec::default());
     let agent = Agent::start_for(
         &[&hung.name, &healthy.name],
-        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n",
+        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n[metrics]\nprofile = \"everything\"\n",
     );
     wait_for(Duration::from_secs(30), "full stats of both guests", || {
         let s = agent.scrape();
@@ -94,4 +94,52 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     let after = virsh::domstats(&hung.name, &[]);
     let problems = compare(&hung, &before, &s, &after);
     assert!(problems.is_empty(), "resumed guest:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn a_stuck_domain_in_one_chunk_leaves_the_other_chunks_fresh() {
+    let hung = Guest::start("chunk-hang", GuestSpec::default());
+    let healthy: Vec<Guest> = (0..2).map(|_| Guest::start("chunk-ok", GuestSpec::default())).collect();
+    let names: Vec<&str> = std::iter::once(hung.name.as_str()).chain(healthy.iter().map(|g| g.name.as_str())).collect();
+    // One domain per chunk: the hung guest's call blocks its own chunk only.
+    let agent = Agent::start_for(
+        &names,
+        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.domain_stats]\nchunk_size = 1\nchunks_in_flight = 2\n[metrics]\nprofile = \"everything\"\n",
+    );
+    wait_for(Duration::from_secs(30), "full stats of every guest", || {
+        let s = agent.scrape();
+        (has_full_stats(&s, &hung.uuid) && healthy.iter().all(|g| has_full_stats(&s, &g.uuid))).then_some(())
+    });
+    let timeouts = |s: &common::exposition::Scrape| {
+        s.value("virtpulse_collections_total", &[("collector", "domain_stats"), ("result", "timeout")]).unwrap_or(0.0)
+    };
+    let late = |s: &common::exposition::Scrape| {
+        s.value("virtpulse_collection_chunks_missed_total", &[("reason", "late")]).unwrap_or(0.0)
+    };
+    let s0 = agent.scrape();
+    hung.signal("-STOP");
+    // The stuck chunk is left out of its cycle, which ends in time with the others.
+    wait_for(Duration::from_secs(20), "the hung guest's chunk to be late once", || {
+        (late(&agent.scrape()) > late(&s0)).then_some(())
+    });
+    for g in &healthy {
+        let before = virsh::domstats(&g.name, &[]);
+        agent.wait_cycles(2, Duration::from_secs(20));
+        let s = agent.scrape();
+        let after = virsh::domstats(&g.name, &[]);
+        let problems = compare(g, &before, &s, &after);
+        assert!(problems.is_empty(), "healthy guest beside a stuck chunk:\n{}", problems.join("\n"));
+    }
+    let s = agent.scrape();
+    assert_eq!(timeouts(&s), timeouts(&s0), "no cycle ran past its deadline: the stuck chunk was left behind");
+    // The next cycles skip the hung guest's monitor (its job is held): it
+    // is back, with what needs no QEMU.
+    wait_for(Duration::from_secs(20), "the hung guest back, partial", || {
+        agent.scrape().value("libvirt_domain_state", &[("uuid", hung.uuid.as_str())]).map(|_| ())
+    });
+    hung.signal("-CONT");
+    wait_for(Duration::from_secs(30), "recovery after SIGCONT", || {
+        let s = agent.scrape();
+        (s.value("virtpulse_libvirt_stuck_calls", &[]) == Some(0.0) && has_full_stats(&s, &hung.uuid)).then_some(())
+    });
 }

@@ -262,6 +262,58 @@ fn broker_outage_loses_no_event() {
 }
 
 #[test]
+fn a_broker_that_forgets_the_producer_id_does_not_wedge_the_sink() {
+    let mut broker = broker_with_topics();
+    let spool = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&[]);
+    let name = Guest::name_for("kwedge");
+    // message_timeout is 5 s here (sink_config): the watchdog acts after
+    // that plus its margin, well within the 60 s allowed.
+    let agent = Agent::start(&format!("{}{}", sink_config(&broker.address(), spool.path(), ""), include(&[&name])));
+    let mut reader = Reader::new(&broker.address(), "libvirt.events");
+    let g = Guest::start_named(&name, GuestSpec::default());
+    wait_for(Duration::from_secs(20), "the broker connection", || {
+        (value(&agent, "virtpulse_kafka_broker_up", &[]) == 1.0).then_some(())
+    });
+    read_acknowledged(&agent, &mut reader);
+
+    // Restarted at once with empty storage: nothing timed out in between,
+    // the new broker just does not know the producer's id.
+    broker.stop();
+    broker.resume();
+    reader.reconnect(&broker.address(), "libvirt.events");
+    let restarted = Instant::now();
+    for _ in 0..3 {
+        suspend_resume(&g.name);
+    }
+    g.destroy();
+    let expected: Vec<(String, String)> =
+        virsh_events_until(&capture, &name, "Stopped Destroyed").iter().map(normalize_virsh).collect();
+    let after: Vec<(String, String)> = expected
+        .iter()
+        .skip_while(|(event, text)| !(event == "lifecycle" && text.contains("Suspended")))
+        .cloned()
+        .collect();
+    reader.read_until(Duration::from_secs(60), "the events after the restart, within 60 s", |got| {
+        let ours: Vec<(String, String)> = events_of(got, &name).iter().map(|m| virsh_view(&m.value)).collect();
+        ours.ends_with(&after)
+    });
+    let took = restarted.elapsed();
+    let s = agent.scrape();
+    let restarts: f64 = s.find("virtpulse_kafka_producer_restarts_total", &[]).iter().map(|x| x.value).sum();
+    eprintln!("broker restarted empty: events delivered {took:?} later, {restarts} producer restarts");
+    assert!(restarts >= 1.0, "the wedged producer was replaced and counted");
+    // Which path replaces the producer depends on timing: no delivery
+    // report at all (the watchdog: "stuck") or reports with errors while a
+    // broker answers. Either is logged, and the watchdog once per incident.
+    let log = agent.log();
+    let stuck = log.matches("Kafka producer is stuck").count();
+    let failing = log.matches("event deliveries fail while a broker is reachable").count();
+    assert!(stuck + failing >= 1, "the replacement is logged:\n{log}");
+    assert!(stuck <= 1, "the watchdog logs once per incident:\n{log}");
+}
+
+#[test]
 fn events_spooled_before_a_sigkill_are_delivered_after_restart() {
     let mut broker = broker_with_topics();
     let spool = tempfile::tempdir().unwrap();

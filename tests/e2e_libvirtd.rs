@@ -44,7 +44,7 @@ impl Drop for RestartOnDrop {
 }
 
 const CONFIG: &str =
-    "[collectors]\ninterval = \"1s\"\n[libvirt]\nreconnect_min_backoff = \"200ms\"\nreconnect_max_backoff = \"1s\"\n";
+    "[collectors]\ninterval = \"1s\"\n[libvirt]\nreconnect_min_backoff = \"200ms\"\nreconnect_max_backoff = \"1s\"\n[metrics]\nprofile = \"everything\"\n";
 
 fn resyncs(agent: &Agent, g: &Guest) -> Vec<serde_json::Value> {
     agent

@@ -11,7 +11,7 @@ use common::agent::Agent;
 use common::exposition::Scrape;
 use common::{ensure_libvirtd, virsh, wait_for};
 
-const NODE_FAST: &str = "[collectors.node]\ninterval = \"500ms\"\n";
+const NODE_FAST: &str = "[collectors.node]\ninterval = \"500ms\"\nper_cpu = true\n";
 
 /// `key: number [unit]` lines as key -> number.
 fn pairs(text: &str) -> BTreeMap<String, u64> {

@@ -70,14 +70,17 @@ pub fn domain_fields(i: usize) -> Vec<(String, TypedValue)> {
         f.push((format!("vcpu.{v}.blocking.cur"), TypedValue::Boolean(true)));
     }
     f.push(("net.count".into(), TypedValue::UInt(1)));
-    f.push(("net.0.name".into(), TypedValue::String(format!("vnet{i}"))));
+    f.push(("net.0.name".into(), TypedValue::String(format!("vnet{i}").into())));
     for k in ["rx.bytes", "rx.pkts", "rx.errs", "rx.drop", "tx.bytes", "tx.pkts", "tx.errs", "tx.drop"] {
         f.push((format!("net.0.{k}"), u(4096)));
     }
     f.push(("block.count".into(), TypedValue::UInt(2)));
     for b in 0..2 {
         f.push((format!("block.{b}.name"), TypedValue::String("vda".into())));
-        f.push((format!("block.{b}.path"), TypedValue::String(format!("/var/lib/libvirt/images/d{i}-{b}.qcow2"))));
+        f.push((
+            format!("block.{b}.path"),
+            TypedValue::String(format!("/var/lib/libvirt/images/d{i}-{b}.qcow2").into()),
+        ));
         f.push((format!("block.{b}.backingIndex"), TypedValue::UInt(b + 1)));
         if b == 0 {
             for k in ["rd.reqs", "rd.bytes", "rd.times", "wr.reqs", "wr.bytes", "wr.times", "fl.reqs", "fl.times"] {

@@ -2,8 +2,9 @@
 //! the controller can see calls stuck past their deadline (a hung QEMU holds
 //! a call until the process resumes; nothing can cancel it).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::CollectError;
 
@@ -68,6 +69,40 @@ impl CallTracker {
         })
         .await
         .map_err(|e| CollectError::Internal(format!("libvirt call task failed: {e}")))
+    }
+}
+
+/// Objects (by UUID) with a libvirt call running on them. A call stuck on
+/// one (a hung QEMU) keeps it marked until the call returns; later cycles
+/// skip it instead of piling more stuck calls onto it.
+#[derive(Clone, Default, Debug)]
+pub struct BusySet(Arc<Mutex<HashSet<String>>>);
+
+impl BusySet {
+    /// Marks `uuid` until the mark is dropped; `None` when it is marked already.
+    pub fn mark(&self, uuid: String) -> Option<BusyMark> {
+        let fresh = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(uuid.clone());
+        fresh.then(|| BusyMark { set: self.clone(), uuid })
+    }
+
+    pub fn contains(&self, uuid: &str) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(uuid)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+}
+
+/// Clears its object's busy mark when the call ends (or is abandoned).
+pub struct BusyMark {
+    set: BusySet,
+    uuid: String,
+}
+
+impl Drop for BusyMark {
+    fn drop(&mut self) {
+        self.set.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.uuid);
     }
 }
 

@@ -65,18 +65,68 @@ pub async fn run_once<C: Collector>(
     }
 }
 
-/// Triggered collections (see `Wake`) come at most this often.
-const MIN_TRIGGER_SPACING: Duration = Duration::from_millis(200);
+/// Triggered collections (see `Wake`) start at least this far apart, and
+/// at least twice the last collection's duration apart: during an event
+/// storm (a hundred domains destroyed in a row) the collector does not run
+/// back to back.
+const MIN_TRIGGER_SPACING: Duration = Duration::from_secs(2);
+/// A wake waits for this much quiet, so the wakes of one burst share a
+/// collection...
+const WAKE_QUIET: Duration = Duration::from_millis(250);
+/// ...but never longer than this after the first.
+const WAKE_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Lets another part of the agent ask for a collection now instead of at
 /// the next tick (the events subsystem does this for job events, so a job
-/// shorter than the interval is still seen).
+/// shorter than the interval is still seen). Wakes close together share one
+/// collection.
 #[derive(Clone, Default)]
-pub struct Wake(Arc<Notify>);
+pub struct Wake {
+    notify: Arc<Notify>,
+    stats: Option<Arc<CollectorStats>>,
+}
 
 impl Wake {
+    /// A wake that counts itself in the collector's stats.
+    pub fn counted(stats: Arc<CollectorStats>) -> Self {
+        Self { notify: Arc::default(), stats: Some(stats) }
+    }
+
     pub fn now(&self) {
-        self.0.notify_one();
+        if let Some(s) = &self.stats {
+            s.woken();
+        }
+        self.notify.notify_one();
+    }
+}
+
+/// After a wake: waits for the burst to end, then for the spacing since
+/// the last collection. A regular tick that comes meanwhile ends the wait:
+/// wakes add collections between ticks, never take the ticks' place.
+async fn coalesce(
+    wake: &Wake,
+    ticker: &mut tokio::time::Interval,
+    last_start: Option<Instant>,
+    last_duration: Duration,
+) {
+    let first = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => return,
+            _ = tokio::time::sleep(WAKE_QUIET) => break,
+            _ = wake.notify.notified() => {
+                if first.elapsed() >= WAKE_MAX_DELAY {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(t) = last_start {
+        let spacing = MIN_TRIGGER_SPACING.max(last_duration * 2);
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(spacing.saturating_sub(t.elapsed())) => {}
+        }
     }
 }
 
@@ -107,10 +157,9 @@ pub async fn run<C: Collector>(
         stats.beat();
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = wake.0.notified() => {
-                if let Some(t) = last_start {
-                    tokio::time::sleep(MIN_TRIGGER_SPACING.saturating_sub(t.elapsed())).await;
-                }
+            _ = wake.notify.notified() => {
+                coalesce(&wake, &mut ticker, last_start, stats.last_duration()).await;
+                stats.triggered();
             }
         }
         stats.beat();
@@ -201,6 +250,45 @@ mod tests {
             assert!(Instant::now() < deadline, "wake did not trigger a collection");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_wakes_runs_one_collection() {
+        let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut router = Router::new();
+        let _q = router.add_sink(SinkStats::new("t", 64));
+        let sched =
+            Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
+        let stats = CollectorStats::new("counting", sched.interval);
+        let wake = Wake::counted(stats.clone());
+        let task = tokio::spawn(run(
+            Counting(n.clone()),
+            sched,
+            CallTracker::default(),
+            stats.clone(),
+            Arc::new(router),
+            wake.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            assert!(Instant::now() < deadline, "first tick never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A storm: 100 wakes within half a second (100 domains destroyed).
+        for _ in 0..100 {
+            wake.now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while stats.triggered_runs() < 1 {
+            assert!(Instant::now() < deadline, "the burst triggered no collection");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Quiet now: nothing more runs.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(stats.wakes(), 100);
+        assert!(stats.triggered_runs() <= 2, "{} collections for one burst", stats.triggered_runs());
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1 + stats.triggered_runs() as usize);
         task.abort();
     }
 }

@@ -3,17 +3,19 @@
 //! job lock is held (a hung QEMU, a migration) gives what it can without
 //! blocking the others.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::blocking::BusySet;
 use super::domain_info::{parse_domain_xml, InfoCache};
 use super::{CollectError, Collector, CollectorContext};
 use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
-use crate::libvirt::typed_params::KeyInterner;
-use crate::libvirt::{LibvirtError, Session};
+use crate::libvirt::typed_params::{KeyFilter, KeyInterner};
+use crate::libvirt::{Domain, LibvirtError, Session};
 use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
+use crate::selfmon::ChunkMiss;
 use crate::stat_keys::unit_of;
 
 pub const SOURCE: &str = "domain_stats";
@@ -21,11 +23,13 @@ pub const SOURCE: &str = "domain_stats";
 /// Domain XML reads per cycle at most, so a host with hundreds of new
 /// domains spreads the work over a few cycles.
 const MAX_INFO_READS_PER_CYCLE: usize = 64;
+/// XML reads side by side, each on its own blocking thread.
+const INFO_READS_IN_FLIGHT: usize = 4;
 
 /// Pause before re-asking for records cut short by a busy domain job.
 const PARTIAL_RETRY_DELAY: Duration = Duration::from_millis(30);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub groups: u32,
     pub backing_chain: bool,
@@ -33,6 +37,16 @@ pub struct Settings {
     /// How long a cycle waits for a connection in progress (at start-up)
     /// before reporting "not connected"; kept well inside the deadline.
     pub connect_wait: Duration,
+    /// Domains per call once the host has more (0: one call for all).
+    pub chunk_size: usize,
+    pub chunks_in_flight: usize,
+    /// How long a cycle waits for its chunks; chunks still running then
+    /// (a domain whose QEMU hangs) finish in the background, and the cycle
+    /// reports the others. Kept inside the cycle's deadline.
+    pub chunk_wait: Duration,
+    /// Which stat keys are decoded (`None`: all). Keys no sink exports and
+    /// no record consumer needs are skipped before their values are read.
+    pub key_filter: Option<KeyFilter>,
 }
 
 pub struct DomainStatsCollector {
@@ -46,6 +60,18 @@ pub struct DomainStatsCollector {
     key_counts: HashMap<String, usize>,
     /// Parameter names shared across collections (see `KeyInterner`).
     names: Option<KeyInterner>,
+    /// Spare interners for chunk calls running side by side.
+    chunk_names: Vec<KeyInterner>,
+    /// Domains the last cycle found (decides whether to chunk).
+    last_count: usize,
+    /// Domains of this cycle's chunks that were late: listed, so their
+    /// cached info is kept, though they have no record this time.
+    late: HashSet<String>,
+    /// Domains whose XML read is still running (`virDomainGetXMLDesc`
+    /// waits for a hung QEMU's job): not asked again until it returns.
+    info_busy: BusySet,
+    /// XML reads running at once.
+    info_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl DomainStatsCollector {
@@ -59,7 +85,16 @@ impl DomainStatsCollector {
             warned_undecoded: HashSet::new(),
             key_counts: HashMap::new(),
             names: None,
+            chunk_names: Vec::new(),
+            last_count: 0,
+            late: HashSet::new(),
+            info_busy: BusySet::default(),
+            info_permits: Arc::new(tokio::sync::Semaphore::new(INFO_READS_IN_FLIGHT)),
         }
+    }
+
+    fn new_names(&self) -> KeyInterner {
+        KeyInterner::with_filter(self.settings.key_filter.clone())
     }
 
     /// Lets the events subsystem ask for a domain's XML to be read again.
@@ -113,7 +148,7 @@ impl DomainStatsCollector {
         F: FnOnce(&mut KeyInterner) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let mut names = self.names.take().unwrap_or_default();
+        let mut names = self.names.take().unwrap_or_else(|| self.new_names());
         let (result, names) = self
             .ctx
             .tracker
@@ -130,26 +165,141 @@ impl DomainStatsCollector {
         &mut self,
         session: &Session,
         caps: StatsCapabilities,
+        started: Instant,
     ) -> Result<Vec<DomainStats>, CollectError> {
+        let chunk = self.settings.chunk_size;
+        let chunked = chunk > 0 && self.last_count > chunk;
+        if self.ctx.filter.is_all() && !chunked {
+            let s = session.clone();
+            let manager = self.ctx.manager.clone();
+            let stats = self
+                .with_names(move |names| {
+                    s.conn.all_domain_stats(caps.groups, caps.flags, names).inspect_err(|e| manager.note_error(&s, e))
+                })
+                .await??;
+            self.last_count = stats.len();
+            return Ok(stats);
+        }
+        // Only the selected domains are asked for, so excluded domains cost
+        // the daemon nothing.
         let s = session.clone();
         let manager = self.ctx.manager.clone();
         let filter = self.ctx.filter.clone();
-        let stats = self
-            .with_names(move |names| -> Result<Vec<DomainStats>, LibvirtError> {
-                let result = if filter.is_all() {
-                    s.conn.all_domain_stats(caps.groups, caps.flags, names)
-                } else {
-                    // Only the selected domains are asked for, so excluded
-                    // domains cost the daemon nothing.
-                    s.conn.list_all_domains(0).and_then(|doms| {
-                        let chosen: Vec<_> = doms.into_iter().filter(|d| filter.allows(&d.name())).collect();
-                        s.conn.domain_list_stats(&chosen, caps.groups, caps.flags, names)
+        let domains = self
+            .ctx
+            .tracker
+            .run(move || {
+                s.conn
+                    .list_all_domains(0)
+                    .map(|doms| {
+                        doms.into_iter().filter(|d| filter.is_all() || filter.allows(&d.name())).collect::<Vec<_>>()
                     })
-                };
-                result.inspect_err(|e| manager.note_error(&s, e))
+                    .inspect_err(|e| manager.note_error(&s, e))
             })
             .await??;
-        Ok(stats)
+        self.last_count = domains.len();
+        if chunk == 0 || domains.len() <= chunk {
+            let s = session.clone();
+            let manager = self.ctx.manager.clone();
+            return Ok(self
+                .with_names(move |names| {
+                    s.conn
+                        .domain_list_stats(&domains, caps.groups, caps.flags, names)
+                        .inspect_err(|e| manager.note_error(&s, e))
+                })
+                .await??);
+        }
+        self.fetch_chunks(session, caps, domains, started).await
+    }
+
+    /// Reads the domains in chunks, a few calls at a time, each on its own
+    /// blocking thread, until `chunk_wait` has passed since `started`.
+    async fn fetch_chunks(
+        &mut self,
+        session: &Session,
+        caps: StatsCapabilities,
+        domains: Vec<Domain>,
+        started: Instant,
+    ) -> Result<Vec<DomainStats>, CollectError> {
+        let mut pending: VecDeque<(usize, Vec<Domain>)> = VecDeque::new();
+        let mut domains = domains.into_iter().peekable();
+        while domains.peek().is_some() {
+            pending.push_back((pending.len(), domains.by_ref().take(self.settings.chunk_size).collect()));
+        }
+        type ChunkResult = (usize, Result<Vec<DomainStats>, LibvirtError>, KeyInterner);
+        let mut set: tokio::task::JoinSet<Result<ChunkResult, CollectError>> = tokio::task::JoinSet::new();
+        let start_next =
+            |this: &mut Self, set: &mut tokio::task::JoinSet<_>, pending: &mut VecDeque<(usize, Vec<Domain>)>| {
+                let Some((i, chunk)) = pending.pop_front() else { return };
+                let mut names = this.chunk_names.pop().unwrap_or_else(|| this.new_names());
+                let (s, tracker, manager) = (session.clone(), this.ctx.tracker.clone(), this.ctx.manager.clone());
+                set.spawn(async move {
+                    tracker
+                        .run(move || {
+                            let r = s.conn.domain_list_stats(&chunk, caps.groups, caps.flags, &mut names);
+                            if let Err(e) = &r {
+                                manager.note_error(&s, e);
+                            }
+                            (i, r, names)
+                        })
+                        .await
+                });
+            };
+        // Each chunk's domains, to name those without a record this cycle.
+        let mut unfinished: HashMap<usize, Vec<String>> =
+            pending.iter().map(|(i, chunk)| (*i, chunk.iter().map(|d| d.uuid()).collect())).collect();
+        for _ in 0..self.settings.chunks_in_flight.max(1) {
+            start_next(self, &mut set, &mut pending);
+        }
+        let total = pending.len() + set.len();
+        let deadline = tokio::time::Instant::from_std(started + self.settings.chunk_wait);
+        let mut parts: Vec<(usize, Vec<DomainStats>)> = Vec::with_capacity(total);
+        let mut failure = None;
+        loop {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(Some(joined)) => {
+                    match joined.map_err(|e| CollectError::Internal(format!("stats chunk task failed: {e}")))? {
+                        Ok((i, Ok(stats), names)) => {
+                            unfinished.remove(&i);
+                            parts.push((i, stats));
+                            self.chunk_names.push(names);
+                        }
+                        Ok((_, Err(e), names)) => {
+                            self.chunk_names.push(names);
+                            if session.conn.lost(&e) {
+                                return Err(e.into());
+                            }
+                            self.ctx.stats.missed_chunks(ChunkMiss::Failed, 1);
+                            tracing::warn!(collector = SOURCE, error = %e, "a domain stats chunk failed; its domains are left out of this cycle");
+                            failure = Some(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    start_next(self, &mut set, &mut pending);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let late = set.len() + pending.len();
+                    self.ctx.stats.missed_chunks(ChunkMiss::Late, late as u64);
+                    tracing::warn!(
+                        collector = SOURCE,
+                        late_chunks = late,
+                        chunks = total,
+                        "domain stats chunks past their deadline; their domains are left out of this cycle (a domain's QEMU may be hung)"
+                    );
+                    set.detach_all();
+                    break;
+                }
+            }
+        }
+        self.late = unfinished.into_values().flatten().collect();
+        if parts.is_empty() {
+            if let Some(e) = failure {
+                return Err(e.into());
+            }
+        }
+        parts.sort_by_key(|(i, _)| *i);
+        Ok(parts.into_iter().flat_map(|(_, s)| s).collect())
     }
 
     /// With NOWAIT, a domain whose job another client holds at that moment
@@ -195,32 +345,53 @@ impl DomainStatsCollector {
     }
 
     /// Reads the XML of domains whose cached info is missing or old.
-    async fn refresh_info(&mut self, session: &Session, stats: &[DomainStats]) {
+    async fn refresh_info(&mut self, session: &Session, stats: &[DomainStats], deadline: Instant) {
         let now = Instant::now();
-        let mut due = self.info.due(stats.iter().map(|d| d.uuid.as_str()), now);
+        let busy = self.info_busy.clone();
+        let mut due = self.info.due(stats.iter().map(|d| d.uuid.as_str()).filter(|u| !busy.contains(u)), now);
         if due.is_empty() {
             return;
         }
         due.truncate(MAX_INFO_READS_PER_CYCLE);
-        let s = session.clone();
-        let fetched = self
-            .ctx
-            .tracker
-            .run(move || {
-                due.into_iter()
-                    .map(|uuid| {
+        // One blocking thread per domain, a few at a time: a read stuck on
+        // a hung QEMU holds up only its own domain, and only until the
+        // deadline; it stays marked busy until it returns.
+        let mut set = tokio::task::JoinSet::new();
+        for uuid in due {
+            let (s, tracker, busy, permits) =
+                (session.clone(), self.ctx.tracker.clone(), busy.clone(), self.info_permits.clone());
+            set.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let mark = busy.mark(uuid.clone())?;
+                tracker
+                    .run_isolated(move || {
+                        let _mark = mark;
                         let r = read_info(&s, &uuid);
                         (uuid, r)
                     })
-                    .collect::<Vec<_>>()
-            })
-            .await;
-        let Ok(fetched) = fetched else { return };
-        for (uuid, r) in fetched {
-            match r {
-                Ok(info) => self.info.put(uuid, info, now),
-                Err(e) if e.is_no_domain() => {}
-                Err(e) => tracing::debug!(uuid, error = %e, "cannot read domain info; will retry"),
+                    .await
+                    .ok()
+            });
+        }
+        let deadline = tokio::time::Instant::from_std(deadline);
+        loop {
+            match tokio::time::timeout_at(deadline, set.join_next()).await {
+                Ok(Some(Ok(Some((uuid, r))))) => match r {
+                    Ok(info) => self.info.put(uuid, info, now),
+                    Err(e) if e.is_no_domain() => {}
+                    Err(e) => tracing::debug!(uuid, error = %e, "cannot read domain info; will retry"),
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::debug!(
+                        collector = SOURCE,
+                        left = set.len(),
+                        "domain XML reads past the deadline (a hung QEMU?); their info stays as it was"
+                    );
+                    set.detach_all();
+                    break;
+                }
             }
         }
     }
@@ -279,10 +450,12 @@ impl Collector for DomainStatsCollector {
     }
 
     async fn collect(&mut self) -> Result<Batch, CollectError> {
+        let started = Instant::now();
         let session =
             self.ctx.manager.session_within(self.settings.connect_wait).await.ok_or(CollectError::NotConnected)?;
         let caps = self.capabilities(&session).await?;
-        let mut stats = self.fetch_stats(&session, caps).await?;
+        self.late.clear();
+        let mut stats = self.fetch_stats(&session, caps, started).await?;
         let time = SystemTime::now();
         if !self.ctx.filter.is_all() {
             // The listing and the stats call are not atomic; re-check names.
@@ -290,8 +463,9 @@ impl Collector for DomainStatsCollector {
         }
         self.retry_partial(&session, caps, &mut stats).await;
         self.remember_key_counts(&stats);
-        self.refresh_info(&session, &stats).await;
-        let present: HashSet<&str> = stats.iter().map(|d| d.uuid.as_str()).collect();
+        self.refresh_info(&session, &stats, started + self.settings.chunk_wait).await;
+        let present: HashSet<&str> =
+            stats.iter().map(|d| d.uuid.as_str()).chain(self.late.iter().map(String::as_str)).collect();
         self.info.retain(&present);
         let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
         Ok(Batch { source: SOURCE, snapshot: true, records, ..Default::default() })

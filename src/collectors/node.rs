@@ -88,7 +88,7 @@ fn collect_node(conn: &Connection, skip: &HashSet<&'static str>, per_cpu: bool, 
     let mut p = Pass::default();
     let info = p.try_call(skip, "virNodeGetInfo", || conn.node_info());
     if let Some(i) = &info {
-        p.fields.push(("info.model".into(), TypedValue::String(i.model.clone())));
+        p.fields.push(("info.model".into(), TypedValue::String(i.model.as_str().into())));
         p.u("info.memory", i.memory_kib);
         for (k, v) in [
             ("info.cpus", i.cpus),
@@ -105,7 +105,7 @@ fn collect_node(conn: &Connection, skip: &HashSet<&'static str>, per_cpu: bool, 
         p.u("version.library", v.library);
         p.u("version.daemon", v.daemon);
         p.u("version.hypervisor", v.hypervisor);
-        p.fields.push(("hypervisor.type".into(), TypedValue::String(v.hypervisor_type)));
+        p.fields.push(("hypervisor.type".into(), TypedValue::String(v.hypervisor_type.into())));
     }
     if let Some(stats) = p.try_call(skip, "virNodeGetCPUStats", || conn.node_cpu_stats(ALL)) {
         for (k, v) in stats {
@@ -210,7 +210,7 @@ impl Collector for NodeCollector {
         let known = self.topology.clone();
         let pass = self.ctx.tracker.run(move || collect_node(&s.conn, &skip, per_cpu, known)).await?;
         for (api, e) in &pass.failures {
-            if e.is_connection_lost() {
+            if session.conn.lost(e) {
                 self.ctx.manager.note_error(&session, e);
                 return Err(CollectError::Libvirt(e.clone()));
             }

@@ -14,6 +14,8 @@ use crate::stat_keys::unit_of;
 
 pub const SOURCE: &str = "pools";
 
+static POOL_WARNINGS: crate::throttle::Throttle = crate::throttle::Throttle::new(std::time::Duration::from_secs(600));
+
 #[derive(Debug)]
 struct PoolReading {
     name: String,
@@ -84,7 +86,7 @@ impl Collector for PoolsCollector {
                     let pool_type =
                         known_types.get(&uuid).cloned().or_else(|| pool.xml_desc().ok().and_then(|x| pool_type(&x)));
                     if let Some(t) = pool_type {
-                        fields.push(("type", TypedValue::String(t)));
+                        fields.push(("type", TypedValue::String(t.into())));
                     }
                     if let Ok(p) = pool.is_persistent() {
                         fields.push(("persistent", TypedValue::Boolean(p)));
@@ -98,14 +100,17 @@ impl Collector for PoolsCollector {
             })
             .await??;
         for p in problems {
-            tracing::warn!(collector = SOURCE, "{p}");
+            // The same pool fails the same way every cycle: once in ten minutes.
+            if let Some(held_back) = POOL_WARNINGS.allow(&p) {
+                tracing::warn!(collector = SOURCE, repeats_not_logged = held_back, "{p}");
+            }
         }
         let time = SystemTime::now();
         self.types.clear();
         let mut records = Vec::with_capacity(readings.len());
         for r in readings {
             if let Some(TypedValue::String(t)) = r.fields.iter().find(|(k, _)| *k == "type").map(|(_, v)| v) {
-                self.types.insert(r.uuid.clone(), t.clone());
+                self.types.insert(r.uuid.clone(), t.to_string());
             }
             let fields = r
                 .fields

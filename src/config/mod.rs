@@ -14,6 +14,8 @@ use serde::{Deserialize, Deserializer};
 
 use crate::filter::DomainFilter;
 use crate::libvirt::stats::{group_by_name, ALL_GROUPS};
+use crate::selection::{Profile, Selection, SelectionSpec};
+use crate::stat_keys::Detail;
 
 pub mod kafka;
 pub mod otlp;
@@ -31,7 +33,93 @@ pub struct Config {
     pub collectors: CollectorsConfig,
     pub domains: DomainsConfig,
     pub events: EventsConfig,
+    pub metrics: MetricsConfig,
     pub sinks: SinksConfig,
+}
+
+/// What the Prometheus and OTLP sinks export (see `selection`). Each
+/// switch left out follows the profile.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub profile: Profile,
+    pub vcpu_kvm: Option<bool>,
+    pub vcpu_state: Option<bool>,
+    pub vm_kvm: Option<bool>,
+    pub backing_chain: Option<bool>,
+    pub haltpoll: Option<bool>,
+    pub perf: Option<bool>,
+    pub block_limits: Option<bool>,
+    pub block_latency: Option<bool>,
+    pub resctrl: Option<bool>,
+    pub iothread: Option<bool>,
+    pub dirtyrate: Option<bool>,
+    pub node_per_cpu: Option<bool>,
+    /// Globs over metric names: only these (empty: all the profile selects).
+    #[serde(deserialize_with = "string_or_list")]
+    pub include: Vec<String>,
+    /// Globs over metric names: never these (wins over include).
+    #[serde(deserialize_with = "string_or_list")]
+    pub exclude: Vec<String>,
+    /// Globs over label names removed from every series (e.g. "path").
+    #[serde(deserialize_with = "string_or_list")]
+    pub drop_labels: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            profile: Profile::Default,
+            vcpu_kvm: None,
+            vcpu_state: None,
+            vm_kvm: None,
+            backing_chain: None,
+            haltpoll: None,
+            perf: None,
+            block_limits: None,
+            block_latency: None,
+            resctrl: None,
+            iothread: None,
+            dirtyrate: None,
+            node_per_cpu: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            drop_labels: Vec::new(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The switches set in the configuration, by detail.
+    pub fn switches(&self) -> Vec<(Detail, bool)> {
+        [
+            (Detail::VcpuKvm, self.vcpu_kvm),
+            (Detail::VcpuState, self.vcpu_state),
+            (Detail::VmKvm, self.vm_kvm),
+            (Detail::BackingChain, self.backing_chain),
+            (Detail::Haltpoll, self.haltpoll),
+            (Detail::Perf, self.perf),
+            (Detail::BlockLimits, self.block_limits),
+            (Detail::BlockLatency, self.block_latency),
+            (Detail::Resctrl, self.resctrl),
+            (Detail::Iothread, self.iothread),
+            (Detail::Dirtyrate, self.dirtyrate),
+            (Detail::NodePerCpu, self.node_per_cpu),
+        ]
+        .into_iter()
+        .filter_map(|(d, v)| v.map(|v| (d, v)))
+        .collect()
+    }
+
+    pub fn spec(&self) -> SelectionSpec {
+        SelectionSpec {
+            profile: self.profile,
+            switches: self.switches(),
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            drop_labels: self.drop_labels.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +208,10 @@ pub struct JobsConfig {
     /// How long a completed job stays on view in Prometheus after it was first seen.
     #[serde(with = "humantime_serde")]
     pub completed_retention: Duration,
+    /// How often a domain without a running job is read (domains with one:
+    /// every interval). Default: 3 intervals.
+    #[serde(with = "humantime_serde")]
+    pub idle_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,8 +222,10 @@ pub struct NodeConfig {
     pub interval: Option<Duration>,
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Also read each CPU's counters (one libvirt call per CPU).
-    pub per_cpu: bool,
+    /// Also read each CPU's counters (one libvirt call per CPU). Default:
+    /// when the metrics export them (`metrics.node_per_cpu`); `true` also
+    /// exports them unless `metrics.node_per_cpu = false`.
+    pub per_cpu: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,13 +245,14 @@ impl Default for JobsConfig {
             interval: Some(Duration::from_secs(5)),
             timeout: None,
             completed_retention: Duration::from_secs(600),
+            idle_interval: None,
         }
     }
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { enabled: true, interval: Some(Duration::from_secs(30)), timeout: None, per_cpu: true }
+        Self { enabled: true, interval: Some(Duration::from_secs(30)), timeout: None, per_cpu: None }
     }
 }
 
@@ -209,6 +304,12 @@ pub struct DomainStatsConfig {
     /// How often a domain's XML (OS type, vCPUs, memory, Nova metadata) is re-read.
     #[serde(with = "humantime_serde")]
     pub metadata_refresh: Duration,
+    /// Domains per stats call: a host with more domains is read in chunks
+    /// (virDomainListGetStats), so one call's latency and one stuck
+    /// domain's reach stay bounded. 0: always one call for all domains.
+    pub chunk_size: usize,
+    /// Chunk calls in flight at once.
+    pub chunks_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -237,6 +338,9 @@ pub struct PrometheusConfig {
     pub listen: String,
     pub path: String,
     pub queue_capacity: usize,
+    /// Most series /metrics exports; beyond it series are dropped (counted
+    /// in virtpulse_prometheus_series_dropped_total, logged once).
+    pub max_series: u64,
     /// TLS and basic auth for every endpoint, in the Prometheus
     /// exporter-toolkit web config format (see README "Endpoint security").
     pub web_config_file: Option<std::path::PathBuf>,
@@ -292,6 +396,8 @@ impl Default for DomainStatsConfig {
             backing_chain: true,
             nowait: true,
             metadata_refresh: Duration::from_secs(300),
+            chunk_size: 50,
+            chunks_in_flight: 2,
         }
     }
 }
@@ -303,6 +409,7 @@ impl Default for PrometheusConfig {
             listen: "0.0.0.0:9177".into(),
             path: "/metrics".into(),
             queue_capacity: 16,
+            max_series: 500_000,
             web_config_file: None,
         }
     }
@@ -385,13 +492,108 @@ fn env_value(raw: &str) -> toml::Value {
     }
 }
 
+/// `VIRTPULSE_` variables that are not configuration keys.
+pub const NON_KEY_VARS: &[&str] = &[
+    // Fault injection for the watchdog test (see collectors::controller).
+    "VIRTPULSE_TEST_WEDGE_COLLECTOR",
+];
+
+/// Sections whose keys are free (librdkafka properties, headers...).
+const FREE_SECTIONS: &[&str] =
+    &["sinks.kafka.properties", "sinks.kafka.secret_files", "sinks.otlp.headers", "sinks.otlp.resource_attributes"];
+
+/// Every configuration key, as config.example.toml documents it (each key
+/// is there, set or commented out; a test holds the file to the structs).
+pub fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut section = String::new();
+    for line in include_str!("../../config.example.toml").lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let Some(rest) = line.strip_prefix('#').map(str::trim_start).or(Some(line)) else { continue };
+        let Some((key, _)) = rest.split_once('=') else { continue };
+        let key = key.trim();
+        if !section.is_empty()
+            && !key.is_empty()
+            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !FREE_SECTIONS.contains(&section.as_str())
+        {
+            keys.push(format!("{section}.{key}"));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The environment variable that sets a key.
+pub fn env_var_of(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.split('.').map(str::to_ascii_uppercase).collect::<Vec<_>>().join("__"))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The valid variable closest to `var`, when one is reasonably close.
+pub fn nearest_var(var: &str) -> Option<String> {
+    let wanted = var.to_ascii_uppercase();
+    let squash = |v: &str| v.replace('_', "");
+    known_keys()
+        .iter()
+        .map(|k| env_var_of(k))
+        .map(|v| {
+            // Underscores miscounted are the commonest slip: weigh them less.
+            let d = if squash(&v) == squash(&wanted) { 0 } else { edit_distance(&v, &wanted) };
+            (d, v)
+        })
+        .filter(|(d, v)| *d <= v.len() / 3)
+        .min()
+        .map(|(_, v)| v)
+}
+
+fn unknown_var(var: &str, why: &str) -> ConfigError {
+    let hint = match nearest_var(var) {
+        Some(v) => format!("; did you mean {v}?"),
+        None => String::new(),
+    };
+    ConfigError {
+        source: format!("environment variable {var}"),
+        key: String::new(),
+        message: format!(
+            "{why}: VIRTPULSE_ variables are VIRTPULSE_<SECTION>__<KEY>, sections and keys joined by two underscores (e.g. VIRTPULSE_LIBVIRT__URI){hint} Unset it, or see config.example.toml for the keys"
+        ),
+    }
+}
+
 fn apply_env(root: &mut toml::Table, vars: &[(String, String)], origins: &mut Origins) -> Result<(), ConfigError> {
+    let known = known_keys();
     for (var, raw) in vars {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if !rest.contains("__") {
+        if NON_KEY_VARS.contains(&var.as_str()) {
             continue;
+        }
+        if !rest.contains("__") {
+            return Err(unknown_var(var, "maps to no configuration key"));
+        }
+        let dotted_key = rest.split("__").map(|s| s.to_ascii_lowercase()).collect::<Vec<_>>().join(".");
+        let free = FREE_SECTIONS.iter().any(|f| dotted_key.starts_with(&format!("{f}.")));
+        if !free && !known.contains(&dotted_key) {
+            return Err(unknown_var(var, &format!("maps to `{dotted_key}`, which is not a configuration key")));
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|p| p.is_empty()) {
@@ -474,7 +676,74 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Upper bounds on every duration and count: a value past them is a typo
+    /// (and would overflow timers or allocate without end), never a wish.
+    fn bounds(&self, o: &Origins) -> Result<(), ConfigError> {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const HOUR: Duration = Duration::from_secs(3600);
+        let c = &self.collectors;
+        let k = &self.sinks.kafka;
+        let t = &self.sinks.otlp;
+        let durations: [(&str, Option<Duration>, Duration); 24] = [
+            ("libvirt.keepalive_interval", Some(self.libvirt.keepalive_interval), HOUR),
+            ("libvirt.reconnect_min_backoff", Some(self.libvirt.reconnect_min_backoff), HOUR),
+            ("libvirt.reconnect_max_backoff", Some(self.libvirt.reconnect_max_backoff), DAY),
+            ("collectors.interval", Some(c.interval), DAY),
+            ("collectors.timeout", c.timeout, HOUR),
+            ("collectors.domain_stats.interval", c.domain_stats.interval, DAY),
+            ("collectors.domain_stats.timeout", c.domain_stats.timeout, HOUR),
+            ("collectors.domain_stats.metadata_refresh", Some(c.domain_stats.metadata_refresh), DAY * 7),
+            ("collectors.jobs.interval", c.jobs.interval, DAY),
+            ("collectors.jobs.timeout", c.jobs.timeout, HOUR),
+            ("collectors.jobs.completed_retention", Some(c.jobs.completed_retention), DAY * 7),
+            ("collectors.jobs.idle_interval", c.jobs.idle_interval, DAY),
+            ("collectors.node.interval", c.node.interval, DAY),
+            ("collectors.node.timeout", c.node.timeout, HOUR),
+            ("collectors.pools.interval", c.pools.interval, DAY),
+            ("collectors.pools.timeout", c.pools.timeout, HOUR),
+            ("sinks.kafka.message_timeout", Some(k.message_timeout), HOUR),
+            ("sinks.kafka.spool_max_age", Some(k.spool_max_age), DAY * 366),
+            ("sinks.kafka.spool_sync_interval", Some(k.spool_sync_interval), HOUR),
+            ("sinks.kafka.shutdown_timeout", Some(k.shutdown_timeout), HOUR),
+            ("sinks.otlp.export_interval", t.export_interval, DAY),
+            ("sinks.otlp.timeout", t.timeout, HOUR),
+            ("sinks.otlp.max_retry_backoff", Some(t.max_retry_backoff), DAY),
+            ("sinks.otlp.shutdown_timeout", Some(t.shutdown_timeout), HOUR),
+        ];
+        for (key, value, max) in durations {
+            if value.is_some_and(|v| v > max) {
+                return Err(o.err(key, format!("must be at most {}", humantime::format_duration(max))));
+            }
+        }
+        const M: u64 = 1_000_000;
+        let counts: [(&str, u64, u64); 16] = [
+            ("libvirt.keepalive_count", u64::from(self.libvirt.keepalive_count), 100),
+            ("collectors.max_stuck_calls", c.max_stuck_calls as u64, 64),
+            ("collectors.domain_stats.chunk_size", c.domain_stats.chunk_size as u64, 100_000),
+            ("events.queue_capacity", self.events.queue_capacity as u64, 10 * M),
+            ("sinks.prometheus.queue_capacity", self.sinks.prometheus.queue_capacity as u64, 1024),
+            ("sinks.prometheus.max_series", self.sinks.prometheus.max_series, 100 * M),
+            ("sinks.stdout.queue_capacity", self.sinks.stdout.queue_capacity as u64, M),
+            ("sinks.kafka.queue_capacity", k.queue_capacity as u64, M),
+            ("sinks.kafka.max_in_flight", k.max_in_flight as u64, M),
+            ("sinks.kafka.topic_partitions", k.topic_partitions.max(0) as u64, 100_000),
+            ("sinks.kafka.topic_replication", k.topic_replication.max(0) as u64, 100),
+            ("sinks.otlp.queue_capacity", t.queue_capacity as u64, 1024 * 64),
+            ("sinks.otlp.log_queue_capacity", t.log_queue_capacity as u64, 10 * M),
+            ("sinks.otlp.log_batch_size", t.log_batch_size as u64, 100_000),
+            ("sinks.otlp.cardinality_limit", t.cardinality_limit as u64, 100 * M),
+            ("sinks.kafka.spool_max_bytes", k.spool_max_bytes.0, 1 << 40),
+        ];
+        for (key, value, max) in counts {
+            if value > max {
+                return Err(o.err(key, format!("must be at most {max}")));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self, o: &Origins) -> Result<(), ConfigError> {
+        self.bounds(o)?;
         let min_interval = Duration::from_millis(10);
         if self.libvirt.uri.trim().is_empty() {
             return Err(o.err("libvirt.uri", "must not be empty (e.g. \"qemu:///system\")"));
@@ -545,6 +814,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(idle) = self.collectors.jobs.idle_interval {
+            if idle < self.schedule(CollectorName::Jobs).0 {
+                return Err(o.err("collectors.jobs.idle_interval", "must not be shorter than the jobs interval"));
+            }
+        }
         let ds = &self.collectors.domain_stats;
         let (interval, _) = self.schedule(CollectorName::DomainStats);
         if ds.metadata_refresh < interval {
@@ -556,6 +830,7 @@ impl Config {
         self.stats_groups_mask().map_err(|m| o.err("collectors.domain_stats.groups", m))?;
         DomainFilter::new(&self.domains.include, &self.domains.exclude)
             .map_err(|(key, m)| o.err(&format!("domains.{key}"), m))?;
+        self.selection().map_err(|(key, m)| o.err(&format!("metrics.{key}"), m))?;
         let p = &self.sinks.prometheus;
         if p.enabled {
             if p.listen.parse::<SocketAddr>().is_err() {
@@ -564,8 +839,8 @@ impl Config {
                     format!("{:?} is not an address:port (e.g. \"0.0.0.0:9177\" or \"[::1]:9177\")", p.listen),
                 ));
             }
-            if !p.path.starts_with('/') || p.path.len() < 2 {
-                return Err(o.err("sinks.prometheus.path", "must start with / and name a path (e.g. \"/metrics\")"));
+            if let Some(problem) = metrics_path_problem(&p.path) {
+                return Err(o.err("sinks.prometheus.path", problem));
             }
             if let Some(f) = &p.web_config_file {
                 crate::sinks::prometheus::web::Security::load(f)
@@ -574,6 +849,17 @@ impl Config {
         }
         if p.queue_capacity == 0 {
             return Err(o.err("sinks.prometheus.queue_capacity", "must be at least 1"));
+        }
+        if p.max_series == 0 {
+            return Err(
+                o.err("sinks.prometheus.max_series", "must be at least 1 (the agent's own metrics are not counted)")
+            );
+        }
+        if ds.chunks_in_flight == 0 || ds.chunks_in_flight > 16 {
+            return Err(o.err(
+                "collectors.domain_stats.chunks_in_flight",
+                "must be between 1 and 16 (libvirtd serves 5 calls of one client at once by default)",
+            ));
         }
         if self.events.queue_capacity == 0 {
             return Err(o.err("events.queue_capacity", "must be at least 1"));
@@ -632,20 +918,78 @@ impl Config {
         Ok(mask)
     }
 
+    /// What the metric sinks export.
+    pub fn selection(&self) -> Result<Selection, (&'static str, String)> {
+        let mut spec = self.metrics.spec();
+        // Asking the node collector for per-CPU counters means wanting them
+        // exported, unless metrics.node_per_cpu says otherwise.
+        if self.collectors.node.per_cpu == Some(true) && self.metrics.node_per_cpu.is_none() {
+            spec.switches.push((Detail::NodePerCpu, true));
+        }
+        Selection::new(&spec)
+    }
+
+    /// Whether a sink consumes whole records of the collectors (stdout, or
+    /// Kafka with metric records): then every configured group is asked for
+    /// and every field kept, whatever the metric selection exports.
+    pub fn record_consumers(&self) -> bool {
+        self.sinks.stdout.enabled || (self.sinks.kafka.enabled && self.sinks.kafka.metrics)
+    }
+
+    /// Whether a sink exports metrics (Prometheus, OTLP metrics).
+    pub fn metric_consumers(&self) -> bool {
+        self.sinks.prometheus.enabled || (self.sinks.otlp.enabled && self.sinks.otlp.metrics)
+    }
+
+    /// How often the jobs collector reads a domain without a running job.
+    pub fn jobs_idle_interval(&self) -> Duration {
+        self.collectors.jobs.idle_interval.unwrap_or_else(|| self.schedule(CollectorName::Jobs).0 * 6)
+    }
+
+    /// Whether the node collector reads each host CPU's counters.
+    pub fn node_per_cpu(&self, selection: &Selection) -> bool {
+        self.collectors.node.per_cpu.unwrap_or_else(|| selection.enabled(Detail::NodePerCpu))
+    }
+
     pub fn hostname(&self) -> String {
         self.agent.hostname.clone().unwrap_or_else(system_hostname)
     }
 }
 
-fn system_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buf is writable for its length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
+/// Paths the endpoint serves besides the metrics.
+pub const RESERVED_PATHS: &[&str] = &["/", "/healthz", "/readyz"];
+
+/// Why `path` cannot be the metrics path, if it cannot.
+pub fn metrics_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') || path.len() < 2 {
+        return Some("must start with / and name a path (e.g. \"/metrics\")".into());
     }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
+    if RESERVED_PATHS.contains(&path) {
+        return Some(format!(
+            "{path:?} is served by the agent itself ({}); choose another path",
+            RESERVED_PATHS.join(", ")
+        ));
+    }
+    if path.contains("//") {
+        return Some(format!("{path:?} has an empty segment (//)"));
+    }
+    // Unreserved and sub-delimiter characters of RFC 3986 path segments;
+    // `{`, `}`, `*` and `:` would be route parameters to the HTTP router.
+    if let Some(c) = path.chars().find(|c| !(c.is_ascii_alphanumeric() || "/-._~!$&'()+,;=@".contains(*c))) {
+        return Some(format!(
+            "{path:?} contains {c:?}; use letters, digits and - . _ ~ ! $ & ' ( ) + , ; = @ between slashes"
+        ));
+    }
+    None
+}
+
+fn system_hostname() -> String {
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]
@@ -721,6 +1065,50 @@ mod tests {
     }
 
     #[test]
+    fn metric_selection_is_validated_and_named() {
+        let c =
+            load("[metrics]\nprofile = \"everything\"\nvcpu_kvm = false\ninclude = \"libvirt_domain_*\"\n").unwrap();
+        let sel = c.selection().unwrap();
+        assert!(!sel.enabled(Detail::VcpuKvm));
+        assert!(sel.enabled(Detail::VmKvm));
+        assert!(!sel.selects_name("libvirt_node_cpus"));
+        for (text, key, needle) in [
+            ("[metrics]\nprofile = \"all\"\n", "metrics.profile", "unknown variant"),
+            ("[metrics]\ninclude = [\"libvirt.domain\"]\n", "metrics.include", "letters, digits"),
+            ("[metrics]\nexclude = [\"\"]\n", "metrics.exclude", "empty pattern"),
+            ("[metrics]\ndrop_labels = [\"dom*\"]\n", "metrics.drop_labels", "`domain` label"),
+            ("[metrics]\nvcpu_kvm = \"yes\"\n", "metrics.vcpu_kvm", "invalid type"),
+            ("[metrics]\nvcpu_kvms = true\n", "metrics.vcpu_kvms", "unknown field"),
+            ("[sinks.prometheus]\nmax_series = 0\n", "sinks.prometheus.max_series", "at least 1"),
+            (
+                "[collectors.domain_stats]\nchunks_in_flight = 0\n",
+                "collectors.domain_stats.chunks_in_flight",
+                "between",
+            ),
+            (
+                "[collectors.jobs]\ninterval = \"5s\"\nidle_interval = \"1s\"\n",
+                "collectors.jobs.idle_interval",
+                "shorter",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(e.message.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_switch_is_a_key_and_documented() {
+        let example = include_str!("../../config.example.toml");
+        for sw in crate::selection::SWITCHES {
+            let c = load(&format!("[metrics]\n{} = true\n", sw.key)).unwrap();
+            assert_eq!(c.metrics.switches(), vec![(sw.detail, true)], "{}", sw.key);
+            assert!(example.contains(&format!("# {} = false", sw.key)), "config.example.toml lacks {}", sw.key);
+        }
+        assert_eq!(MetricsConfig::default().switches().len(), 0);
+    }
+
+    #[test]
     fn invalid_toml_is_reported() {
         let e = load("[libvirt\n").unwrap_err();
         assert!(e.message.starts_with("invalid TOML"), "{e}");
@@ -736,7 +1124,8 @@ mod tests {
                 ("VIRTPULSE_SINKS__PROMETHEUS__LISTEN", "127.0.0.1:9999"),
                 ("VIRTPULSE_COLLECTORS__DOMAIN_STATS__GROUPS", "state, vcpu"),
                 ("VIRTPULSE_LIBVIRT__READ_ONLY", "false"),
-                ("VIRTPULSE_UNRELATED", "x"),
+                ("VIRTPULSE_TEST_WEDGE_COLLECTOR", "x"),
+                ("OTHER_UNRELATED", "x"),
             ]),
         )
         .unwrap();
@@ -748,7 +1137,76 @@ mod tests {
         let e = Config::from_parts("", "f.toml", &env(&[("VIRTPULSE_COLLECTORS__INTERVAL", "soon")])).unwrap_err();
         assert_eq!(e.source, "environment variable VIRTPULSE_COLLECTORS__INTERVAL");
         let e = Config::from_parts("", "f.toml", &env(&[("VIRTPULSE_NOPE__X", "1")])).unwrap_err();
-        assert!(e.message.contains("unknown field `nope`"), "{e}");
+        assert!(e.message.contains("not a configuration key"), "{e}");
         assert_eq!(e.source, "environment variable VIRTPULSE_NOPE__X");
+    }
+
+    #[test]
+    fn a_variable_that_maps_to_no_key_is_an_error_with_the_nearest_one() {
+        for (var, nearest) in [
+            ("VIRTPULSE_LIBVIRT_URI", "VIRTPULSE_LIBVIRT__URI"),
+            ("VIRTPULSE_SINKS__PROMETHEUS_LISTEN", "VIRTPULSE_SINKS__PROMETHEUS__LISTEN"),
+            ("VIRTPULSE_COLLECTORS__INTERVALL", "VIRTPULSE_COLLECTORS__INTERVAL"),
+            ("virtpulse_x", ""),
+        ] {
+            let r = Config::from_parts("", "f.toml", &env(&[(var, "qemu+tcp://elsewhere/system")]));
+            if nearest.is_empty() {
+                assert!(r.is_ok(), "{var} is not ours (the prefix is upper case)");
+                continue;
+            }
+            let e = r.unwrap_err();
+            assert_eq!(e.source, format!("environment variable {var}"));
+            assert!(e.message.contains(&format!("did you mean {nearest}?")), "{var}: {e}");
+        }
+        // Free tables take any key.
+        Config::from_parts("", "f.toml", &env(&[("VIRTPULSE_SINKS__OTLP__HEADERS__X_TENANT", "a")])).unwrap();
+    }
+
+    #[test]
+    fn the_documented_keys_are_exactly_the_accepted_ones() {
+        let known = known_keys();
+        let sections: std::collections::BTreeSet<String> =
+            known.iter().filter_map(|k| k.rsplit_once('.').map(|(s, _)| s.to_string())).collect();
+        for section in &sections {
+            let e = load(&format!("[{section}]\nzz_not_a_key = 1\n")).unwrap_err();
+            // serde: "expected one of `a`, `b`" or "expected `a` or `b`".
+            let first = e.message.lines().next().unwrap_or("");
+            let expected = first.split("expected ").nth(1).unwrap_or_else(|| panic!("{section}: {e}"));
+            let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+            let accepted: std::collections::BTreeSet<&str> = expected
+                .split(", ")
+                .flat_map(|f| f.split(" or "))
+                .map(|f| f.trim().trim_matches('`'))
+                .filter(|f| !f.is_empty())
+                .collect();
+            let documented: std::collections::BTreeSet<&str> = known
+                .iter()
+                .chain(sections.iter())
+                .filter_map(|k| k.strip_prefix(&format!("{section}.")))
+                .filter(|k| !k.contains('.'))
+                .chain(FREE_SECTIONS.iter().filter_map(|f| f.strip_prefix(&format!("{section}."))))
+                .collect();
+            assert_eq!(accepted, documented, "[{section}]: accepted vs documented in config.example.toml");
+        }
+    }
+
+    #[test]
+    fn every_duration_and_count_is_bounded() {
+        for (text, key) in [
+            ("[collectors]\ninterval = \"100000000000s\"\n", "collectors.interval"),
+            ("[events]\nqueue_capacity = 9223372036854775807\n", "events.queue_capacity"),
+            ("[sinks.kafka]\nmax_in_flight = 100000000000\n", "sinks.kafka.max_in_flight"),
+            ("[sinks.otlp]\nmax_retry_backoff = \"1000d\"\n", "sinks.otlp.max_retry_backoff"),
+            ("[collectors.domain_stats]\nmetadata_refresh = \"3650d\"\n", "collectors.domain_stats.metadata_refresh"),
+            ("[sinks.prometheus]\npath = \"/healthz\"\n", "sinks.prometheus.path"),
+            ("[sinks.prometheus]\npath = \"/readyz\"\n", "sinks.prometheus.path"),
+            ("[sinks.prometheus]\npath = \"/{x}\"\n", "sinks.prometheus.path"),
+            ("[sinks.prometheus]\npath = \"/a//b\"\n", "sinks.prometheus.path"),
+            ("[sinks.prometheus]\npath = \"/m*\"\n", "sinks.prometheus.path"),
+        ] {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        load("[sinks.prometheus]\npath = \"/prometheus/metrics\"\n").unwrap();
     }
 }

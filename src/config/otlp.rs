@@ -118,15 +118,37 @@ fn env(vars: &BTreeMap<String, String>, key: &str) -> Option<String> {
     vars.get(key).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
-fn millis(vars: &BTreeMap<String, String>, key: &str) -> Result<Option<Duration>, String> {
+/// A variable in milliseconds, within the bounds the matching key has.
+fn millis(
+    vars: &BTreeMap<String, String>,
+    key: &str,
+    bounds: std::ops::RangeInclusive<Duration>,
+) -> Result<Option<Duration>, String> {
     env(vars, key)
         .map(|v| {
-            v.parse::<u64>()
+            let d = v
+                .trim()
+                .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|_| format!("{key}={v:?} is not a number of milliseconds"))
+                .map_err(|_| format!("{key}={v:?} is not a number of milliseconds"))?;
+            if bounds.contains(&d) {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "{key}={v:?} is out of range: use {} to {} milliseconds",
+                    bounds.start().as_millis(),
+                    bounds.end().as_millis()
+                ))
+            }
         })
         .transpose()
 }
+
+/// Bounds of the export interval and the export timeout (keys and variables alike).
+pub const EXPORT_INTERVAL_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(24 * 3600);
+pub const EXPORT_TIMEOUT_BOUNDS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
 
 /// Checks a base endpoint: scheme http or https, a host, nothing odd.
 pub fn endpoint_problem(url: &str) -> Option<String> {
@@ -160,14 +182,26 @@ pub fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> String {
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `%XX` -> the byte; anything else (a lone `%`, `%` before non-hex or
+/// before a multi-byte character) stays as it is. Works on bytes: a `%`
+/// followed by part of a UTF-8 character must not split it.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
+            if let (Some(h), Some(l)) = (hex_digit(bytes[i + 1]), hex_digit(bytes[i + 2])) {
+                out.push(h << 4 | l);
                 i += 3;
                 continue;
             }
@@ -281,9 +315,12 @@ impl OtlpConfig {
             logs_endpoint: signal("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "v1/logs")?,
             export_interval: self
                 .export_interval
-                .or(millis(vars, "OTEL_METRIC_EXPORT_INTERVAL")?)
+                .or(millis(vars, "OTEL_METRIC_EXPORT_INTERVAL", EXPORT_INTERVAL_BOUNDS)?)
                 .unwrap_or(Duration::from_secs(15)),
-            timeout: self.timeout.or(millis(vars, "OTEL_EXPORTER_OTLP_TIMEOUT")?).unwrap_or(Duration::from_secs(10)),
+            timeout: self
+                .timeout
+                .or(millis(vars, "OTEL_EXPORTER_OTLP_TIMEOUT", EXPORT_TIMEOUT_BOUNDS)?)
+                .unwrap_or(Duration::from_secs(10)),
             compression,
             headers,
             ca_file: self.ca_file.clone().or_else(|| env(vars, "OTEL_EXPORTER_OTLP_CERTIFICATE").map(PathBuf::from)),
@@ -294,6 +331,23 @@ impl OtlpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: a zero export interval from the
+    /// environment passed, and a zero period panics the export timer.
+    #[test]
+    fn otel_durations_out_of_bounds_are_refused_naming_the_variable() {
+        let c = OtlpConfig { enabled: true, ..Default::default() };
+        for (key, value) in [
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0000"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "99999999999"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+        ] {
+            let e = c.settings(&vars(&[(key, value)])).unwrap_err();
+            assert!(e.contains(key) && e.contains("out of range"), "{e}");
+        }
+        let ok = c.settings(&vars(&[("OTEL_METRIC_EXPORT_INTERVAL", " 5000 ")])).unwrap();
+        assert_eq!(ok.export_interval, Duration::from_secs(5));
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -338,6 +392,20 @@ mod tests {
         }
         let e = OtlpConfig::default().settings(&vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap_err();
         assert!(e.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{e}");
+    }
+
+    #[test]
+    fn percent_decoding_never_splits_a_character() {
+        // `%` before a multi-byte character panicked (a &str sliced inside
+        // the character) with OTEL_RESOURCE_ATTRIBUTES='k=%a€'.
+        assert_eq!(percent_decode("%a€"), "%a€");
+        assert_eq!(percent_decode("€%"), "€%");
+        assert_eq!(percent_decode("%€"), "%€");
+        assert_eq!(percent_decode("%41%4a%4A"), "AJJ");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%ff"), "\u{fffd}");
+        assert_eq!(parse_key_values("k=%a€").unwrap(), vec![("k".to_string(), "%a€".to_string())]);
     }
 
     #[test]

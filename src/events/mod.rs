@@ -88,6 +88,28 @@ impl EventStats {
     }
 }
 
+/// Lifecycle transitions that end a job (libvirt's lifecycle enums): the
+/// domain was saved, restored, migrated or reverted to a snapshot.
+fn ends_a_job(ev: &RawEvent) -> bool {
+    let code = |key: &str| {
+        ev.fields.iter().find(|(k, _)| &**k == key).and_then(|(_, v)| match v {
+            TypedValue::Int(i) => Some(*i),
+            _ => None,
+        })
+    };
+    matches!(
+        (code("event"), code("detail")),
+        // STARTED: MIGRATED, RESTORED, FROM_SNAPSHOT
+        (Some(2), Some(1..=3))
+        // SUSPENDED: MIGRATED, RESTORED, FROM_SNAPSHOT, POSTCOPY, POSTCOPY_FAILED
+        | (Some(3), Some(1 | 4 | 5 | 7 | 8))
+        // RESUMED: MIGRATED, FROM_SNAPSHOT, POSTCOPY, POSTCOPY_FAILED
+        | (Some(4), Some(1..=4))
+        // STOPPED: MIGRATED, SAVED, FROM_SNAPSHOT
+        | (Some(5), Some(3 | 4 | 6))
+    )
+}
+
 /// What events make the rest of the agent do.
 #[derive(Clone, Default)]
 pub struct Hooks {
@@ -102,6 +124,19 @@ pub struct Hooks {
 }
 
 impl Hooks {
+    /// Asks the jobs collector to read this domain's jobs at once.
+    fn read_jobs_of(&self, uuid: &str) {
+        if let Some(inbox) = &self.job_inbox {
+            let mut news = inbox.lock().unwrap_or_else(|e| e.into_inner());
+            if news.read_now.len() < crate::collectors::jobs::MAX_NEWS {
+                news.read_now.insert(uuid.to_string());
+            }
+        }
+        if let Some(w) = &self.jobs {
+            w.now();
+        }
+    }
+
     fn react(&self, ev: &RawEvent) {
         if ev.family != Family::Domain {
             return;
@@ -115,6 +150,11 @@ impl Hooks {
                 if defined {
                     self.invalidate(&ev.object_uuid);
                 }
+                if ends_a_job(ev) {
+                    // A save, snapshot or migration can be over before a
+                    // poll sees it running: read its completed job now.
+                    self.read_jobs_of(&ev.object_uuid);
+                }
             }
             "metadata_change" | "tunable" | "device_added" | "device_removed" | "balloon_change" => {
                 self.invalidate(&ev.object_uuid);
@@ -123,14 +163,18 @@ impl Hooks {
                 }
             }
             "job_completed" | "migration_iteration" => {
-                if ev.name == "job_completed" {
-                    if let Some(inbox) = &self.job_inbox {
-                        let done = crate::collectors::jobs::CompletedEvent {
-                            name: ev.object_name.clone(),
-                            uuid: ev.object_uuid.clone(),
-                            params: ev.fields.clone(),
-                        };
-                        inbox.lock().unwrap_or_else(|e| e.into_inner()).push(done);
+                if let Some(inbox) = &self.job_inbox {
+                    let mut news = inbox.lock().unwrap_or_else(|e| e.into_inner());
+                    if ev.name == "job_completed" {
+                        if news.completed.len() < crate::collectors::jobs::MAX_NEWS {
+                            news.completed.push(crate::collectors::jobs::CompletedEvent {
+                                name: ev.object_name.clone(),
+                                uuid: ev.object_uuid.clone(),
+                                params: ev.fields.clone(),
+                            });
+                        }
+                    } else if news.read_now.len() < crate::collectors::jobs::MAX_NEWS {
+                        news.read_now.insert(ev.object_uuid.clone());
                     }
                 }
                 if let Some(w) = &self.jobs {
@@ -356,5 +400,43 @@ impl EventTasks {
         if tokio::time::timeout(wait, self.processor).await.is_err() {
             tracing::warn!("the event processor did not finish routing within {wait:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lifecycle(event: i32, detail: i32) -> RawEvent {
+        RawEvent {
+            family: Family::Domain,
+            event_id: 0,
+            name: "lifecycle",
+            object_name: "vm".into(),
+            object_uuid: "u".into(),
+            fields: vec![(Arc::from("event"), TypedValue::Int(event)), (Arc::from("detail"), TypedValue::Int(detail))],
+            time: std::time::SystemTime::now(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn saves_restores_and_migrations_end_jobs_plain_starts_and_stops_do_not() {
+        assert!(ends_a_job(&lifecycle(5, 4)), "stopped: saved");
+        assert!(ends_a_job(&lifecycle(2, 2)), "started: restored");
+        assert!(ends_a_job(&lifecycle(3, 1)), "suspended: migrated");
+        assert!(!ends_a_job(&lifecycle(5, 1)), "stopped: destroyed");
+        assert!(!ends_a_job(&lifecycle(2, 0)), "started: booted");
+        assert!(!ends_a_job(&lifecycle(3, 0)), "suspended: paused");
+    }
+
+    #[test]
+    fn a_save_asks_the_jobs_collector_for_that_domain() {
+        let inbox: crate::collectors::jobs::JobInbox = Default::default();
+        let hooks = Hooks { job_inbox: Some(inbox.clone()), ..Default::default() };
+        hooks.react(&lifecycle(5, 4));
+        assert!(inbox.lock().unwrap().read_now.contains("u"));
+        hooks.react(&lifecycle(5, 1));
+        assert_eq!(inbox.lock().unwrap().read_now.len(), 1);
     }
 }

@@ -23,7 +23,7 @@ fn string(ev: &RawEvent, key: &str) -> String {
 }
 
 /// The name function for an enum-coded field of an event, if it is one.
-fn namer(family: Family, event: &str, key: &str) -> Option<fn(i64) -> String> {
+pub fn namer(family: Family, event: &str, key: &str) -> Option<fn(i64) -> String> {
     let f: fn(i64) -> String = match (family, event, key) {
         (Family::Domain, "lifecycle", "event") => names::lifecycle,
         (Family::Domain, "watchdog", "action") => names::watchdog_action,
@@ -124,7 +124,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
             fields.push(Field {
                 key: Arc::from(format!("{key}_name")),
                 unit: Unit::Text,
-                value: TypedValue::String(f(code)),
+                value: TypedValue::String(f(code).into()),
             });
         } else {
             fields.push(Field { key: key.clone(), unit: unit(&ev, key, value), value: value.clone() });

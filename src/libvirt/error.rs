@@ -41,9 +41,10 @@ impl LibvirtError {
         Self { code, domain: 0, message: message.into() }
     }
 
-    /// True when the error means the connection to the daemon is gone and a
-    /// reconnect is needed (as opposed to a per-domain or per-call failure).
-    pub fn is_connection_lost(&self) -> bool {
+    /// True when the error may mean the connection to the daemon is gone.
+    /// Only the connection can tell (`Connection::lost`): a failing call
+    /// reports VIR_ERR_SYSTEM_ERROR for a file it could not read as well.
+    pub fn may_mean_connection_lost(&self) -> bool {
         let code = self.code as u32;
         code == sys::VIR_ERR_RPC
             || code == sys::VIR_ERR_SYSTEM_ERROR
@@ -58,12 +59,18 @@ impl LibvirtError {
         code == sys::VIR_ERR_NO_DOMAIN || code == sys::VIR_ERR_INVALID_DOMAIN
     }
 
-    /// The daemon does not implement what was asked (old libvirt, other driver).
+    /// The daemon does not implement what was asked (old libvirt, other
+    /// driver). A bad argument is not that: it fails one call, not the API.
     pub fn is_unsupported(&self) -> bool {
         let code = self.code as u32;
-        code == sys::VIR_ERR_NO_SUPPORT
-            || code == sys::VIR_ERR_OPERATION_UNSUPPORTED
-            || code == sys::VIR_ERR_INVALID_ARG
+        code == sys::VIR_ERR_NO_SUPPORT || code == sys::VIR_ERR_OPERATION_UNSUPPORTED
+    }
+
+    /// The daemon refused a flag it does not know (libvirt older than the
+    /// flag answers VIR_ERR_INVALID_ARG "unsupported flags").
+    pub fn is_unsupported_flags(&self) -> bool {
+        self.is_unsupported()
+            || (self.code as u32 == sys::VIR_ERR_INVALID_ARG && self.message.contains("unsupported flags"))
     }
 }
 
@@ -76,3 +83,18 @@ impl fmt::Display for LibvirtError {
 impl std::error::Error for LibvirtError {}
 
 pub type Result<T> = std::result::Result<T, LibvirtError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_argument_does_not_disable_an_api() {
+        let invalid = LibvirtError::new(sys::VIR_ERR_INVALID_ARG as i32, "argument cpuNum must be less than 2");
+        assert!(!invalid.is_unsupported());
+        assert!(!invalid.is_unsupported_flags());
+        let flags = LibvirtError::new(sys::VIR_ERR_INVALID_ARG as i32, "unsupported flags (0x2) in function x");
+        assert!(flags.is_unsupported_flags());
+        assert!(LibvirtError::new(sys::VIR_ERR_NO_SUPPORT as i32, "no").is_unsupported());
+    }
+}

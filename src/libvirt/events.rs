@@ -3,7 +3,12 @@
 //! Callbacks run on the libvirt event-loop thread. Each trampoline copies
 //! what libvirt passes (pointers are only valid during the call) into a
 //! `RawEvent` and hands it to the sink, which must not block. Nothing here
-//! may unwind into C: every trampoline body runs under `catch_unwind`.
+//! may unwind into C: every trampoline body runs under `catch_unwind`, and a
+//! caught panic is counted and logged (`crate::internal_errors`).
+//!
+//! Each trampoline is checked against its event's bindgen typedef before it
+//! is cast to the generic callback type the register calls take, so a
+//! trampoline with the wrong signature does not compile.
 
 use std::ffi::{c_char, c_int, c_longlong, c_uint, c_ulonglong, c_void, CStr};
 use std::sync::Arc;
@@ -63,8 +68,12 @@ pub type EventSink = Arc<dyn Fn(RawEvent) + Send + Sync>;
 
 /// A string argument; NULL (libvirt's "none") stays `None` and the field is
 /// left out, so consumers can tell it from an empty string.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string valid for the call.
 unsafe fn text(p: *const c_char) -> Option<TypedValue> {
-    (!p.is_null()).then(|| TypedValue::String(CStr::from_ptr(p).to_string_lossy().into_owned()))
+    // SAFETY: the caller's contract: non-NULL means NUL-terminated and valid.
+    (!p.is_null()).then(|| TypedValue::String(unsafe { CStr::from_ptr(p) }.to_string_lossy().into()))
 }
 
 /// Fields of a callback; `None` values (NULL strings) are dropped.
@@ -86,11 +95,15 @@ fn put(out: &mut Vec<(Arc<str>, TypedValue)>, key: &str, v: Option<TypedValue>) 
     }
 }
 
+/// # Safety
+/// `opaque` is NULL or the `EventSink` box made by `boxed` and not freed yet
+/// (libvirt calls `free_sink` only after the callback's last call).
 unsafe fn deliver(opaque: *mut c_void, ev: RawEvent) {
     if opaque.is_null() {
         return;
     }
-    let sink = &*(opaque as *const EventSink);
+    // SAFETY: the caller's contract: a live `Box<EventSink>`, shared only.
+    let sink = unsafe { &*(opaque as *const EventSink) };
     sink(ev);
 }
 
@@ -113,23 +126,32 @@ fn event(
     }
 }
 
+/// # Safety
+/// `dom` is NULL or a domain valid for the call.
 unsafe fn dom_ident(dom: sys::virDomainPtr) -> (String, String) {
     if dom.is_null() {
         (String::new(), String::new())
     } else {
-        (domain_name(dom), domain_uuid(dom))
+        // SAFETY: the caller's contract: a valid domain.
+        unsafe { (domain_name(dom), domain_uuid(dom)) }
     }
 }
 
+/// libvirt's free callback for the opaque pointer of a registration.
 unsafe extern "C" fn free_sink(opaque: *mut c_void) {
     if !opaque.is_null() {
-        drop(Box::from_raw(opaque as *mut EventSink));
+        // SAFETY: `opaque` came from `Box::into_raw` in `boxed`, and libvirt
+        // (or `register_one`, when registering failed) frees it once.
+        drop(unsafe { Box::from_raw(opaque as *mut EventSink) });
     }
 }
 
-/// Runs a trampoline body; a panic is swallowed (it must not cross into C).
+/// Runs a trampoline body. A panic must not cross into C: it is caught,
+/// counted and logged.
 fn guarded(body: impl FnOnce()) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        crate::internal_errors::record("event_callback", panic.as_ref());
+    }
 }
 
 macro_rules! domain_cb {
@@ -137,30 +159,53 @@ macro_rules! domain_cb {
         unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, dom: sys::virDomainPtr, $($arg: $ty,)* opaque: *mut c_void) {
             guarded(|| {
                 let ($($b,)*) = ($($arg,)*);
-                let fields: Vec<(Arc<str>, TypedValue)> = $fields;
-                deliver(opaque, event(Family::Domain, $id, $name, dom_ident(dom), fields));
+                // SAFETY: libvirt passes a valid domain, arguments valid for
+                // the call (strings NUL-terminated or NULL) and the opaque
+                // pointer registered with the callback.
+                unsafe {
+                    let fields: Vec<(Arc<str>, TypedValue)> = $fields;
+                    deliver(opaque, event(Family::Domain, $id, $name, dom_ident(dom), fields));
+                }
             });
         }
     };
 }
 
-domain_cb!(on_lifecycle, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", (e: c_int, d: c_int), |e, d| fields([
-    f("event", TypedValue::Int(e)),
-    f("detail", TypedValue::Int(d)),
-]));
+/// The lifecycle callback returns an int (unused by libvirt) unlike the rest.
+unsafe extern "C" fn on_lifecycle(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    e: c_int,
+    d: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    guarded(|| {
+        let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
+        // SAFETY: as in `domain_cb!`.
+        unsafe {
+            deliver(
+                opaque,
+                event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", dom_ident(dom), fields),
+            )
+        }
+    });
+    0
+}
 
 unsafe extern "C" fn on_reboot(_c: sys::virConnectPtr, dom: sys::virDomainPtr, opaque: *mut c_void) {
     guarded(|| {
-        deliver(opaque, event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", dom_ident(dom), vec![]))
+        // SAFETY: as in `domain_cb!`.
+        unsafe {
+            deliver(opaque, event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", dom_ident(dom), vec![]))
+        }
     });
 }
 
 unsafe extern "C" fn on_control_error(_c: sys::virConnectPtr, dom: sys::virDomainPtr, opaque: *mut c_void) {
     guarded(|| {
-        deliver(
-            opaque,
-            event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, "control_error", dom_ident(dom), vec![]),
-        )
+        let id = sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR;
+        // SAFETY: as in `domain_cb!`.
+        unsafe { deliver(opaque, event(Family::Domain, id, "control_error", dom_ident(dom), vec![])) }
     });
 }
 
@@ -179,6 +224,8 @@ domain_cb!(on_io_error_reason, sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, "io_err
     opt("reason", text(r)),
 ]));
 
+/// # Safety
+/// `a` is NULL or an address libvirt passed, valid for the call.
 unsafe fn graphics_address(
     prefix: &str,
     a: *const sys::virDomainEventGraphicsAddress,
@@ -187,9 +234,14 @@ unsafe fn graphics_address(
     if a.is_null() {
         return;
     }
-    put(out, &format!("{prefix}.family"), Some(TypedValue::Int((*a).family)));
-    put(out, &format!("{prefix}.node"), text((*a).node));
-    put(out, &format!("{prefix}.service"), text((*a).service));
+    // SAFETY: the caller's contract: a valid address for the call.
+    let a = unsafe { &*a };
+    put(out, &format!("{prefix}.family"), Some(TypedValue::Int(a.family)));
+    // SAFETY: libvirt's strings in the address are NULL or NUL-terminated.
+    unsafe {
+        put(out, &format!("{prefix}.node"), text(a.node));
+        put(out, &format!("{prefix}.service"), text(a.service));
+    }
 }
 
 unsafe extern "C" fn on_graphics(
@@ -204,17 +256,27 @@ unsafe extern "C" fn on_graphics(
 ) {
     guarded(|| {
         let mut fields = fields([f("phase", TypedValue::Int(phase))]);
-        graphics_address("local", local, &mut fields);
-        graphics_address("remote", remote, &mut fields);
-        put(&mut fields, "auth_scheme", text(auth));
-        if !subject.is_null() && !(*subject).identities.is_null() {
-            let ids = std::slice::from_raw_parts((*subject).identities, (*subject).nidentity.max(0) as usize);
-            for (i, id) in ids.iter().enumerate() {
-                put(&mut fields, &format!("subject.{i}.type"), text(id.type_));
-                put(&mut fields, &format!("subject.{i}.name"), text(id.name));
+        // SAFETY: libvirt passes addresses, strings and a subject (each
+        // possibly NULL) valid for the call; the subject holds `nidentity`
+        // identities; the rest as in `domain_cb!`.
+        unsafe {
+            graphics_address("local", local, &mut fields);
+            graphics_address("remote", remote, &mut fields);
+            put(&mut fields, "auth_scheme", text(auth));
+            if let Some(subject) = subject.as_ref() {
+                if !subject.identities.is_null() {
+                    let ids = std::slice::from_raw_parts(subject.identities, subject.nidentity.max(0) as usize);
+                    for (i, id) in ids.iter().enumerate() {
+                        put(&mut fields, &format!("subject.{i}.type"), text(id.type_));
+                        put(&mut fields, &format!("subject.{i}.name"), text(id.name));
+                    }
+                }
             }
+            deliver(
+                opaque,
+                event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", dom_ident(dom), fields),
+            );
         }
-        deliver(opaque, event(Family::Domain, sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", dom_ident(dom), fields));
     });
 }
 
@@ -286,62 +348,163 @@ domain_cb!(on_channel_lifecycle, sys::VIR_DOMAIN_EVENT_ID_CHANNEL_LIFECYCLE, "ch
     f("reason", TypedValue::Int(r)),
 ]));
 
+/// # Safety
+/// `params` is NULL or libvirt's array of `n` parameters, valid for the call.
 unsafe fn params_fields(params: sys::virTypedParameterPtr, n: c_int) -> Vec<(Arc<str>, TypedValue)> {
     // Event rates are low: a fresh interner per event costs nothing worth caching.
-    let decoded = decode(params, n, &mut KeyInterner::default());
+    // SAFETY: the caller's contract.
+    let decoded = unsafe { decode(params, n, &mut KeyInterner::default()) };
     decoded.params.into_iter().map(|p| (p.name, p.value)).collect()
 }
 
 domain_cb!(on_tunable, sys::VIR_DOMAIN_EVENT_ID_TUNABLE, "tunable", (p: sys::virTypedParameterPtr, n: c_int), |p, n| params_fields(p, n));
 domain_cb!(on_job_completed, sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "job_completed", (p: sys::virTypedParameterPtr, n: c_int), |p, n| params_fields(p, n));
 
-type DomainCb = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+/// A trampoline as the callback type a register call takes, after checking
+/// it against its event's typedef: `$f: $typedef` alone when the typedef is
+/// that type, `$f: $typedef => $generic` to cast it.
+macro_rules! callback {
+    ($f:ident: $typedef:ident) => {{
+        let typed: sys::$typedef = Some($f);
+        typed
+    }};
+    ($f:ident: $typedef:ident => $generic:ident) => {{
+        let typed: sys::$typedef = Some($f);
+        // SAFETY: both are `Option<unsafe extern "C" fn>`, one pointer with
+        // the same niche. libvirt calls the pointer with the signature of
+        // the event ID it is registered for (VIR_DOMAIN_EVENT_CALLBACK and
+        // its kin cast it the same way), which the line above checks.
+        unsafe { std::mem::transmute::<sys::$typedef, sys::$generic>(typed) }
+    }};
+}
 
-macro_rules! generic {
-    ($f:expr) => {
-        // SAFETY: libvirt casts the generic callback back to the type that
-        // matches the event ID it was registered for, as the C API intends.
-        Some(unsafe { std::mem::transmute::<*const (), DomainCb>($f as *const ()) })
+macro_rules! domain {
+    ($f:ident: $typedef:ident) => {
+        callback!($f: $typedef => virConnectDomainEventGenericCallback)
     };
 }
 
 /// Every domain event ID this build knows, with its trampoline.
 fn domain_callbacks() -> Vec<(u32, &'static str, sys::virConnectDomainEventGenericCallback)> {
     vec![
-        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", generic!(on_lifecycle)),
-        (sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", generic!(on_reboot)),
-        (sys::VIR_DOMAIN_EVENT_ID_RTC_CHANGE, "rtc_change", generic!(on_rtc_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", generic!(on_watchdog)),
-        (sys::VIR_DOMAIN_EVENT_ID_IO_ERROR, "io_error", generic!(on_io_error)),
-        (sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", generic!(on_graphics)),
-        (sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, "io_error_reason", generic!(on_io_error_reason)),
-        (sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR, "control_error", generic!(on_control_error)),
-        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB, "block_job", generic!(on_block_job)),
-        (sys::VIR_DOMAIN_EVENT_ID_DISK_CHANGE, "disk_change", generic!(on_disk_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_TRAY_CHANGE, "tray_change", generic!(on_tray_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_PMWAKEUP, "pm_wakeup", generic!(on_pm_wakeup)),
-        (sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND, "pm_suspend", generic!(on_pm_suspend)),
-        (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, "balloon_change", generic!(on_balloon_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK, "pm_suspend_disk", generic!(on_pm_suspend_disk)),
-        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "device_removed", generic!(on_device_removed)),
-        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, "block_job_2", generic!(on_block_job_2)),
-        (sys::VIR_DOMAIN_EVENT_ID_TUNABLE, "tunable", generic!(on_tunable)),
-        (sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, "agent_lifecycle", generic!(on_agent_lifecycle)),
-        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, "device_added", generic!(on_device_added)),
-        (sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, "migration_iteration", generic!(on_migration_iteration)),
-        (sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, "job_completed", generic!(on_job_completed)),
-        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, "device_removal_failed", generic!(on_device_removal_failed)),
-        (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, "metadata_change", generic!(on_metadata_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD, "block_threshold", generic!(on_block_threshold)),
-        (sys::VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE, "memory_failure", generic!(on_memory_failure)),
+        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, "lifecycle", domain!(on_lifecycle: virConnectDomainEventCallback)),
+        (sys::VIR_DOMAIN_EVENT_ID_REBOOT, "reboot", callback!(on_reboot: virConnectDomainEventGenericCallback)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_RTC_CHANGE,
+            "rtc_change",
+            domain!(on_rtc_change: virConnectDomainEventRTCChangeCallback),
+        ),
+        (sys::VIR_DOMAIN_EVENT_ID_WATCHDOG, "watchdog", domain!(on_watchdog: virConnectDomainEventWatchdogCallback)),
+        (sys::VIR_DOMAIN_EVENT_ID_IO_ERROR, "io_error", domain!(on_io_error: virConnectDomainEventIOErrorCallback)),
+        (sys::VIR_DOMAIN_EVENT_ID_GRAPHICS, "graphics", domain!(on_graphics: virConnectDomainEventGraphicsCallback)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
+            "io_error_reason",
+            domain!(on_io_error_reason: virConnectDomainEventIOErrorReasonCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_CONTROL_ERROR,
+            "control_error",
+            callback!(on_control_error: virConnectDomainEventGenericCallback),
+        ),
+        (sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB, "block_job", domain!(on_block_job: virConnectDomainEventBlockJobCallback)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_DISK_CHANGE,
+            "disk_change",
+            domain!(on_disk_change: virConnectDomainEventDiskChangeCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_TRAY_CHANGE,
+            "tray_change",
+            domain!(on_tray_change: virConnectDomainEventTrayChangeCallback),
+        ),
+        (sys::VIR_DOMAIN_EVENT_ID_PMWAKEUP, "pm_wakeup", domain!(on_pm_wakeup: virConnectDomainEventPMWakeupCallback)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND,
+            "pm_suspend",
+            domain!(on_pm_suspend: virConnectDomainEventPMSuspendCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+            "balloon_change",
+            domain!(on_balloon_change: virConnectDomainEventBalloonChangeCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK,
+            "pm_suspend_disk",
+            domain!(on_pm_suspend_disk: virConnectDomainEventPMSuspendDiskCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
+            "device_removed",
+            domain!(on_device_removed: virConnectDomainEventDeviceRemovedCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
+            "block_job_2",
+            domain!(on_block_job_2: virConnectDomainEventBlockJobCallback),
+        ),
+        (sys::VIR_DOMAIN_EVENT_ID_TUNABLE, "tunable", domain!(on_tunable: virConnectDomainEventTunableCallback)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE,
+            "agent_lifecycle",
+            domain!(on_agent_lifecycle: virConnectDomainEventAgentLifecycleCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+            "device_added",
+            domain!(on_device_added: virConnectDomainEventDeviceAddedCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION,
+            "migration_iteration",
+            domain!(on_migration_iteration: virConnectDomainEventMigrationIterationCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+            "job_completed",
+            domain!(on_job_completed: virConnectDomainEventJobCompletedCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+            "device_removal_failed",
+            domain!(on_device_removal_failed: virConnectDomainEventDeviceRemovalFailedCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+            "metadata_change",
+            domain!(on_metadata_change: virConnectDomainEventMetadataChangeCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD,
+            "block_threshold",
+            domain!(on_block_threshold: virConnectDomainEventBlockThresholdCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE,
+            "memory_failure",
+            domain!(on_memory_failure: virConnectDomainEventMemoryFailureCallback),
+        ),
         (
             sys::VIR_DOMAIN_EVENT_ID_MEMORY_DEVICE_SIZE_CHANGE,
             "memory_device_size_change",
-            generic!(on_memory_device_size_change),
+            domain!(on_memory_device_size_change: virConnectDomainEventMemoryDeviceSizeChangeCallback),
         ),
-        (sys::VIR_DOMAIN_EVENT_ID_NIC_MAC_CHANGE, "nic_mac_change", generic!(on_nic_mac_change)),
-        (sys::VIR_DOMAIN_EVENT_ID_VCPU_REMOVED, "vcpu_removed", generic!(on_vcpu_removed)),
-        (sys::VIR_DOMAIN_EVENT_ID_CHANNEL_LIFECYCLE, "channel_lifecycle", generic!(on_channel_lifecycle)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_NIC_MAC_CHANGE,
+            "nic_mac_change",
+            domain!(on_nic_mac_change: virConnectDomainEventNICMACChangeCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_VCPU_REMOVED,
+            "vcpu_removed",
+            domain!(on_vcpu_removed: virConnectDomainEventVcpuRemovedCallback),
+        ),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_CHANNEL_LIFECYCLE,
+            "channel_lifecycle",
+            domain!(on_channel_lifecycle: virConnectDomainEventChannelLifecycleCallback),
+        ),
     ]
 }
 
@@ -352,60 +515,87 @@ pub fn domain_event_names() -> Vec<(u32, &'static str)> {
 
 // ---- other families ---------------------------------------------------------
 
+/// # Safety
+/// The object is NULL or valid for the call.
 unsafe fn net_ident(net: sys::virNetworkPtr) -> (String, String) {
-    if net.is_null() {
-        return (String::new(), String::new());
+    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
+    // libvirt writes (VIR_UUID_STRING_BUFLEN).
+    unsafe {
+        if net.is_null() {
+            return (String::new(), String::new());
+        }
+        let name = sys::virNetworkGetName(net);
+        let mut buf = [0 as c_char; 37];
+        let uuid = if sys::virNetworkGetUUIDString(net, buf.as_mut_ptr()) == 0 {
+            buf[36] = 0;
+            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        } else {
+            sys::virResetLastError();
+            String::new()
+        };
+        (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
     }
-    let name = sys::virNetworkGetName(net);
-    let mut buf = [0 as c_char; 37];
-    let uuid = if sys::virNetworkGetUUIDString(net, buf.as_mut_ptr()) == 0 {
-        buf[36] = 0;
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-    } else {
-        sys::virResetLastError();
-        String::new()
-    };
-    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
 }
 
+/// # Safety
+/// The object is NULL or valid for the call.
 unsafe fn pool_ident(pool: sys::virStoragePoolPtr) -> (String, String) {
-    if pool.is_null() {
-        return (String::new(), String::new());
+    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
+    // libvirt writes (VIR_UUID_STRING_BUFLEN).
+    unsafe {
+        if pool.is_null() {
+            return (String::new(), String::new());
+        }
+        let name = sys::virStoragePoolGetName(pool);
+        let mut buf = [0 as c_char; 37];
+        let uuid = if sys::virStoragePoolGetUUIDString(pool, buf.as_mut_ptr()) == 0 {
+            buf[36] = 0;
+            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        } else {
+            sys::virResetLastError();
+            String::new()
+        };
+        (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
     }
-    let name = sys::virStoragePoolGetName(pool);
-    let mut buf = [0 as c_char; 37];
-    let uuid = if sys::virStoragePoolGetUUIDString(pool, buf.as_mut_ptr()) == 0 {
-        buf[36] = 0;
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-    } else {
-        sys::virResetLastError();
-        String::new()
-    };
-    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
 }
 
+/// # Safety
+/// The object is NULL or valid for the call.
 unsafe fn nodedev_ident(dev: sys::virNodeDevicePtr) -> (String, String) {
-    if dev.is_null() {
-        return (String::new(), String::new());
+    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
+    // libvirt writes (VIR_UUID_STRING_BUFLEN).
+    unsafe {
+        if dev.is_null() {
+            return (String::new(), String::new());
+        }
+        let name = sys::virNodeDeviceGetName(dev);
+        (
+            if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() },
+            String::new(),
+        )
     }
-    let name = sys::virNodeDeviceGetName(dev);
-    (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, String::new())
 }
 
+/// # Safety
+/// The object is NULL or valid for the call.
 unsafe fn secret_ident(secret: sys::virSecretPtr) -> (String, String) {
-    if secret.is_null() {
-        return (String::new(), String::new());
+    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
+    // libvirt writes (VIR_UUID_STRING_BUFLEN).
+    unsafe {
+        if secret.is_null() {
+            return (String::new(), String::new());
+        }
+        let usage = sys::virSecretGetUsageID(secret);
+        let mut buf = [0 as c_char; 37];
+        let uuid = if sys::virSecretGetUUIDString(secret, buf.as_mut_ptr()) == 0 {
+            buf[36] = 0;
+            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        } else {
+            sys::virResetLastError();
+            String::new()
+        };
+        (if usage.is_null() { String::new() } else { CStr::from_ptr(usage).to_string_lossy().into_owned() }, uuid)
     }
-    let usage = sys::virSecretGetUsageID(secret);
-    let mut buf = [0 as c_char; 37];
-    let uuid = if sys::virSecretGetUUIDString(secret, buf.as_mut_ptr()) == 0 {
-        buf[36] = 0;
-        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-    } else {
-        sys::virResetLastError();
-        String::new()
-    };
-    (if usage.is_null() { String::new() } else { CStr::from_ptr(usage).to_string_lossy().into_owned() }, uuid)
 }
 
 /// The lifecycle callback of an object family: (event, detail) codes.
@@ -414,7 +604,9 @@ macro_rules! object_lifecycle {
         unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, o: $obj, e: c_int, d: c_int, opaque: *mut c_void) {
             guarded(|| {
                 let fields = fields([f("event", TypedValue::Int(e)), f("detail", TypedValue::Int(d))]);
-                deliver(opaque, event($family, $id, "lifecycle", $ident(o), fields));
+                // SAFETY: libvirt passes a valid object and the opaque
+                // pointer registered with the callback.
+                unsafe { deliver(opaque, event($family, $id, "lifecycle", $ident(o), fields)) };
             });
         }
     };
@@ -424,7 +616,9 @@ macro_rules! object_lifecycle {
 macro_rules! object_plain {
     ($fn_name:ident, $obj:ty, $family:expr, $id:expr, $name:expr, $ident:ident) => {
         unsafe extern "C" fn $fn_name(_c: sys::virConnectPtr, o: $obj, opaque: *mut c_void) {
-            guarded(|| deliver(opaque, event($family, $id, $name, $ident(o), vec![])));
+            // SAFETY: libvirt passes a valid object and the opaque pointer
+            // registered with the callback.
+            guarded(|| unsafe { deliver(opaque, event($family, $id, $name, $ident(o), vec![])) });
         }
     };
 }
@@ -490,11 +684,13 @@ unsafe extern "C" fn on_net_metadata(
     opaque: *mut c_void,
 ) {
     guarded(|| {
-        let fields = fields([f("type", TypedValue::Int(t)), ("nsuri", text(ns))]);
-        deliver(
-            opaque,
-            event(Family::Network, sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", net_ident(n), fields),
-        );
+        let id = sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE;
+        // SAFETY: libvirt passes a valid network, a NULL or NUL-terminated
+        // namespace and the opaque pointer registered with the callback.
+        unsafe {
+            let fields = fields([f("type", TypedValue::Int(t)), ("nsuri", text(ns))]);
+            deliver(opaque, event(Family::Network, id, "metadata_change", net_ident(n), fields));
+        }
     });
 }
 
@@ -508,13 +704,16 @@ unsafe extern "C" fn on_qemu_monitor(
     opaque: *mut c_void,
 ) {
     guarded(|| {
-        let fields = fields([
-            opt("event", text(ev)),
-            f("seconds", TypedValue::LLong(seconds)),
-            f("micros", TypedValue::UInt(micros)),
-            opt("details", text(details)),
-        ]);
-        deliver(opaque, event(Family::QemuMonitor, 0, "qemu_monitor", dom_ident(dom), fields));
+        // SAFETY: as in `domain_cb!`.
+        unsafe {
+            let fields = fields([
+                opt("event", text(ev)),
+                f("seconds", TypedValue::LLong(seconds)),
+                f("micros", TypedValue::UInt(micros)),
+                opt("details", text(details)),
+            ]);
+            deliver(opaque, event(Family::QemuMonitor, 0, "qemu_monitor", dom_ident(dom), fields));
+        }
     });
 }
 
@@ -567,67 +766,83 @@ impl Connection {
                 sys::virConnectDomainEventRegisterAny(c, null_dom, id as c_int, cb, o, Some(free_sink))
             }));
         }
-        // The four object families register alike: (family, the callback's
-        // object type, the register function, [(event id, name, callback)]).
+        // The four object families register alike: (family, the register
+        // function, [(event id, name, callback checked by `callback!`)]).
         macro_rules! register_family {
-            ($family:expr, $obj:ty, $register:ident, [$(($id:expr, $name:expr, $cb:expr)),+ $(,)?]) => {
-                type Cb = unsafe extern "C" fn(sys::virConnectPtr, $obj, *mut c_void);
-                // Each callback has its event's own signature; the C API takes
-                // them as the generic type (the cast is how the API is used).
-                let table: [(u32, &'static str, *const ()); 2] = [$(($id, $name, $cb as *const ())),+];
-                for (id, name, cb) in table {
-                    // SAFETY: valid connection; cb matches id; opaque freed by free_sink.
+            ($family:expr, $register:ident, [$(($id:expr, $name:expr, $cb:expr)),+ $(,)?]) => {
+                for (id, name, cb) in [$(($id, $name, $cb)),+] {
+                    // SAFETY: valid connection; cb has the signature of id's
+                    // event; the opaque box is freed by free_sink.
                     out.push(register_one($family, id, name, sink, |o| unsafe {
-                        let cb = std::mem::transmute::<*const (), Cb>(cb);
-                        sys::$register(c, std::ptr::null_mut(), id as c_int, Some(cb), o, Some(free_sink))
+                        sys::$register(c, std::ptr::null_mut(), id as c_int, cb, o, Some(free_sink))
                     }));
                 }
             };
         }
-        {
-            register_family!(
-                Family::Network,
-                sys::virNetworkPtr,
-                virConnectNetworkEventRegisterAny,
-                [
-                    (sys::VIR_NETWORK_EVENT_ID_LIFECYCLE, "lifecycle", on_net_lifecycle),
-                    (sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE, "metadata_change", on_net_metadata),
-                ]
-            );
-        }
-        {
-            register_family!(
-                Family::StoragePool,
-                sys::virStoragePoolPtr,
-                virConnectStoragePoolEventRegisterAny,
-                [
-                    (sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, "lifecycle", on_pool_lifecycle),
-                    (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, "refresh", on_pool_refresh),
-                ]
-            );
-        }
-        {
-            register_family!(
-                Family::NodeDevice,
-                sys::virNodeDevicePtr,
-                virConnectNodeDeviceEventRegisterAny,
-                [
-                    (sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE, "lifecycle", on_nodedev_lifecycle),
-                    (sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE, "update", on_nodedev_update),
-                ]
-            );
-        }
-        {
-            register_family!(
-                Family::Secret,
-                sys::virSecretPtr,
-                virConnectSecretEventRegisterAny,
-                [
-                    (sys::VIR_SECRET_EVENT_ID_LIFECYCLE, "lifecycle", on_secret_lifecycle),
-                    (sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED, "value_changed", on_secret_value_changed),
-                ]
-            );
-        }
+        register_family!(
+            Family::Network,
+            virConnectNetworkEventRegisterAny,
+            [
+                (
+                    sys::VIR_NETWORK_EVENT_ID_LIFECYCLE,
+                    "lifecycle",
+                    callback!(on_net_lifecycle: virConnectNetworkEventLifecycleCallback => virConnectNetworkEventGenericCallback)
+                ),
+                (
+                    sys::VIR_NETWORK_EVENT_ID_METADATA_CHANGE,
+                    "metadata_change",
+                    callback!(on_net_metadata: virConnectNetworkEventMetadataChangeCallback => virConnectNetworkEventGenericCallback)
+                ),
+            ]
+        );
+        register_family!(
+            Family::StoragePool,
+            virConnectStoragePoolEventRegisterAny,
+            [
+                (
+                    sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
+                    "lifecycle",
+                    callback!(on_pool_lifecycle: virConnectStoragePoolEventLifecycleCallback => virConnectStoragePoolEventGenericCallback)
+                ),
+                (
+                    sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH,
+                    "refresh",
+                    callback!(on_pool_refresh: virConnectStoragePoolEventGenericCallback)
+                ),
+            ]
+        );
+        register_family!(
+            Family::NodeDevice,
+            virConnectNodeDeviceEventRegisterAny,
+            [
+                (
+                    sys::VIR_NODE_DEVICE_EVENT_ID_LIFECYCLE,
+                    "lifecycle",
+                    callback!(on_nodedev_lifecycle: virConnectNodeDeviceEventLifecycleCallback => virConnectNodeDeviceEventGenericCallback)
+                ),
+                (
+                    sys::VIR_NODE_DEVICE_EVENT_ID_UPDATE,
+                    "update",
+                    callback!(on_nodedev_update: virConnectNodeDeviceEventGenericCallback)
+                ),
+            ]
+        );
+        register_family!(
+            Family::Secret,
+            virConnectSecretEventRegisterAny,
+            [
+                (
+                    sys::VIR_SECRET_EVENT_ID_LIFECYCLE,
+                    "lifecycle",
+                    callback!(on_secret_lifecycle: virConnectSecretEventLifecycleCallback => virConnectSecretEventGenericCallback)
+                ),
+                (
+                    sys::VIR_SECRET_EVENT_ID_VALUE_CHANGED,
+                    "value_changed",
+                    callback!(on_secret_value_changed: virConnectSecretEventGenericCallback)
+                ),
+            ]
+        );
         if qemu_monitor {
             // SAFETY: as above; a NULL event name subscribes to every event.
             out.push(register_one(Family::QemuMonitor, 0, "qemu_monitor", sink, |o| unsafe {

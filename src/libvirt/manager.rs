@@ -99,7 +99,7 @@ impl ConnectionManager {
     /// error means the connection is gone, tells the manager to reconnect.
     /// `is_alive` is a local check (no RPC), so this is cheap.
     pub fn note_error(&self, session: &Session, err: &LibvirtError) {
-        if err.is_connection_lost() && !session.conn.is_alive() {
+        if session.conn.lost(err) {
             session.conn.close_signal().trip(CLOSE_REASON_CALL_FAILED);
         }
     }

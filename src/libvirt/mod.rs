@@ -1,11 +1,13 @@
 //! The only module that talks to libvirt's C API (and the only one with
 //! `unsafe`). Everything here is blocking: callers run it on blocking threads.
+#![allow(unsafe_code)]
 
 pub mod connection;
 pub mod domain;
 pub mod error;
 pub mod event_loop;
 pub mod events;
+pub mod heap;
 pub mod jobs;
 pub mod manager;
 pub mod node;

@@ -15,6 +15,7 @@ pub struct StoragePool {
 
 // SAFETY: libvirt objects are reference counted and thread safe.
 unsafe impl Send for StoragePool {}
+// SAFETY: as for Send: libvirt locks inside each call.
 unsafe impl Sync for StoragePool {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,7 @@ impl StoragePool {
     pub fn info(&self) -> Result<PoolInfo> {
         // SAFETY: plain old data, valid pool and out pointer.
         let mut i: sys::virStoragePoolInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pool and a writable out pointer.
         if unsafe { sys::virStoragePoolGetInfo(self.ptr, &mut i) } < 0 {
             return Err(LibvirtError::last());
         }

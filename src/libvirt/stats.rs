@@ -153,7 +153,7 @@ impl Connection {
         // Find the accepted flags with the always-present state group.
         let state = sys::VIR_DOMAIN_STATS_STATE;
         while let Err(e) = try_call(state, flags) {
-            if e.is_connection_lost() || flags == 0 {
+            if self.lost(&e) || flags == 0 {
                 return Err(e);
             }
             // Drop the newest flag first (BACKING is older than NOWAIT).
@@ -162,13 +162,13 @@ impl Connection {
 
         match try_call(wanted, flags) {
             Ok(_) => Ok(StatsCapabilities { groups: wanted, flags }),
-            Err(e) if e.is_connection_lost() => Err(e),
+            Err(e) if self.lost(&e) => Err(e),
             Err(_) => {
                 let mut groups = 0;
                 for g in ALL_GROUPS.iter().filter(|g| wanted & g.bit != 0) {
                     match try_call(g.bit, flags) {
                         Ok(_) => groups |= g.bit,
-                        Err(e) if e.is_connection_lost() => return Err(e),
+                        Err(e) if self.lost(&e) => return Err(e),
                         Err(e) => tracing::debug!(group = g.name, error = %e, "stats group refused by the daemon"),
                     }
                 }

@@ -3,7 +3,8 @@
 
 use crate::libvirt::TypedValue;
 use crate::record::{Record, RecordKind};
-use crate::sinks::codes::{pool_state_name, state_name};
+use crate::sinks::codes::pool_state_name;
+use crate::stat_keys::{Detail, SampleFilter};
 
 /// Called once per info metric: name, help, labels (identity included).
 pub type InfoEmit<'e> = dyn FnMut(&'static str, &'static str, &[(&'static str, &str)]) + 'e;
@@ -35,12 +36,25 @@ fn field_bool(r: &Record, key: &str) -> &'static str {
     }
 }
 
-/// Emits the info metrics of one record (none for jobs and events).
-pub fn info_metrics(r: &Record, emit: &mut InfoEmit) {
+/// Emits the info metrics of one record (none for jobs and events) that
+/// `filter` selects, without the labels it drops.
+pub fn info_metrics(r: &Record, filter: &dyn SampleFilter, emit: &mut InfoEmit) {
+    let mut selected = |name: &'static str, help: &'static str, labels: &[(&'static str, &str)]| {
+        if !filter.selects(Detail::Core, name) {
+            return;
+        }
+        if filter.drops_labels() {
+            let kept: Vec<(&'static str, &str)> =
+                labels.iter().copied().filter(|(k, _)| filter.keeps_label(k)).collect();
+            emit(name, help, &kept);
+        } else {
+            emit(name, help, labels);
+        }
+    };
     match r.kind {
-        RecordKind::DomainStats => domain(r, emit),
-        RecordKind::Node => node(r, emit),
-        RecordKind::StoragePool => pool(r, emit),
+        RecordKind::DomainStats => domain(r, &mut selected),
+        RecordKind::Node => node(r, &mut selected),
+        RecordKind::StoragePool => pool(r, &mut selected),
         RecordKind::DomainJob | RecordKind::Event => {}
     }
 }
@@ -50,14 +64,14 @@ fn domain(r: &Record, emit: &mut InfoEmit) {
     let info = d.info.as_deref().cloned().unwrap_or_default();
     let vcpus = int_str(info.vcpus);
     let maxmem = int_str(info.max_memory_bytes);
-    let state = state_name(r.field("state.state").and_then(|v| v.as_f64()));
+    // No state label: every state change would start a new series (the
+    // state has its own gauge, libvirt_domain_state).
     emit(
         "libvirt_domain_info",
         "Descriptive data about the domain (value is always 1); join on domain/uuid.",
         &[
             ("domain", &d.name),
             ("uuid", &d.uuid),
-            ("state", state),
             ("virt_type", opt_str(&info.virt_type)),
             ("os_type", opt_str(&info.os_type)),
             ("arch", opt_str(&info.arch)),

@@ -71,8 +71,13 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("start agent");
-        let agent = Agent { port, child, dir };
-        wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || agent.try_scrape_text().ok());
+        let mut agent = Agent { port, child, dir };
+        wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("the agent exited ({status}) before serving /metrics:\n{}", agent.log());
+            }
+            agent.try_scrape_text().ok()
+        });
         agent
     }
 

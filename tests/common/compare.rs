@@ -7,15 +7,26 @@ use super::exposition::Scrape;
 use super::guest::Guest;
 use super::virsh;
 use virtpulse::record::{DomainRef, Field, Record, RecordKind, SCHEMA};
-use virtpulse::stat_keys::{self, MetricType, SampleStats};
+use virtpulse::stat_keys::{self, AllSamples, MetricType, SampleFilter, SampleStats};
 
 pub type SeriesKey = (String, BTreeMap<String, String>);
 
-/// What the agent must export for this virsh output, via the stat-key table.
+/// What the agent must export for this virsh output, via the stat-key
+/// table, when it exports everything.
 pub fn expected(
     name: &str,
     uuid: &str,
     stats: &BTreeMap<String, String>,
+) -> BTreeMap<SeriesKey, (MetricType, String, f64)> {
+    expected_with(name, uuid, stats, &AllSamples)
+}
+
+/// What the agent must export for this virsh output under a selection.
+pub fn expected_with(
+    name: &str,
+    uuid: &str,
+    stats: &BTreeMap<String, String>,
+    filter: &dyn SampleFilter,
 ) -> BTreeMap<SeriesKey, (MetricType, String, f64)> {
     let record = Record {
         schema: SCHEMA,
@@ -36,13 +47,15 @@ pub fn expected(
     };
     let mut st = SampleStats::default();
     let mut out = BTreeMap::new();
-    for s in stat_keys::samples(&record, &mut st) {
+    stat_keys::for_each_sample(&record, filter, &mut st, |s| {
         let mut labels: BTreeMap<String, String> =
-            s.labels().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            s.labels().into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v)).collect();
         labels.insert("domain".into(), name.into());
-        labels.insert("uuid".into(), uuid.into());
+        if !filter.drops_labels() || filter.keeps_label("uuid") {
+            labels.insert("uuid".into(), uuid.into());
+        }
         out.insert((s.name().to_string(), labels), (s.mtype(), s.help().to_string(), s.value));
-    }
+    });
     assert!(st.unmapped.is_empty(), "virsh shows keys the table does not map: {:?}", st.unmapped);
     out
 }
@@ -71,15 +84,26 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-/// Compares one domain; returns the mismatches.
+/// Compares one domain (everything exported); returns the mismatches.
 pub fn compare(
     g: &Guest,
     before: &BTreeMap<String, String>,
     scrape: &Scrape,
     after: &BTreeMap<String, String>,
 ) -> Vec<String> {
-    let b = expected(&g.name, &g.uuid, before);
-    let a = expected(&g.name, &g.uuid, after);
+    compare_with(g, before, scrape, after, &AllSamples)
+}
+
+/// Compares one domain under a selection; returns the mismatches.
+pub fn compare_with(
+    g: &Guest,
+    before: &BTreeMap<String, String>,
+    scrape: &Scrape,
+    after: &BTreeMap<String, String>,
+    filter: &dyn SampleFilter,
+) -> Vec<String> {
+    let b = expected_with(&g.name, &g.uuid, before, filter);
+    let a = expected_with(&g.name, &g.uuid, after, filter);
     let got = scraped(scrape, &g.uuid);
     let mut problems = Vec::new();
     let want: BTreeSet<_> = b.keys().chain(a.keys()).collect();

@@ -73,6 +73,16 @@ pub struct GuestSpec {
     pub no_default_nic: bool,
     /// Extra elements at the top of `<domain>` (maxMemory, cpu/numa...).
     pub domain_extra: String,
+    /// Shaped like a tenant: a second, plain disk (vdb) and a second NIC.
+    pub tenant: bool,
+}
+
+impl GuestSpec {
+    /// A guest shaped like a tenant: 4 vCPUs, vda a qcow2 overlay on a base
+    /// image, vdb plain, two virtio NICs, a balloon.
+    pub fn tenant() -> Self {
+        Self { vcpus: 4, tenant: true, ..Default::default() }
+    }
 }
 
 impl Default for GuestSpec {
@@ -88,6 +98,7 @@ impl Default for GuestSpec {
             linux: None,
             no_default_nic: false,
             domain_extra: String::new(),
+            tenant: false,
         }
     }
 }
@@ -113,6 +124,16 @@ impl Guest {
         qemu_img(&["create", "-q", "-f", "qcow2", "-b", base.to_str().unwrap(), "-F", "qcow2", top.to_str().unwrap()]);
         for f in [&base, &top] {
             super::set_mode(f, 0o666);
+        }
+        let mut spec = spec;
+        if spec.tenant {
+            let vdb = dir.path().join("vdb.qcow2");
+            qemu_img(&["create", "-q", "-f", "qcow2", vdb.to_str().unwrap(), "64M"]);
+            super::set_mode(&vdb, 0o666);
+            spec.extra_devices.push_str(&format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vdb' bus='virtio'/></disk>\n<interface type='ethernet'><model type='virtio'/></interface>\n",
+                vdb.display()
+            ));
         }
         let xml = domain_xml(&name, &top, &spec);
         let xml_path = dir.path().join("domain.xml");

@@ -34,7 +34,7 @@ pub fn typed(v: &str) -> TypedValue {
     } else if let Ok(d) = v.parse::<f64>() {
         TypedValue::Double(d)
     } else {
-        TypedValue::String(v.to_string())
+        TypedValue::String(v.into())
     }
 }
 

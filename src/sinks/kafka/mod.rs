@@ -139,6 +139,7 @@ pub fn start(
         shutdown_timeout: cfg.shutdown_timeout,
         spool_dir: cfg.spool_dir.clone(),
         brokers: cfg.brokers.join(","),
+        message_timeout: cfg.message_timeout,
     };
     let threads = vec![
         std::thread::Builder::new().name("kafka-intake".into()).spawn(move || intake.run())?,

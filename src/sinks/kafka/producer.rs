@@ -50,6 +50,9 @@ pub struct MailboxInner {
     pub fatal: bool,
     /// A broker connection came back: retry now rather than after the backoff.
     pub reconnected: bool,
+    /// Errors librdkafka reported (not delivery reports) since the sender
+    /// last looked: a broker that refuses the producer keeps giving them.
+    pub client_errors: u64,
 }
 
 impl Mailbox {
@@ -92,7 +95,7 @@ impl ClientContext for SinkContext {
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::AllBrokersDown) => self.stats.set_connected(false, 0),
             Some(RDKafkaErrorCode::Fatal) => self.mailbox.post(|m| m.fatal = true),
-            _ => {}
+            _ => self.mailbox.post(|m| m.client_errors += 1),
         }
         let mut last = self.last_error_log.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|t| t.elapsed() >= ERROR_LOG_EVERY) {

@@ -14,7 +14,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use super::message::{to_message, Message, Topics};
 use super::producer::{is_permanent, Delivery, Mailbox, Sent, SinkContext};
 use super::spool::Spool;
-use super::stats::{DropCause, KafkaStats, Stream};
+use super::stats::{DropCause, KafkaStats, RestartReason, Stream};
 use crate::record::{Batch, RecordKind};
 use crate::selfmon::SinkStats;
 
@@ -23,6 +23,11 @@ const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Longest wait before sending again after failures (a broker that comes
 /// back ends the wait at once).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// An event in flight this much longer than message_timeout, with a broker
+/// reachable, means the producer is wedged (librdkafka gives no report).
+const WEDGE_MARGIN: Duration = Duration::from_secs(10);
+/// Client errors in a row, nothing delivered and events in flight: wedged.
+const WEDGE_ERRORS: u64 = 50;
 
 pub type MakeProducer = Box<dyn Fn() -> KafkaResult<ThreadedProducer<SinkContext>> + Send>;
 
@@ -39,6 +44,8 @@ pub struct Sender {
     pub shutdown_timeout: Duration,
     pub spool_dir: PathBuf,
     pub brokers: String,
+    /// librdkafka's own deadline for a delivery (`message_timeout`).
+    pub message_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -56,7 +63,16 @@ struct State {
     last_tick: Option<Instant>,
     last_outage_log: Option<Instant>,
     last_problem_log: Option<Instant>,
+    /// Producer replacements are logged apart from delivery problems (a
+    /// failure logged just before must not hide the replacement).
+    last_restart_log: Option<Instant>,
     shutdown_by: Option<Instant>,
+    /// When each event in flight was handed to the producer, by seq.
+    sent_at: std::collections::BTreeMap<u64, Instant>,
+    /// Client errors since the last successful delivery.
+    errors_since_delivery: u64,
+    /// A wedge was logged and not yet cleared by a delivery (one log per incident).
+    wedged: bool,
 }
 
 fn backoff(rounds: u32) -> Duration {
@@ -78,7 +94,8 @@ impl Sender {
     pub fn run(mut self) {
         let mut st = State::default();
         loop {
-            let (deliveries, fatal, reconnected, intake_done) = self.wait(&st);
+            let (deliveries, fatal, reconnected, intake_done, client_errors) = self.wait(&st);
+            st.errors_since_delivery += client_errors;
             if fatal {
                 self.replace_producer(&mut st);
             }
@@ -126,7 +143,7 @@ impl Sender {
     /// Sleeps until there is something to do; returns the delivery reports,
     /// whether the producer hit a fatal error, whether a broker connection
     /// came back, and whether the intake ended.
-    fn wait(&self, st: &State) -> (Vec<Delivery>, bool, bool, bool) {
+    fn wait(&self, st: &State) -> (Vec<Delivery>, bool, bool, bool, u64) {
         let sendable = self.can_send_events(st) && self.backlog(st);
         let mut next = st.last_tick.map(|t| t + TICK).unwrap_or_else(Instant::now);
         if let Some(t) = st.retry_at {
@@ -149,13 +166,19 @@ impl Sender {
         m.new_events = false;
         let fatal = std::mem::take(&mut m.fatal);
         let reconnected = std::mem::take(&mut m.reconnected);
-        (std::mem::take(&mut m.deliveries), fatal, reconnected, m.intake_done)
+        let errors = std::mem::take(&mut m.client_errors);
+        (std::mem::take(&mut m.deliveries), fatal, reconnected, m.intake_done, errors)
     }
 
     fn on_delivery(&self, d: Delivery, st: &mut State) {
         match (d.sent, d.error) {
             (Sent::Event { seq, time_ms }, None) => {
                 st.in_flight_events = st.in_flight_events.saturating_sub(1);
+                st.sent_at.remove(&seq);
+                st.errors_since_delivery = 0;
+                if std::mem::take(&mut st.wedged) {
+                    tracing::info!(sink = "kafka", "events are delivered again");
+                }
                 self.spool.lock().unwrap_or_else(|e| e.into_inner()).ack(seq);
                 self.stats.delivered(Stream::Events, 1);
                 self.stats.observe_latency(since_ms(time_ms));
@@ -164,6 +187,7 @@ impl Sender {
             }
             (Sent::Event { seq, .. }, Some(e)) => {
                 st.in_flight_events = st.in_flight_events.saturating_sub(1);
+                st.sent_at.remove(&seq);
                 self.stats.failed(Stream::Events, 1);
                 self.sink_stats.failed(1);
                 if is_permanent(&e) {
@@ -204,12 +228,21 @@ impl Sender {
             // may be what the cluster rejects (a broker that lost its producer
             // state answers UnknownProducerId to every retry). A new producer
             // gets a new producer id.
-            self.log_problem(st, "event deliveries fail while a broker is reachable; starting a new producer");
-            self.new_producer();
+            if st.last_restart_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                st.last_restart_log = Some(Instant::now());
+                tracing::warn!(
+                    sink = "kafka",
+                    "event deliveries fail while a broker is reachable; starting a new producer (counted in virtpulse_kafka_producer_restarts_total; repeats are logged every 30 s)"
+                );
+            }
+            if self.new_producer() {
+                self.stats.producer_restarted(RestartReason::DeliveryFailures);
+            }
         }
         self.spool.lock().unwrap_or_else(|e| e.into_inner()).rewind();
         st.held = None;
         st.rewind = false;
+        st.sent_at.clear();
         st.failed_rounds += 1;
         st.retry_at = Some(Instant::now() + backoff(st.failed_rounds));
     }
@@ -249,6 +282,7 @@ impl Sender {
             match self.producer.send(record) {
                 Ok(()) => {
                     st.in_flight_events += 1;
+                    st.sent_at.insert(entry.seq, Instant::now());
                     if entry.seq < st.next_new_seq {
                         self.stats.resent(1);
                     } else {
@@ -311,8 +345,55 @@ impl Sender {
         }
     }
 
-    fn tick(&self, st: &mut State) {
+    /// Whether the producer is wedged: a broker is reachable, yet an event
+    /// stays in flight well past message_timeout (a broker that forgot the
+    /// producer id answers every retry with UnknownProducerId and librdkafka
+    /// reports nothing), or errors keep coming and nothing is delivered.
+    fn wedge(&self, st: &State) -> Option<RestartReason> {
+        if !self.stats.connected() || st.in_flight_events == 0 {
+            return None;
+        }
+        let oldest = st.sent_at.values().min()?;
+        if oldest.elapsed() > self.message_timeout + WEDGE_MARGIN {
+            return Some(RestartReason::StuckInFlight);
+        }
+        (st.errors_since_delivery >= WEDGE_ERRORS).then_some(RestartReason::BrokerErrors)
+    }
+
+    /// Replaces a wedged producer: what it holds is purged (reported as
+    /// failures) and everything unacknowledged goes again from the oldest.
+    fn unwedge(&mut self, st: &mut State, why: RestartReason) {
+        if !st.wedged {
+            tracing::warn!(
+                sink = "kafka",
+                reason = why.as_str(),
+                in_flight = st.in_flight_events,
+                "the Kafka producer is stuck although a broker is reachable; replacing it and sending every unacknowledged event again (counted in virtpulse_kafka_producer_restarts_total; logged once per incident)"
+            );
+        }
+        st.wedged = true;
+        use rdkafka::producer::PurgeConfig;
+        self.producer.purge(PurgeConfig::default().queue().inflight());
+        if self.new_producer() {
+            self.stats.producer_restarted(why);
+        }
+        // The purged messages' reports may not come: nothing is in flight
+        // from here on, and the spool sends it all again.
+        st.in_flight_events = 0;
+        st.in_flight_metrics = 0;
+        st.errors_since_delivery = 0;
+        st.sent_at.clear();
+        self.spool.lock().unwrap_or_else(|e| e.into_inner()).rewind();
+        st.held = None;
+        st.rewind = false;
+        st.retry_at = None;
+    }
+
+    fn tick(&mut self, st: &mut State) {
         st.last_tick = Some(Instant::now());
+        if let Some(why) = self.wedge(st) {
+            self.unwedge(st, why);
+        }
         let (pending, bytes, oldest, dropped) = {
             let mut spool = self.spool.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = spool.tick() {
@@ -345,6 +426,7 @@ impl Sender {
     fn replace_producer(&mut self, st: &mut State) {
         tracing::error!(sink = "kafka", "the Kafka producer hit a fatal error; replacing it");
         if self.new_producer() {
+            self.stats.producer_restarted(RestartReason::Fatal);
             st.rewind = true;
         }
     }

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const HEADER: usize = 24;
 /// A frame larger than this is corruption, not a message.
 const MAX_FRAME: usize = 64 << 20;
-const LOW_WATER_FILE: &str = "low-water";
+/// The file holding the persisted low water (`u64 | crc32`, little endian).
+pub const LOW_WATER_FILE: &str = "low-water";
 
 /// When appended frames are forced to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,11 +152,13 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn segment_name(first_seq: u64) -> String {
+/// The file name of the segment whose first record is `first_seq`.
+pub fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
-fn encode_frame(buf: &mut Vec<u8>, seq: u64, time_ms: u64, payload: &[u8]) {
+/// Appends one frame (see the module doc) to `buf`.
+pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, time_ms: u64, payload: &[u8]) {
     let len = (HEADER + payload.len()) as u32;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());

@@ -94,6 +94,38 @@ impl DropCause {
     }
 }
 
+/// Why the sender replaced its producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartReason {
+    /// librdkafka reported a fatal error.
+    Fatal,
+    /// Deliveries failed while a broker was reachable.
+    DeliveryFailures,
+    /// An event stayed in flight past message_timeout while a broker was
+    /// reachable (a broker that forgot the producer id: no report comes).
+    StuckInFlight,
+    /// The broker kept answering errors while nothing was delivered.
+    BrokerErrors,
+}
+
+impl RestartReason {
+    pub const ALL: [RestartReason; 4] = [
+        RestartReason::Fatal,
+        RestartReason::DeliveryFailures,
+        RestartReason::StuckInFlight,
+        RestartReason::BrokerErrors,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartReason::Fatal => "fatal_error",
+            RestartReason::DeliveryFailures => "delivery_failures",
+            RestartReason::StuckInFlight => "stuck_in_flight",
+            RestartReason::BrokerErrors => "broker_errors",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct KafkaStats {
     connected: AtomicBool,
@@ -108,9 +140,18 @@ pub struct KafkaStats {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_ns: AtomicU64,
     latency_count: AtomicU64,
+    restarts: [AtomicU64; RestartReason::ALL.len()],
 }
 
 impl KafkaStats {
+    pub fn producer_restarted(&self, why: RestartReason) {
+        self.restarts[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn producer_restarts(&self, why: RestartReason) -> u64 {
+        self.restarts[why as usize].load(Relaxed)
+    }
+
     pub fn set_connected(&self, up: bool, brokers_up: usize) {
         self.connected.store(up, Relaxed);
         self.brokers_up.store(brokers_up, Relaxed);

@@ -56,7 +56,7 @@ fn value(v: &TypedValue) -> any_value::Value {
         },
         TypedValue::Double(d) => any_value::Value::DoubleValue(*d),
         TypedValue::Boolean(b) => any_value::Value::BoolValue(*b),
-        TypedValue::String(s) => any_value::Value::StringValue(s.clone()),
+        TypedValue::String(s) => any_value::Value::StringValue(s.to_string()),
     }
 }
 

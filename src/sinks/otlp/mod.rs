@@ -14,16 +14,16 @@ pub mod naming;
 pub mod resource;
 pub mod stats;
 pub mod transport;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics};
 use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -64,6 +64,9 @@ impl Complaints {
         }
     }
 }
+
+/// Warnings that would repeat per batch, once a minute each.
+static WARNINGS: crate::throttle::Throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
 
 /// Snapshots by source, each with its expiry.
 type Snapshots = HashMap<&'static str, (Arc<Batch>, Option<Instant>)>;
@@ -108,8 +111,28 @@ fn scope() -> InstrumentationScope {
     }
 }
 
+/// Every check a start makes short of connecting (settings from the
+/// environment, TLS material, headers, resource attributes); errors name
+/// the setting or variable. `--check-config` runs it.
+pub fn check(cfg: &OtlpConfig, host: &str, uri: &str) -> Result<(), String> {
+    if !cfg.enabled {
+        return Ok(());
+    }
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let settings = cfg.settings(&env).map_err(|e| format!("sinks.otlp: {e}"))?;
+    Transport::new(&settings).map_err(|e| format!("sinks.otlp: {e}"))?;
+    ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| format!("sinks.otlp: {e}"))?;
+    Ok(())
+}
+
 /// Checks the settings and starts the sink's tasks. Errors name the setting.
-pub fn start(cfg: &OtlpConfig, host: &str, uri: &str, queue: SinkQueue) -> anyhow::Result<OtlpSink> {
+pub fn start(
+    cfg: &OtlpConfig,
+    host: &str,
+    uri: &str,
+    selection: Arc<crate::selection::Selection>,
+    queue: SinkQueue,
+) -> anyhow::Result<OtlpSink> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let settings = cfg.settings(&env).map_err(|e| anyhow::anyhow!("sinks.otlp: {e}"))?;
     let transport = Transport::new(&settings).map_err(|e| anyhow::anyhow!("sinks.otlp: {e}"))?;
@@ -123,7 +146,7 @@ pub fn start(cfg: &OtlpConfig, host: &str, uri: &str, queue: SinkQueue) -> anyho
         logs: Mutex::new(VecDeque::new()),
         logs_ready: Notify::new(),
         resource: Mutex::new(resource),
-        builder: Mutex::new(MetricBuilder::new(cfg.cardinality_limit)),
+        builder: Mutex::new(MetricBuilder::new(cfg.cardinality_limit, selection)),
         stats: stats.clone(),
         complaints: Complaints::default(),
         transport,
@@ -191,7 +214,9 @@ async fn intake(shared: Arc<Shared>, mut queue: SinkQueue, metrics: bool, logs: 
         queue.stats.sent(n);
         if dropped > 0 {
             shared.stats.dropped(Signal::Logs, DropReason::QueueFull, dropped);
-            tracing::warn!(dropped, "OTLP log queue full (receiver slow or down); oldest event records dropped");
+            if let Some(held_back) = WARNINGS.allow("log_queue_full") {
+                tracing::warn!(dropped, earlier_not_logged = held_back, "OTLP log queue full (receiver slow or down); oldest event records dropped (counted in virtpulse_otlp_items_dropped_total; this warning shows once a minute)");
+            }
         }
         shared.logs_ready.notify_one();
     }
@@ -219,7 +244,12 @@ fn backoff(attempt: u32, max: Duration) -> Duration {
     base.min(max).mul_f64(1.0 - jitter)
 }
 
-fn metrics_request(shared: &Shared) -> Option<(ExportMetricsServiceRequest, u64)> {
+/// Data points per metrics export request at most (whole records each; a
+/// record with more points goes alone). Receivers bound a request's size
+/// (the Collector's gRPC default: 4 MiB, about 30,000 points here).
+pub const MAX_POINTS_PER_REQUEST: u64 = 20_000;
+
+fn metrics_requests(shared: &Shared) -> Option<Vec<(Bytes, u64)>> {
     let now = Instant::now();
     let batches: Vec<Arc<Batch>> = {
         let mut snaps = shared.snapshots.lock().ok()?;
@@ -229,25 +259,24 @@ fn metrics_request(shared: &Shared) -> Option<(ExportMetricsServiceRequest, u64)
     if batches.is_empty() {
         return None;
     }
+    let resource = shared.resource.lock().ok()?.build();
     let built = {
         let mut builder = shared.builder.lock().ok()?;
-        builder.build(batches.iter().flat_map(|b| b.records.iter().chain(&b.retained)))
+        builder.build_requests(
+            batches.iter().flat_map(|b| b.records.iter().chain(&b.retained)),
+            MAX_POINTS_PER_REQUEST,
+            &resource,
+        )
     };
-    shared.stats.dropped(Signal::Metrics, DropReason::CardinalityLimit, built.over_limit);
-    shared.stats.dropped(Signal::Metrics, DropReason::Rejected, built.duplicates);
-    let resource = shared.resource.lock().ok()?.build();
-    let req = ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(resource),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(scope()),
-                metrics: built.metrics,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }],
-    };
-    Some((req, built.points))
+    let mut out = Vec::with_capacity(built.len());
+    for b in built {
+        shared.stats.dropped(Signal::Metrics, DropReason::CardinalityLimit, b.over_limit);
+        shared.stats.dropped(Signal::Metrics, DropReason::Rejected, b.duplicates);
+        if b.metrics > 0 {
+            out.push((Bytes::from(b.body), b.points));
+        }
+    }
+    Some(out)
 }
 
 fn record_result(
@@ -262,7 +291,9 @@ fn record_result(
         Ok(a) if a.rejected > 0 || !a.message.is_empty() => {
             shared.stats.export(signal, ExportResult::Partial, items.saturating_sub(a.rejected as u64), bytes, took);
             shared.stats.dropped(signal, DropReason::Rejected, a.rejected.max(0) as u64);
-            tracing::warn!(signal = signal.as_str(), rejected = a.rejected, message = %a.message, "OTLP receiver refused part of an export");
+            if let Some(held_back) = WARNINGS.allow(&format!("partial/{}", signal.as_str())) {
+                tracing::warn!(signal = signal.as_str(), rejected = a.rejected, message = %a.message, earlier_not_logged = held_back, "OTLP receiver refused part of an export");
+            }
         }
         Ok(_) => {
             shared.stats.export(signal, ExportResult::Ok, items, bytes, took);
@@ -273,19 +304,45 @@ fn record_result(
     }
 }
 
-/// One export cycle: build, send, retry while the next cycle is not due.
+/// One export cycle: build, send each request, retry while the next cycle
+/// is not due.
 async fn metrics_cycle(shared: &Arc<Shared>, due: Instant, closing: &mut watch::Receiver<bool>) {
     let s = shared.clone();
     // Building a large snapshot is CPU work; keep it off the async workers.
-    let Ok(Some((req, points))) = tokio::task::spawn_blocking(move || metrics_request(&s)).await else { return };
-    let bytes = req.encoded_len() as u64;
+    let Ok(Some(requests)) = tokio::task::spawn_blocking(move || metrics_requests(&s)).await else { return };
+    let large = requests.len() > 1 || requests.iter().any(|(b, _)| b.len() > 1 << 20);
+    let mut requests = requests.into_iter();
+    for (req, points) in requests.by_ref() {
+        if !send_metrics(shared, req, points, due, closing).await {
+            break;
+        }
+    }
+    // The receiver is away: what was not sent is superseded by the next cycle.
+    let rest: u64 = requests.map(|(_, p)| p).sum();
+    shared.stats.dropped(Signal::Metrics, DropReason::Superseded, rest);
+    if large {
+        // The requests are gone: their pages go back (see libvirt::heap).
+        let _ = tokio::task::spawn_blocking(crate::libvirt::heap::trim).await;
+    }
+}
+
+/// Sends one request, retrying while the next cycle is not due; false when
+/// the cycle should give up (the rest of it is superseded too).
+async fn send_metrics(
+    shared: &Arc<Shared>,
+    req: Bytes,
+    points: u64,
+    due: Instant,
+    closing: &mut watch::Receiver<bool>,
+) -> bool {
+    let bytes = req.len() as u64;
     let mut attempt = 0;
     loop {
         let t0 = Instant::now();
         let result = shared.transport.export_metrics(req.clone()).await;
         record_result(shared, Signal::Metrics, &result, points, bytes, t0.elapsed());
         match result {
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => {
                 let wait = backoff(attempt, shared.max_backoff);
                 attempt += 1;
@@ -295,13 +352,14 @@ async fn metrics_cycle(shared: &Arc<Shared>, due: Instant, closing: &mut watch::
                     if shared.complaints.should_warn(Signal::Metrics) {
                         tracing::warn!(error = %e, points, "OTLP metrics export failed; this cycle's data points are dropped (the next cycle sends newer ones; see virtpulse_otlp_* for the count)");
                     }
-                    return;
+                    // A refused request does not make the next one fail.
+                    return !e.retryable;
                 }
                 tracing::debug!(error = %e, ?wait, "OTLP metrics export failed; retrying");
                 if pause(closing, wait).await {
                     // Shutting down: one last try happens in the final flush.
                     shared.stats.dropped(Signal::Metrics, DropReason::Superseded, points);
-                    return;
+                    return false;
                 }
             }
         }
@@ -379,7 +437,9 @@ async fn send_logs(shared: &Shared, batch: Vec<LogRecord>) -> Result<(), ExportE
         Ok(_) => Ok(()),
         Err(e) if !e.retryable => {
             shared.stats.dropped(Signal::Logs, DropReason::Rejected, n);
-            tracing::error!(error = %e, records = n, "OTLP receiver refused event log records for good; dropped (check the endpoint, headers and credentials)");
+            if let Some(held_back) = WARNINGS.allow("logs_rejected") {
+                tracing::error!(error = %e, records = n, earlier_not_logged = held_back, "OTLP receiver refused event log records for good; dropped (check the endpoint, headers and credentials)");
+            }
             Ok(())
         }
         Err(e) => {

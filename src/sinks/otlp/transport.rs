@@ -12,8 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
@@ -54,16 +53,52 @@ trait ExportRequest: Message + Sized + Send + 'static {
     fn accepted(resp: Self::Response) -> Accepted;
 }
 
-impl ExportRequest for ExportMetricsServiceRequest {
+/// An `ExportMetricsServiceRequest` already in protobuf (see `wire`): sent
+/// as it is, never decoded here.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedMetrics(pub Bytes);
+
+impl Message for EncodedMetrics {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0 = Bytes::new();
+    }
+}
+
+const METRICS_EXPORT: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+impl ExportRequest for EncodedMetrics {
     type Response = ExportMetricsServiceResponse;
     const METRICS: bool = true;
 
     async fn grpc(channel: Channel, gzip: bool, req: tonic::Request<Self>) -> Result<Self::Response, tonic::Status> {
-        let mut client = MetricsServiceClient::new(channel);
+        // What the generated MetricsServiceClient::export does, with a body
+        // that is already encoded.
+        let mut grpc = tonic::client::Grpc::new(channel);
         if gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
         }
-        Ok(client.export(req).await?.into_inner())
+        grpc.ready().await.map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<EncodedMetrics, ExportMetricsServiceResponse>::default();
+        let path = http::uri::PathAndQuery::from_static(METRICS_EXPORT);
+        Ok(grpc.unary(req, path, codec).await?.into_inner())
     }
 
     fn accepted(resp: Self::Response) -> Accepted {
@@ -237,8 +272,9 @@ impl Transport {
         Ok(Self { kind, timeout: settings.timeout })
     }
 
-    pub async fn export_metrics(&self, req: ExportMetricsServiceRequest) -> Result<Accepted, ExportError> {
-        self.export(req).await
+    /// Sends an encoded `ExportMetricsServiceRequest`.
+    pub async fn export_metrics(&self, req: Bytes) -> Result<Accepted, ExportError> {
+        self.export(EncodedMetrics(req)).await
     }
 
     pub async fn export_logs(&self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
@@ -405,7 +441,7 @@ mod tests {
                 ..Default::default()
             };
             let t = Transport::new(&cfg.settings(&Default::default()).unwrap()).unwrap();
-            let e = t.export_metrics(ExportMetricsServiceRequest::default()).await.unwrap_err();
+            let e = t.export_metrics(Bytes::new()).await.unwrap_err();
             assert!(e.retryable, "{protocol:?}: {e}");
             assert!(e.message.to_lowercase().contains("connect") || e.message.contains("refused"), "{protocol:?}: {e}");
         }

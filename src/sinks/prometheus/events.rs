@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use super::render::{Families, FamilyWriter, RenderStats};
 use super::text::escape_label_value;
 use crate::record::{Record, RecordKind};
-use crate::stat_keys::MetricType;
+use crate::stat_keys::{MetricType, SampleFilter};
 
 /// How long a vanished domain's event series stay.
 pub const GRACE: Duration = Duration::from_secs(120);
@@ -84,7 +84,7 @@ impl EventCounters {
         self.domains.retain(|uuid, d| present.contains(&**uuid) || d.seen.elapsed() < GRACE);
     }
 
-    pub fn render(&self, fams: &mut Families) {
+    pub fn render(&self, fams: &mut Families, filter: &dyn SampleFilter) {
         let mut stats = RenderStats::default();
         let mut w = FamilyWriter::new(fams, &mut stats);
         for ((family, (name, kind, detail)), n) in &self.host {
@@ -99,9 +99,12 @@ impl EventCounters {
         for (uuid, d) in &self.domains {
             let mut prefix = String::from("domain=\"");
             escape_label_value(&mut prefix, &d.name);
-            prefix.push_str("\",uuid=\"");
-            escape_label_value(&mut prefix, uuid);
             prefix.push('"');
+            if !filter.drops_labels() || filter.keeps_label("uuid") {
+                prefix.push_str(",uuid=\"");
+                escape_label_value(&mut prefix, uuid);
+                prefix.push('"');
+            }
             for ((name, kind, detail), n) in &d.counts {
                 w.add_with_prefix(
                     "libvirt_domain_events_total",

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::render::{Families, FamilyWriter, RenderStats};
 use crate::libvirt::stats::ALL_GROUPS;
 use crate::libvirt::ConnectionManager;
-use crate::selfmon::{CycleOutcome, Registry};
+use crate::selfmon::{ChunkMiss, CycleOutcome, Registry};
 use crate::sinks::kafka::stats::{DropCause, KafkaStats, Stream};
 use crate::sinks::otlp::stats::{DropReason as OtlpDrop, ExportResult, OtlpStats, Signal};
 use crate::stat_keys::MetricType::{self, Counter, Gauge, Histogram};
@@ -36,6 +36,21 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "Domain records exported with fewer stats than before because the domain's job was held (busy or hung QEMU).",
     ),
     (
+        "virtpulse_collection_chunks_missed_total",
+        Counter,
+        "Chunks of domains left out of a domain stats cycle, by reason (late: still running at the deadline, a hung QEMU; failed: the call failed).",
+    ),
+    (
+        "virtpulse_collection_wakes_total",
+        Counter,
+        "Events that asked the collector for a collection before its next tick.",
+    ),
+    (
+        "virtpulse_collection_triggered_total",
+        Counter,
+        "Collections run early because events asked (wakes close together share one).",
+    ),
+    (
         "virtpulse_libvirt_stuck_calls",
         Gauge,
         "libvirt calls still running past their collection's deadline (hung QEMU).",
@@ -60,7 +75,18 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         Counter,
         "Samples dropped because they duplicated a series or clashed on type.",
     ),
-    ("virtpulse_prometheus_series", Gauge, "Series in the last rendered snapshot."),
+    ("virtpulse_prometheus_series", Gauge, "Series the snapshots on view export (all collectors)."),
+    ("virtpulse_prometheus_series_limit", Gauge, "Most series /metrics exports (sinks.prometheus.max_series)."),
+    (
+        "virtpulse_prometheus_series_dropped_total",
+        Counter,
+        "Series not exported because the snapshots had more than sinks.prometheus.max_series.",
+    ),
+    (
+        "virtpulse_internal_errors_total",
+        Counter,
+        "Panics caught and survived, by where (event_callback: a libvirt event callback). Each is a bug: please report it.",
+    ),
     ("virtpulse_events_received_total", Counter, "Events handed over by libvirt's callbacks, by family."),
     ("virtpulse_events_dropped_total", Counter, "Events lost because the hand-off queue was full."),
     ("virtpulse_events_processed_total", Counter, "Events turned into records and routed."),
@@ -98,6 +124,11 @@ pub const SELF_METRICS: &[(&str, MetricType, &str)] = &[
         "Delivery reports with an error, by stream; failed events are sent again from the spool.",
     ),
     ("virtpulse_kafka_events_resent_total", Counter, "Events handed to the producer again after a failed delivery."),
+    (
+        "virtpulse_kafka_producer_restarts_total",
+        Counter,
+        "Kafka producers replaced, by reason (fatal_error, delivery_failures, stuck_in_flight: an event in flight past message_timeout with a broker reachable, broker_errors).",
+    ),
     (
         "virtpulse_kafka_records_dropped_total",
         Counter,
@@ -159,6 +190,8 @@ pub struct SinkFacts {
     pub unmapped_keys: usize,
     pub conflicts_total: u64,
     pub series: u64,
+    pub series_limit: u64,
+    pub over_limit_total: u64,
 }
 
 struct ProcStat {
@@ -173,8 +206,7 @@ fn proc_stat() -> Option<ProcStat> {
     // Fields after the parenthesised command name (which may contain spaces).
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64) };
+    let (ticks, page) = (rustix::param::clock_ticks_per_second() as f64, rustix::param::page_size() as f64);
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
     let boot = std::fs::read_to_string("/proc/stat")
         .ok()?
@@ -208,11 +240,19 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
             let labels = [("collector", c.name), ("result", o.as_str())];
             add(&mut w, "virtpulse_collections_total", &labels, c.outcomes(o) as f64);
         }
+        if c.name == crate::collectors::domain_stats::SOURCE {
+            for why in ChunkMiss::ALL {
+                let labels = [("collector", c.name), ("reason", why.as_str())];
+                add(&mut w, "virtpulse_collection_chunks_missed_total", &labels, c.chunks_missed(why) as f64);
+            }
+        }
         let mut values = vec![
             ("virtpulse_collection_skipped_total", c.skipped() as f64),
             ("virtpulse_collection_duration_seconds", c.last_duration().as_secs_f64()),
             ("virtpulse_libvirt_stuck_calls", c.stuck_calls() as f64),
             ("virtpulse_collection_partial_records_total", c.partial_records() as f64),
+            ("virtpulse_collection_wakes_total", c.wakes() as f64),
+            ("virtpulse_collection_triggered_total", c.triggered_runs() as f64),
         ];
         let last = c.last_success_unix();
         if last > 0.0 {
@@ -247,6 +287,8 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
         ("virtpulse_prometheus_unmapped_stat_keys", facts.unmapped_keys as f64),
         ("virtpulse_prometheus_series_conflicts_total", facts.conflicts_total as f64),
         ("virtpulse_prometheus_series", facts.series as f64),
+        ("virtpulse_prometheus_series_limit", facts.series_limit as f64),
+        ("virtpulse_prometheus_series_dropped_total", facts.over_limit_total as f64),
     ] {
         add(&mut w, metric, &[], v);
     }
@@ -274,6 +316,9 @@ pub fn render(registry: &Registry, manager: Option<&ConnectionManager>, facts: S
                 if ok { 1.0 } else { 0.0 },
             );
         }
+    }
+    for (place, n) in crate::internal_errors::counts() {
+        add(&mut w, "virtpulse_internal_errors_total", &[("where", place)], n as f64);
     }
     if let Some(k) = registry.kafka() {
         render_kafka(&mut w, &k, now);
@@ -307,6 +352,9 @@ fn render_kafka(w: &mut FamilyWriter, k: &KafkaStats, now: f64) {
         add(w, "virtpulse_kafka_delivery_failures_total", &l, k.failure_count(s) as f64);
     }
     add(w, "virtpulse_kafka_events_resent_total", &[], k.resent_count() as f64);
+    for why in crate::sinks::kafka::stats::RestartReason::ALL {
+        add(w, "virtpulse_kafka_producer_restarts_total", &[("reason", why.as_str())], k.producer_restarts(why) as f64);
+    }
     for c in DropCause::ALL {
         let l = [("stream", c.stream().as_str()), ("reason", c.as_str())];
         add(w, "virtpulse_kafka_records_dropped_total", &l, k.dropped_count(c) as f64);

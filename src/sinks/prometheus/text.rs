@@ -1,7 +1,5 @@
 //! Prometheus text exposition format 0.0.4: escaping and number formatting.
 
-use std::fmt::Write;
-
 /// Label values: backslash, double quote and line feed are escaped; every
 /// other character (UTF-8 included) is written as is.
 pub fn escape_label_value(out: &mut String, v: &str) {
@@ -39,8 +37,9 @@ pub fn write_value(out: &mut String, v: f64) {
         // Most values are integral counters and sizes: print them as integers.
         out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
-        // Display gives the shortest form that round-trips.
-        let _ = write!(out, "{v}");
+        // The shortest form that round-trips (Ryu: several times faster than
+        // Display; exponents as Prometheus' parser reads them, e.g. 1e-9).
+        out.push_str(ryu::Buffer::new().format_finite(v));
     }
 }
 
@@ -107,7 +106,7 @@ mod tests {
             write_value(&mut s, v);
             s.push(' ');
         }
-        assert_eq!(s, "0 1.5 0.000000001 18446744073709552000 NaN +Inf -Inf -2 ");
+        assert_eq!(s, "0 1.5 1e-9 1.8446744073709552e19 NaN +Inf -Inf -2 ");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `prefer_server_cipher_suites`, `http2`) is accepted and ignored with a
 //! warning: rustls' defaults are the modern subset of those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -64,12 +64,20 @@ pub struct Security {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     users: BTreeMap<String, String>,
     headers: Vec<(HeaderName, HeaderValue)>,
-    /// Authorization headers already checked (bcrypt is slow on purpose;
-    /// a scrape every few seconds must not pay it each time).
-    verified: Mutex<HashMap<String, bool>>,
+    /// Authorization headers that passed (bcrypt is slow on purpose; a
+    /// scrape every few seconds must not pay it each time). Failures are
+    /// never cached, so a stream of wrong credentials cannot push a good
+    /// one out.
+    verified: Mutex<HashSet<String>>,
+    /// bcrypt checks running at once at most: distinct wrong credentials
+    /// each cost one, and must not take every blocking thread.
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
+/// Verified credentials kept at most (one per user and client is typical).
 const VERIFIED_CACHE: usize = 64;
+/// bcrypt checks at once at most.
+pub const CONCURRENT_CHECKS: usize = 2;
 
 /// TLS versions as an order: 12 or 13.
 fn tls_version(v: &str) -> Result<u8, String> {
@@ -152,16 +160,23 @@ impl Security {
     /// Reads and checks the file; errors say what is wrong and where.
     pub fn load(path: &Path) -> Result<Security, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cfg: WebConfig = serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks the text of a web config file; `source` (the
+    /// file's path) starts every error message. TLS files named in it are
+    /// read from the disk.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Security, String> {
+        let cfg: WebConfig = serde_yaml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
         let tls = cfg
             .tls_server_config
             .as_ref()
             .map(tls_acceptor)
             .transpose()
-            .map_err(|e| format!("{}: tls_server_config: {e}", path.display()))?;
+            .map_err(|e| format!("{source}: tls_server_config: {e}"))?;
         for (user, hash) in &cfg.basic_auth_users {
             hash.parse::<bcrypt::HashParts>().map_err(|e| {
-                format!("{}: basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`", path.display())
+                format!("{source}: basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`")
             })?;
         }
         let mut headers = Vec::new();
@@ -170,30 +185,42 @@ impl Security {
                 tracing::warn!("web config: http_server_config.http2 is ignored (HTTP/1.1 only)");
             }
             for (k, v) in &h.headers {
-                let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
-                    format!("{}: http_server_config.headers: {k:?} is not a header name", path.display())
-                })?;
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| format!("{source}: http_server_config.headers: {k:?} is not a header name"))?;
                 let value = HeaderValue::from_str(v)
-                    .map_err(|_| format!("{}: http_server_config.headers.{k}: not a valid value", path.display()))?;
+                    .map_err(|_| format!("{source}: http_server_config.headers.{k}: not a valid value"))?;
                 headers.push((name, value));
             }
         }
-        Ok(Security { tls, users: cfg.basic_auth_users, headers, verified: Mutex::new(HashMap::new()) })
+        Ok(Security {
+            tls,
+            users: cfg.basic_auth_users,
+            headers,
+            verified: Mutex::new(HashSet::new()),
+            checks: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS)),
+        })
     }
 
     pub fn requires_auth(&self) -> bool {
         !self.users.is_empty()
     }
 
+    /// Whether the request carries a credential that passed before (no
+    /// bcrypt needed): `Some(true)`; `None` when it must be checked.
+    pub fn known(&self, headers: &HeaderMap) -> Option<bool> {
+        if self.users.is_empty() {
+            return Some(true);
+        }
+        let Some(raw) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return Some(false) };
+        self.verified.lock().ok().filter(|c| c.contains(raw)).map(|_| true)
+    }
+
     /// Checks an `Authorization: Basic ...` header against the users.
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        if self.users.is_empty() {
-            return true;
+        if let Some(known) = self.known(headers) {
+            return known;
         }
         let Some(raw) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-        if let Some(ok) = self.verified.lock().ok().and_then(|c| c.get(raw).copied()) {
-            return ok;
-        }
         let ok = raw
             .strip_prefix("Basic ")
             .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
@@ -201,11 +228,13 @@ impl Security {
             .and_then(|d| d.split_once(':').map(|(u, p)| (u.to_string(), p.to_string())))
             .and_then(|(user, pass)| self.users.get(&user).map(|hash| bcrypt::verify(pass, hash).unwrap_or(false)))
             .unwrap_or(false);
-        if let Ok(mut c) = self.verified.lock() {
-            if c.len() >= VERIFIED_CACHE {
-                c.clear();
+        if ok {
+            if let Ok(mut c) = self.verified.lock() {
+                if c.len() >= VERIFIED_CACHE {
+                    c.clear();
+                }
+                c.insert(raw.to_string());
             }
-            c.insert(raw.to_string(), ok);
         }
         ok
     }
@@ -224,13 +253,25 @@ pub async fn guard(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let ok = if sec.requires_auth() {
-        let s = sec.clone();
-        let headers = req.headers().clone();
-        // bcrypt takes tens of milliseconds: off the async workers.
-        tokio::task::spawn_blocking(move || s.authorized(&headers)).await.unwrap_or(false)
-    } else {
-        true
+    let ok = match sec.known(req.headers()) {
+        Some(known) => known,
+        None => {
+            // bcrypt takes tens of milliseconds: off the async workers, a
+            // few at a time (the others wait their turn here).
+            match sec.checks.clone().acquire_owned().await {
+                Ok(permit) => {
+                    let s = sec.clone();
+                    let headers = req.headers().clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        s.authorized(&headers)
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
+                Err(_) => false,
+            }
+        }
     };
     let mut resp = if ok {
         next.run(req).await
@@ -309,6 +350,16 @@ mod tests {
         assert!(!auth("alice", "wrong"));
         assert!(!auth("bob", "s3cret"));
         assert!(!sec.authorized(&HeaderMap::new()));
+        // A stream of distinct wrong credentials does not push the good one
+        // out of the cache (it used to: failures were cached and evicted it).
+        for i in 0..200 {
+            assert!(!auth("alice", &format!("guess-{i}")));
+        }
+        let mut good = HeaderMap::new();
+        let v = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        good.insert(header::AUTHORIZATION, format!("Basic {v}").parse().unwrap());
+        assert_eq!(sec.known(&good), Some(true), "the verified credential needs no new bcrypt check");
+        assert_eq!(sec.checks.available_permits(), CONCURRENT_CHECKS);
 
         let bad = write(dir.path(), "bad.yml", "basic_auth_users:\n  alice: plaintext\n");
         let e = Security::load(&bad).err().unwrap();
