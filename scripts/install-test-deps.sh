@@ -16,3 +16,6 @@ ensure_cargo
 "$here/install-tansu.sh"
 # The OTLP receiver for the OTLP sink's tests.
 "$here/install-rotel.sh" >/dev/null
+# Older libvirt daemons for the support matrix (tests/e2e_matrix.rs): Debian
+# 12 (libvirt 9.0) and Debian 11 (7.0) roots, cached (about a minute each).
+"$here/build-test-roots.sh" >/dev/null

@@ -9,11 +9,10 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 ensure_cargo
-scripts/start-libvirtd.sh
 
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
-# Test binaries run one after another (the libvirtd restart test relies on
-# that); tests inside a binary run in parallel.
+# Each test binary starts its own private libvirtd (tests/common/daemon.rs):
+# the host's daemon is never touched, and binaries may run in parallel.
 cargo test --locked

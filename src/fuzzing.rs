@@ -967,7 +967,9 @@ pub fn otel(data: &[u8]) {
                 !a.host().is_empty()
                     && !a.as_str().contains('@')
                     && !a.as_str().ends_with(':')
-                    && (a.port().is_none() || a.port_u16().is_some())
+                    // hyper takes a port that is not a number; the
+                    // transport would not.
+                    && a.as_str().rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_ok())
             });
         if plain {
             assert_eq!(endpoint_problem(&s), None, "a valid endpoint refused: {s:?}");

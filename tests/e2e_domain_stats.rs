@@ -24,6 +24,7 @@ fn once_prints_records_matching_virsh() {
     let before = virsh::domstats(&g.name, &[]);
     let out = Command::new(bin())
         .arg("--once")
+        .env("VIRTPULSE_LIBVIRT__URI", virsh::uri())
         .env("VIRTPULSE_DOMAINS__INCLUDE", &g.name)
         .env("VIRTPULSE_AGENT__LOG_LEVEL", "warn")
         .output()

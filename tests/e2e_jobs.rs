@@ -42,7 +42,7 @@ fn dump_progress_and_a_short_save_are_reported() {
     // A live dump writes all guest memory: a job of a few seconds.
     let dump = g.dir().join("dump.elf");
     let mut child = Command::new("virsh")
-        .args(["-c", virsh::URI, "dump", "--live", "--memory-only", &g.name, dump.to_str().unwrap()])
+        .args(["-c", virsh::uri(), "dump", "--live", "--memory-only", &g.name, dump.to_str().unwrap()])
         .spawn()
         .unwrap();
     let mut seen_in_metrics = false;

@@ -1,46 +1,35 @@
 //! The agent against a libvirtd that goes away: (d) stopped and started
-//! again while the agent runs, (e) absent when the agent starts. Both in one
-//! test, because they stop the host's libvirtd (test binaries run one at a
-//! time, so no other test sees it down).
+//! again while the agent runs, (e) absent when the agent starts. The daemon
+//! is this test binary's own (tests/common/daemon.rs), so no other test, and
+//! never the host's daemon, sees it down.
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::agent::{Agent, STDOUT};
 use common::compare::{compare, has_full_stats};
 use common::guest::{Guest, GuestSpec};
-use common::{start_libvirtd, virsh, wait_for};
+use common::{daemon, virsh, wait_for};
 
-fn libvirtd_running() -> bool {
-    Command::new("pgrep").args(["-x", "libvirtd"]).output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-/// SIGTERM, then SIGKILL if libvirtd takes longer than 10 s to shut down
-/// (it sometimes waits that long on its workers): either way the daemon is
-/// gone, which is what the tests are about.
-fn stop_libvirtd() {
-    let _ = Command::new("pkill").args(["-x", "libvirtd"]).status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while libvirtd_running() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if libvirtd_running() {
-        let _ = Command::new("pkill").args(["-KILL", "-x", "libvirtd"]).status();
-    }
-    wait_for(Duration::from_secs(20), "libvirtd to exit", || (!libvirtd_running()).then_some(()));
-}
-
-/// Starts libvirtd again however the test ends.
+/// Starts the private daemon again however the test ends.
 struct RestartOnDrop;
 
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
-        if !libvirtd_running() {
-            start_libvirtd();
+        let d = daemon::shared();
+        if !d.running() {
+            d.restart();
         }
     }
+}
+
+fn stop_libvirtd() {
+    daemon::shared().stop();
+}
+
+fn start_libvirtd() {
+    daemon::shared().restart();
 }
 
 const CONFIG: &str =

@@ -127,7 +127,7 @@ fn grpc_metrics_match_virsh_domstats() {
     let r = &cpu.resource;
     assert_eq!(r["service.name"], "virtpulse");
     assert_eq!(r["service.version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(r["libvirt.uri"], "qemu:///system");
+    assert_eq!(r["libvirt.uri"], virsh::uri());
     assert_eq!(r["deployment.environment"], "test");
     assert_eq!((r["rack"].as_str(), r["team"].as_str()), ("r 17", "virt"));
     let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();

@@ -56,13 +56,27 @@ fn package_installs_checks_its_config_and_purges_cleanly() {
             ],
         );
         // ...and reads libvirt through the read-only socket, and only that.
+        // Against the private daemon's read-only socket (never the host's).
+        let ro_uri = format!("{}-ro", common::virsh::uri());
+        let rw_uri = common::virsh::uri();
+        let uri_var = format!("VIRTPULSE_LIBVIRT__URI={ro_uri}");
         let once = must(
             "runuser",
-            &["-u", "virtpulse", "--", "/usr/bin/virtpulse", "--once", "--config", "/etc/virtpulse/config.toml"],
+            &[
+                "-u",
+                "virtpulse",
+                "--",
+                "env",
+                &uri_var,
+                "/usr/bin/virtpulse",
+                "--once",
+                "--config",
+                "/etc/virtpulse/config.toml",
+            ],
         );
         assert!(once.contains("\"kind\":\"node\""), "{once}");
         let (rw, text) =
-            run("runuser", &["-u", "virtpulse", "--", "virsh", "-c", "qemu:///system", "start", "nonexistent-domain"]);
+            run("runuser", &["-u", "virtpulse", "--", "virsh", "-c", rw_uri, "start", "nonexistent-domain"]);
         assert!(!rw && !text.contains("failed to get domain"), "the user must not reach the read-write socket: {text}");
         // The unit as installed verifies; nothing was enabled.
         let (ok, text) = run("systemd-analyze", &["verify", "/lib/systemd/system/virtpulse.service"]);

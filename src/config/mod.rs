@@ -767,6 +767,15 @@ impl Config {
                 return Err(o.err("agent.hostname", "must not be empty; remove the key to use the system host name"));
             }
         }
+        // tracing-subscriber's directive parser slices inside multi-byte
+        // characters and panics (found by the `config` fuzz target): a
+        // filter is ASCII (targets, levels, span fields) and checked as such.
+        if !self.agent.log_level.is_ascii() || self.agent.log_level.len() > 1024 {
+            return Err(o.err(
+                "agent.log_level",
+                "must be ASCII and at most 1024 bytes; use e.g. \"info\" or \"virtpulse=debug\"",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.agent.log_level) {
             return Err(o.err(
                 "agent.log_level",
@@ -1080,6 +1089,8 @@ mod tests {
             ("[metrics]\nvcpu_kvm = \"yes\"\n", "metrics.vcpu_kvm", "invalid type"),
             ("[metrics]\nvcpu_kvms = true\n", "metrics.vcpu_kvms", "unknown field"),
             ("[sinks.prometheus]\nmax_series = 0\n", "sinks.prometheus.max_series", "at least 1"),
+            // Found by the `config` fuzz target: tracing-subscriber panicked on this.
+            ("[agent]\nlog_level = \"ins: ~5\u{e9}\u{e9}{{\"\n", "agent.log_level", "ASCII"),
             (
                 "[collectors.domain_stats]\nchunks_in_flight = 0\n",
                 "collectors.domain_stats.chunks_in_flight",

@@ -40,6 +40,20 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_virtpulse")
 }
 
+/// Points a configuration that names no libvirt URI at this test binary's
+/// private daemon (never the host's).
+fn with_private_uri(extra: &str) -> String {
+    if extra.lines().any(|l| l.trim_start().starts_with("uri")) && extra.contains("[libvirt]") {
+        return extra.to_string();
+    }
+    let line = format!("uri = \"{}\"\n", super::virsh::uri());
+    if extra.contains("[libvirt]\n") {
+        extra.replacen("[libvirt]\n", &format!("[libvirt]\n{line}"), 1)
+    } else {
+        format!("[libvirt]\n{line}{extra}")
+    }
+}
+
 impl Agent {
     /// Starts the agent with `extra` TOML appended to a config that listens
     /// on a free loopback port. Waits until /metrics answers.
@@ -57,7 +71,7 @@ impl Agent {
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n");
+        let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{port}\"\n{}\n", with_private_uri(extra));
         let cfg_path = dir.path().join("config.toml");
         std::fs::write(&cfg_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();

@@ -102,9 +102,22 @@ pub fn compare_with(
     after: &BTreeMap<String, String>,
     filter: &dyn SampleFilter,
 ) -> Vec<String> {
-    let b = expected_with(&g.name, &g.uuid, before, filter);
-    let a = expected_with(&g.name, &g.uuid, after, filter);
-    let got = scraped(scrape, &g.uuid);
+    compare_named(&g.name, &g.uuid, before, scrape, after, filter)
+}
+
+/// As `compare_with`, for a domain known by name and UUID only (one on
+/// another daemon than the test binary's).
+pub fn compare_named(
+    name: &str,
+    uuid: &str,
+    before: &BTreeMap<String, String>,
+    scrape: &Scrape,
+    after: &BTreeMap<String, String>,
+    filter: &dyn SampleFilter,
+) -> Vec<String> {
+    let b = expected_with(name, uuid, before, filter);
+    let a = expected_with(name, uuid, after, filter);
+    let got = scraped(scrape, uuid);
     let mut problems = Vec::new();
     let want: BTreeSet<_> = b.keys().chain(a.keys()).collect();
     for k in got.keys().filter(|k| !want.contains(k)) {

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::virsh::URI;
+use super::virsh::uri;
 use super::wait_for;
 
 /// One event as virsh printed it.
@@ -57,7 +57,7 @@ impl Capture {
         let mut children = Vec::new();
         for args in cmds {
             let mut child = Command::new("virsh")
-                .args(["-c", URI])
+                .args(["-c", uri()])
                 .args(&args)
                 .args(["--loop", "--timestamp"])
                 .stdout(Stdio::piped())

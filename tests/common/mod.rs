@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod compare;
+pub mod daemon;
 pub mod events;
 pub mod exposition;
 pub mod guest;
@@ -16,28 +17,16 @@ pub mod tls;
 pub mod virsh;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub fn project_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Starts virtlogd/libvirtd when they are not running (once per test binary)
-/// and removes guests left behind by earlier, killed test runs.
-pub fn ensure_libvirtd() {
-    static ONCE: OnceLock<()> = OnceLock::new();
-    ONCE.get_or_init(|| {
-        start_libvirtd();
-        guest::sweep_leftovers();
-    });
-}
-
-pub fn start_libvirtd() {
-    let script = project_root().join("scripts/start-libvirtd.sh");
-    let out = Command::new(&script).output().expect("run start-libvirtd.sh");
-    assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+/// Starts this test binary's private libvirtd (once; see `daemon`) and
+/// returns its URI.
+pub fn ensure_libvirtd() -> &'static str {
+    &daemon::shared().uri
 }
 
 /// Tests that load libvirtd heavily (dozens of guests at once) take this

@@ -5,11 +5,19 @@ use std::process::Command;
 
 use virtpulse::libvirt::TypedValue;
 
-pub const URI: &str = "qemu:///system";
+/// The URI of this test binary's private libvirtd (started on first use).
+pub fn uri() -> &'static str {
+    super::ensure_libvirtd()
+}
 
 pub fn run(args: &[&str]) -> Result<String, String> {
+    run_on(uri(), args)
+}
+
+/// virsh against another daemon than the test binary's.
+pub fn run_on(uri: &str, args: &[&str]) -> Result<String, String> {
     let out =
-        Command::new("virsh").arg("-c").arg(URI).args(args).output().map_err(|e| format!("cannot run virsh: {e}"))?;
+        Command::new("virsh").arg("-c").arg(uri).args(args).output().map_err(|e| format!("cannot run virsh: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -40,10 +48,14 @@ pub fn typed(v: &str) -> TypedValue {
 
 /// `virsh domstats --backing NAME` (all groups) as key -> value.
 pub fn domstats(name: &str, extra: &[&str]) -> BTreeMap<String, String> {
+    domstats_on(uri(), name, extra)
+}
+
+pub fn domstats_on(uri: &str, name: &str, extra: &[&str]) -> BTreeMap<String, String> {
     let mut args = vec!["domstats", "--backing"];
     args.extend_from_slice(extra);
     args.push(name);
-    let out = must(&args);
+    let out = run_on(uri, &args).unwrap_or_else(|e| panic!("{e}"));
     out.lines().filter_map(|l| l.trim().split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
@@ -58,7 +70,7 @@ pub fn qemu_pid(name: &str) -> Option<u32> {
 /// The agent's own kind of connection: read-only, no keepalive.
 pub fn read_only_connection() -> virtpulse::libvirt::Connection {
     virtpulse::libvirt::Connection::open(&virtpulse::libvirt::OpenOptions {
-        uri: URI.into(),
+        uri: uri().into(),
         read_only: true,
         keepalive_interval: 0,
         keepalive_count: 0,

@@ -14,7 +14,7 @@
 //! persist is sent twice, which at-least-once delivery allows (consumers
 //! de-duplicate by event id).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -130,6 +130,10 @@ pub struct Spool {
     low_water: u64,
     /// Acknowledged seqs above the low water.
     acked: BTreeSet<u64>,
+    /// Seq ranges (start -> end) above the low water that no segment holds:
+    /// records lost to damage, settled as a whole. Ranges, not seqs: a
+    /// damaged or stray segment name can leave a gap of billions.
+    gaps: BTreeMap<u64, u64>,
     /// Next seq `read_next` returns (skipping acknowledged ones).
     cursor: u64,
     /// (segment's first seq, byte offset) of `cursor`, when known.
@@ -246,7 +250,7 @@ impl Spool {
         let low_water = stored.max(first).min(next_seq);
         // Records lost to damage leave gaps between segments: they count as
         // lost and as settled, so the low water can pass them.
-        let mut acked = BTreeSet::new();
+        let mut gaps = BTreeMap::new();
         // (The low water is persisted before segments are deleted, so records
         // between it and the first segment were lost, not delivered.)
         if !segments.is_empty() {
@@ -254,8 +258,10 @@ impl Spool {
         }
         for (a, b) in segments.iter().zip(segments.iter().skip(1)) {
             let gap = a.end_seq.max(low_water)..b.first_seq;
-            recovery.corrupt += gap.end.saturating_sub(gap.start);
-            acked.extend(gap);
+            if gap.start < gap.end {
+                recovery.corrupt += gap.end - gap.start;
+                gaps.insert(gap.start, gap.end);
+            }
         }
         recovery.segments = segments.len();
         let mut spool = Spool {
@@ -264,7 +270,8 @@ impl Spool {
             writer: None,
             next_seq,
             low_water,
-            acked,
+            acked: BTreeSet::new(),
+            gaps,
             cursor: low_water,
             cursor_pos: None,
             reader: None,
@@ -274,9 +281,7 @@ impl Spool {
             dropped: Dropped { corrupt: recovery.corrupt, ..Default::default() },
             recent_drops: VecDeque::new(),
         };
-        while spool.acked.remove(&spool.low_water) {
-            spool.low_water += 1;
-        }
+        spool.advance_low_water();
         recovery.pending = spool.pending();
         spool.persist_low_water()?;
         spool.delete_acknowledged_segments()?;
@@ -479,8 +484,19 @@ impl Spool {
             return;
         }
         self.acked.insert(seq);
-        while self.acked.remove(&self.low_water) {
-            self.low_water += 1;
+        self.advance_low_water();
+    }
+
+    /// Moves the low water past acknowledged seqs and lost ranges.
+    fn advance_low_water(&mut self) {
+        loop {
+            if self.acked.remove(&self.low_water) {
+                self.low_water += 1;
+            } else if let Some(end) = self.gaps.remove(&self.low_water) {
+                self.low_water = end;
+            } else {
+                break;
+            }
         }
     }
 
@@ -544,9 +560,13 @@ impl Spool {
         if self.low_water < seg.end_seq {
             self.low_water = seg.end_seq;
             self.acked = self.acked.split_off(&seg.end_seq);
-            while self.acked.remove(&self.low_water) {
-                self.low_water += 1;
+            // Lost ranges below the new low water are settled with it.
+            let kept = self.gaps.split_off(&seg.end_seq);
+            if let Some((_, &end)) = self.gaps.iter().next_back() {
+                self.low_water = self.low_water.max(end);
             }
+            self.gaps = kept;
+            self.advance_low_water();
         }
         self.dropped.add(reason, lost);
         // So a restart does not count them again as lost to damage.
@@ -589,7 +609,8 @@ impl Spool {
 
     /// Unacknowledged records.
     pub fn pending(&self) -> u64 {
-        self.next_seq - self.low_water - self.acked.len() as u64
+        let lost: u64 = self.gaps.iter().map(|(a, b)| b - a).sum();
+        self.next_seq - self.low_water - self.acked.len() as u64 - lost
     }
 
     /// Records not yet read by `read_next` (a backlog to send).
@@ -675,6 +696,34 @@ mod tests {
         assert_eq!(again, vec![b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
         // New records continue the sequence.
         assert_eq!(push(&mut s, &["e"]), 4);
+    }
+
+    /// Found by the `spool` fuzz target: a segment whose name is far above
+    /// the others left a gap of ~2^60 records, each put in a set (10 GiB
+    /// and counting). Gaps are ranges now.
+    #[test]
+    fn a_stray_segment_far_ahead_leaves_a_counted_gap_not_a_huge_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(cfg(dir.path(), 1 << 30)).unwrap();
+        push(&mut s, &["a", "b"]);
+        s.close().unwrap();
+        drop(s);
+        let far = 1u64 << 60;
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, far, 1, b"stray");
+        fs::write(dir.path().join(segment_name(far)), frame).unwrap();
+        let started = Instant::now();
+        let (mut s, rec) = Spool::open(cfg(dir.path(), 1 << 30)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(rec.corrupt, far - 2, "the gap is counted as lost");
+        assert_eq!(s.pending(), 3);
+        let read: Vec<(u64, Vec<u8>)> = payloads(&mut s);
+        assert_eq!(read, vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (far, b"stray".to_vec())]);
+        s.ack(0);
+        s.ack(1);
+        assert_eq!(s.pending(), 1, "the low water passed the gap");
+        s.ack(far);
+        assert_eq!(s.pending(), 0);
     }
 
     #[test]
