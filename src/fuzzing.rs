@@ -962,6 +962,7 @@ pub fn otel(data: &[u8]) {
     // if any) is not refused.
     if let Ok(uri) = s.parse::<hyper::Uri>() {
         let plain = matches!(uri.scheme_str(), Some("http" | "https"))
+            && !s.contains(['?', '#'])
             && s.starts_with(&format!("{}://", uri.scheme_str().unwrap_or("")))
             && uri.authority().is_some_and(|a| {
                 !a.host().is_empty()

@@ -6,7 +6,8 @@
 //! daemon's `virsh domstats`, groups and event IDs it lacks reported as
 //! unsupported (not as errors), lifecycle events, a daemon restart, jobs,
 //! node, pools, promtool-clean output; on Debian 12 also the agent binary
-//! run inside the root against its stock libvirt0.
+//! run inside the root against its stock libvirt0, and the .deb installed
+//! there from Debian 12 alone.
 
 mod common;
 
@@ -177,9 +178,37 @@ fn debian12_libvirt_9_0_and_its_own_client_library() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"kind\":\"node\""), "{stdout}");
-    let ldd =
-        Command::new("chroot").arg(&root).args(["dpkg-query", "-W", "-f=${Version}", "libvirt0"]).output().unwrap();
-    println!("inside debian12 with libvirt0 {}: --once ok", String::from_utf8_lossy(&ldd.stdout));
+    let libvirt0 = chroot(&root, &["dpkg-query", "-W", "-f=${Version}", "libvirt0"]);
+    println!("inside debian12 with libvirt0 {libvirt0}: --once ok");
+
+    // The .deb installs there, from Debian 12 alone (no backports), and purges.
+    let out = tempfile::tempdir().unwrap();
+    let built = Command::new(common::project_root().join("scripts/build-deb.sh"))
+        .env("PROFILE", "debug")
+        .env("OUT", out.path())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    std::fs::copy(&deb, root.join("tmp/virtpulse-under-test.deb")).unwrap();
+    let apt = |args: &[&str]| {
+        let mut all = vec!["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-q"];
+        all.extend_from_slice(args);
+        chroot(&root, &all)
+    };
+    apt(&["install", "/tmp/virtpulse-under-test.deb"]);
+    let check = chroot(&root, &["virtpulse", "--check-config", "--config", "/etc/virtpulse/config.toml"]);
+    assert!(check.contains("configuration OK"), "{check}");
+    apt(&["purge", "virtpulse"]);
+    let _ = std::fs::remove_file(root.join("tmp/virtpulse-under-test.deb"));
+    assert!(!root.join("usr/bin/virtpulse").exists(), "purged");
+}
+
+/// Runs a command inside a root; its stdout.
+fn chroot(root: &Path, args: &[&str]) -> String {
+    let out = Command::new("chroot").arg(root).args(args).output().unwrap();
+    assert!(out.status.success(), "chroot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -158,6 +158,11 @@ pub fn endpoint_problem(url: &str) -> Option<String> {
     if scheme != "http" && scheme != "https" {
         return Some(format!("{url:?}: the scheme must be http or https"));
     }
+    // Found by the `otel` fuzz target: a query was read as part of the
+    // port. OTLP endpoints take none (paths are appended to them).
+    if rest.contains(['?', '#']) {
+        return Some(format!("{url:?}: an OTLP endpoint has no query or fragment"));
+    }
     let authority = rest.split('/').next().unwrap_or("");
     let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
     if host.is_empty() || authority.contains(char::is_whitespace) {
@@ -331,6 +336,13 @@ impl OtlpConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_with_a_query_is_refused_for_what_it_is() {
+        let e = endpoint_problem("https://c?x=1:https:/").unwrap();
+        assert!(e.contains("no query or fragment"), "{e}");
+        assert_eq!(endpoint_problem("https://collector:4318/otlp"), None);
+    }
 
     /// Found by the `config` fuzz target: a zero export interval from the
     /// environment passed, and a zero period panics the export timer.

@@ -64,7 +64,9 @@ pub fn domuuid(name: &str) -> String {
 }
 
 pub fn qemu_pid(name: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/run/libvirt/qemu/{name}.pid")).ok()?.trim().parse().ok()
+    // The private daemon's /run/libvirt is the directory of its socket.
+    let run = std::path::Path::new(uri().split_once("socket=")?.1).parent()?.to_path_buf();
+    std::fs::read_to_string(run.join(format!("qemu/{name}.pid"))).ok()?.trim().parse().ok()
 }
 
 /// The agent's own kind of connection: read-only, no keepalive.

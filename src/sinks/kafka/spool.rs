@@ -483,6 +483,10 @@ impl Spool {
         if seq >= self.next_seq {
             return;
         }
+        if self.gaps.range(..=seq).next_back().is_some_and(|(_, &end)| seq < end) {
+            // A seq lost to damage: settled already (and never sent).
+            return;
+        }
         self.acked.insert(seq);
         self.advance_low_water();
     }
@@ -722,6 +726,8 @@ mod tests {
         s.ack(0);
         s.ack(1);
         assert_eq!(s.pending(), 1, "the low water passed the gap");
+        s.ack(far - 7);
+        assert_eq!(s.pending(), 1, "an ack inside the lost range changes nothing");
         s.ack(far);
         assert_eq!(s.pending(), 0);
     }
