@@ -144,15 +144,7 @@ fn output_passes_promtool_with_hostile_names_and_gzip() {
     assert_eq!(os.labels["project_name"], "shop");
     assert_eq!(os.labels["user_uuid"], "u1");
 
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &text).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(file.path()).unwrap())
-        .output()
-        .unwrap();
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+    common::exposition::assert_promtool_clean(&text);
 
     // curl shows the headers as sent (ureq would decode gzip and hide them).
     let out = Command::new("curl")

@@ -78,19 +78,6 @@ fn matches_virsh(agent: &Agent, uri: &str, name: &str, uuid: &str) {
     assert!(problems.is_empty(), "differs from that daemon's virsh domstats:\n{}", problems.join("\n"));
 }
 
-fn promtool_clean(agent: &Agent) {
-    let text = agent.scrape_text();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &text).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(file.path()).unwrap())
-        .output()
-        .unwrap();
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
-}
-
 fn errors(s: &Scrape, collector: &str) -> f64 {
     s.value("virtpulse_collections_total", &[("collector", collector), ("result", "error")]).unwrap_or(0.0)
 }
@@ -138,7 +125,7 @@ fn check(root_name: &str, missing_groups: &[&str]) {
         (s.value("virtpulse_collections_total", &[("collector", "jobs"), ("result", "ok")]).unwrap_or(0.0) > 0.0)
             .then_some(())
     });
-    promtool_clean(&agent);
+    common::exposition::assert_promtool_clean(&agent.scrape_text());
 
     // Lifecycle events.
     virsh::run_on(&uri, &["suspend", &name]).unwrap();

@@ -515,87 +515,66 @@ pub fn domain_event_names() -> Vec<(u32, &'static str)> {
 
 // ---- other families ---------------------------------------------------------
 
+/// An object's name and UUID string for a record.
+///
+/// # Safety
+/// `name` is NULL or NUL-terminated; `uuid` writes at most 37 bytes
+/// (VIR_UUID_STRING_BUFLEN) into the buffer it is given.
+unsafe fn name_and_uuid(name: *const c_char, uuid: impl FnOnce(*mut c_char) -> c_int) -> (String, String) {
+    let mut buf = [0 as c_char; 37];
+    let uuid = if uuid(buf.as_mut_ptr()) == 0 {
+        buf[36] = 0;
+        // SAFETY: NUL-terminated just above, whatever libvirt wrote.
+        unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        // SAFETY: clears this thread's error slot.
+        unsafe { sys::virResetLastError() };
+        String::new()
+    };
+    // SAFETY: the caller's contract.
+    let name = unsafe { text(name) }.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    (name, uuid)
+}
+
 /// # Safety
 /// The object is NULL or valid for the call.
 unsafe fn net_ident(net: sys::virNetworkPtr) -> (String, String) {
-    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
-    // libvirt writes (VIR_UUID_STRING_BUFLEN).
-    unsafe {
-        if net.is_null() {
-            return (String::new(), String::new());
-        }
-        let name = sys::virNetworkGetName(net);
-        let mut buf = [0 as c_char; 37];
-        let uuid = if sys::virNetworkGetUUIDString(net, buf.as_mut_ptr()) == 0 {
-            buf[36] = 0;
-            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-        } else {
-            sys::virResetLastError();
-            String::new()
-        };
-        (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
+    if net.is_null() {
+        return (String::new(), String::new());
     }
+    // SAFETY: a valid network; its name lives as long as it does.
+    unsafe { name_and_uuid(sys::virNetworkGetName(net), |b| sys::virNetworkGetUUIDString(net, b)) }
 }
 
 /// # Safety
 /// The object is NULL or valid for the call.
 unsafe fn pool_ident(pool: sys::virStoragePoolPtr) -> (String, String) {
-    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
-    // libvirt writes (VIR_UUID_STRING_BUFLEN).
-    unsafe {
-        if pool.is_null() {
-            return (String::new(), String::new());
-        }
-        let name = sys::virStoragePoolGetName(pool);
-        let mut buf = [0 as c_char; 37];
-        let uuid = if sys::virStoragePoolGetUUIDString(pool, buf.as_mut_ptr()) == 0 {
-            buf[36] = 0;
-            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-        } else {
-            sys::virResetLastError();
-            String::new()
-        };
-        (if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() }, uuid)
+    if pool.is_null() {
+        return (String::new(), String::new());
     }
+    // SAFETY: a valid pool; its name lives as long as it does.
+    unsafe { name_and_uuid(sys::virStoragePoolGetName(pool), |b| sys::virStoragePoolGetUUIDString(pool, b)) }
 }
 
 /// # Safety
 /// The object is NULL or valid for the call.
 unsafe fn nodedev_ident(dev: sys::virNodeDevicePtr) -> (String, String) {
-    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
-    // libvirt writes (VIR_UUID_STRING_BUFLEN).
-    unsafe {
-        if dev.is_null() {
-            return (String::new(), String::new());
-        }
-        let name = sys::virNodeDeviceGetName(dev);
-        (
-            if name.is_null() { String::new() } else { CStr::from_ptr(name).to_string_lossy().into_owned() },
-            String::new(),
-        )
+    if dev.is_null() {
+        return (String::new(), String::new());
     }
+    // SAFETY: a valid node device; its name lives as long as it does.
+    let name = unsafe { text(sys::virNodeDeviceGetName(dev)) };
+    (name.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(), String::new())
 }
 
 /// # Safety
 /// The object is NULL or valid for the call.
 unsafe fn secret_ident(secret: sys::virSecretPtr) -> (String, String) {
-    // SAFETY: the caller's contract; the UUID buffer has the 37 bytes
-    // libvirt writes (VIR_UUID_STRING_BUFLEN).
-    unsafe {
-        if secret.is_null() {
-            return (String::new(), String::new());
-        }
-        let usage = sys::virSecretGetUsageID(secret);
-        let mut buf = [0 as c_char; 37];
-        let uuid = if sys::virSecretGetUUIDString(secret, buf.as_mut_ptr()) == 0 {
-            buf[36] = 0;
-            CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-        } else {
-            sys::virResetLastError();
-            String::new()
-        };
-        (if usage.is_null() { String::new() } else { CStr::from_ptr(usage).to_string_lossy().into_owned() }, uuid)
+    if secret.is_null() {
+        return (String::new(), String::new());
     }
+    // SAFETY: a valid secret; its usage ID lives as long as it does.
+    unsafe { name_and_uuid(sys::virSecretGetUsageID(secret), |b| sys::virSecretGetUUIDString(secret, b)) }
 }
 
 /// The lifecycle callback of an object family: (event, detail) codes.

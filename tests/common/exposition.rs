@@ -123,3 +123,16 @@ fn parses_escapes() {
     assert_eq!(s.samples[1].value, 1.0);
     assert_eq!(s.types["m"], "gauge");
 }
+
+/// `promtool check metrics` finds nothing to say about `text`.
+pub fn assert_promtool_clean(text: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(file.path()).unwrap())
+        .output()
+        .unwrap();
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+}

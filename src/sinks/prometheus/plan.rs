@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHasher};
 
-use super::text::{escape_label_value, write_header, write_sample, write_value};
+use super::text::{end_sample, escape_label_value, push_label, write_header, write_sample};
 use crate::record::{Batch, Record, RecordKind};
 use crate::selection::Selection;
 use crate::sinks::codes::{job_operation_name, job_type_name};
@@ -334,20 +334,8 @@ impl SourcePlan {
                 i => self.siblings.get(self.sibling_base[ps.record as usize] as usize + usize::from(i)),
             };
             let siblings = tuple.unwrap_or(&ALL_MISSING);
-            for_each_label(export, r, siblings, u32::from(ps.dropped), |k, v| {
-                out.push(if first { '{' } else { ',' });
-                first = false;
-                out.push_str(k);
-                out.push_str("=\"");
-                escape_label_value(out, v);
-                out.push('"');
-            });
-            if !first {
-                out.push('}');
-            }
-            out.push(' ');
-            write_value(out, value);
-            out.push('\n');
+            for_each_label(export, r, siblings, u32::from(ps.dropped), |k, v| push_label(out, &mut first, k, v));
+            end_sample(out, first, value);
             if out.len() >= chunk {
                 flush(out);
             }

@@ -61,14 +61,24 @@ pub fn write_sample<'a>(
         first = false;
     }
     for (k, v) in labels {
-        out.push(if first { '{' } else { ',' });
-        first = false;
-        out.push_str(k);
-        out.push_str("=\"");
-        escape_label_value(out, v);
-        out.push('"');
+        push_label(out, &mut first, k, v);
     }
-    if !first {
+    end_sample(out, first, value);
+}
+
+/// Writes `{k="v"` or `,k="v"`: one label of a sample being written.
+pub fn push_label(out: &mut String, first: &mut bool, k: &str, v: &str) {
+    out.push(if *first { '{' } else { ',' });
+    *first = false;
+    out.push_str(k);
+    out.push_str("=\"");
+    escape_label_value(out, v);
+    out.push('"');
+}
+
+/// Closes the labels (if any were written) and writes the value.
+pub fn end_sample(out: &mut String, no_labels: bool, value: f64) {
+    if !no_labels {
         out.push('}');
     }
     out.push(' ');
