@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const HEADER: usize = 24;
 /// A frame larger than this is corruption, not a message.
 const MAX_FRAME: usize = 64 << 20;
+/// Highest seq the spool takes: far beyond any real count of events (a
+/// million a second for 146,000 years), far below overflow.
+const MAX_SEQ: u64 = 1 << 62;
 /// The file holding the persisted low water (`u64 | crc32`, little endian).
 pub const LOW_WATER_FILE: &str = "low-water";
 
@@ -220,7 +223,9 @@ impl Spool {
             let mut seg = Segment { path: path.clone(), first_seq, end_seq: first_seq, bytes: 0, newest_ms: 0 };
             while off < data.len() {
                 match decode_frame(&data[off..]) {
-                    Some((e, len)) if e.seq == seg.end_seq => {
+                    // Seqs stop at MAX_SEQ: a segment named near u64::MAX
+                    // (found by the `spool` fuzz target) would overflow.
+                    Some((e, len)) if e.seq == seg.end_seq && seg.end_seq < MAX_SEQ => {
                         seg.end_seq += 1;
                         seg.newest_ms = seg.newest_ms.max(e.time_ms);
                         off += len;
@@ -256,8 +261,13 @@ impl Spool {
         if !segments.is_empty() {
             recovery.corrupt += first.saturating_sub(stored);
         }
+        // Segments can overlap (a damaged name inside an older one's range,
+        // found by the `spool` fuzz target): a gap starts where everything
+        // before it ends, not where the previous segment does.
+        let mut covered = 0u64;
         for (a, b) in segments.iter().zip(segments.iter().skip(1)) {
-            let gap = a.end_seq.max(low_water)..b.first_seq;
+            covered = covered.max(a.end_seq);
+            let gap = covered.max(low_water)..b.first_seq;
             if gap.start < gap.end {
                 recovery.corrupt += gap.end - gap.start;
                 gaps.insert(gap.start, gap.end);
@@ -292,7 +302,8 @@ impl Spool {
         let data = fs::read(dir.join(LOW_WATER_FILE)).ok()?;
         let v = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
         let crc = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
-        (crc32fast::hash(&data[0..8]) == crc).then_some(v)
+        // A low water past MAX_SEQ is as damaged as a bad checksum.
+        (crc32fast::hash(&data[0..8]) == crc && v <= MAX_SEQ).then_some(v)
     }
 
     /// Appends messages (time in Unix ms, payload) as one write; returns the
@@ -730,6 +741,44 @@ mod tests {
         assert_eq!(s.pending(), 1, "an ack inside the lost range changes nothing");
         s.ack(far);
         assert_eq!(s.pending(), 0);
+    }
+
+    /// Found by the `spool` fuzz target: a segment named u64::MAX holding
+    /// that seq overflowed the segment's end.
+    #[test]
+    fn a_segment_at_the_end_of_the_seq_space_is_refused_not_overflowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, u64::MAX, 1, b"x");
+        fs::write(dir.path().join(segment_name(u64::MAX)), frame).unwrap();
+        let (mut s, rec) = Spool::open(cfg(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(rec.segments, 0, "the foreign segment is dropped");
+        assert_eq!(s.pending(), 0);
+        push(&mut s, &["a"]);
+        assert_eq!(s.pending(), 1);
+    }
+
+    /// Found by the `spool` fuzz target: a segment named inside an older
+    /// one's range made the gap after it start too early, so records still
+    /// on disk counted as lost.
+    #[test]
+    fn overlapping_segments_count_only_what_is_really_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut older = Vec::new();
+        for seq in 0..10 {
+            encode_frame(&mut older, seq, 1, b"a");
+        }
+        fs::write(dir.path().join(segment_name(0)), older).unwrap();
+        for seq in [3u64, 21] {
+            let mut f = Vec::new();
+            encode_frame(&mut f, seq, 1, b"b");
+            fs::write(dir.path().join(segment_name(seq)), f).unwrap();
+        }
+        let (mut s, rec) = Spool::open(cfg(dir.path(), 1 << 30)).unwrap();
+        assert_eq!(rec.corrupt, 11, "10..21 lost, nothing else");
+        let read: Vec<u64> = payloads(&mut s).into_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(read, (0..10).chain([21]).collect::<Vec<_>>());
+        assert_eq!(s.pending(), read.len() as u64);
     }
 
     #[test]
