@@ -28,15 +28,6 @@ suite_of() {
   esac
 }
 
-# Sets KEY = VALUE in a libvirt config file: earlier uncommented settings of
-# KEY are dropped (libvirt would take the last one anyway, but one line is
-# clearer), then the line is appended. Running it twice changes nothing.
-set_conf() {
-  local file=$1 key=$2 value=$3
-  touch "$file"
-  sed -i -E "/^[[:space:]]*${key}[[:space:]]*=/d" "$file"
-  printf '%s = %s\n' "$key" "$value" >> "$file"
-}
 
 # Prepares ROOT so that a libvirtd can run there under private-libvirtd.sh.
 setup_root() {

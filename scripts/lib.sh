@@ -29,3 +29,11 @@ ensure_cargo() {
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 }
+
+# Sets KEY = VALUE in a libvirt-style config FILE, idempotently.
+set_conf() {
+  local file=$1 key=$2 value=$3
+  touch "$file"
+  sed -i -E "/^[[:space:]]*${key}[[:space:]]*=/d" "$file"
+  printf '%s = %s\n' "$key" "$value" >> "$file"
+}

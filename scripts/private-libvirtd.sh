@@ -32,6 +32,7 @@
 # VIRTPULSE_PRIVATE_CGROUPS=none, or a host without those v1 hierarchies,
 # gives cgroup_controllers = [] (no cgroups; no cpu.* stats on 7.0).
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 usage() { echo "usage: $0 start|stop|status DIR [ROOT]" >&2; exit 2; }
 [ $# -ge 2 ] || usage
@@ -51,13 +52,6 @@ DAEMON_PIDFILE=$DIR/run/libvirt/libvirtd.pid
 BINDS=(/run/libvirt:run/libvirt /var/lib/libvirt:lib/libvirt /var/cache/libvirt:cache/libvirt
        /var/log/libvirt:log/libvirt /etc/libvirt:etc/libvirt)
 
-# Same helper as in build-test-roots.sh: sets KEY = VALUE, idempotently.
-set_conf() {
-  local file=$1 key=$2 value=$3
-  touch "$file"
-  sed -i -E "/^[[:space:]]*${key}[[:space:]]*=/d" "$file"
-  printf '%s = %s\n' "$key" "$value" >> "$file"
-}
 
 # Succeeds if PID is a libvirtd whose /run/libvirt is DIR's: a PID file can
 # outlive its daemon and the number be reused, and the host's daemon must
