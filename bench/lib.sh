@@ -107,3 +107,40 @@ bench_cleanup() {
   remove_guests "$PREFIX"
   rm -rf "$DIR"
 }
+
+# CPU cgroups laid out as a systemd host has them: the agent, libvirtd and
+# the scraper each in a service cgroup of its own (QEMU is in libvirt's
+# /machine already), so a burst of libvirtd work competes with the agent as
+# one group, not thread by thread. CGROUPS=0, or a host without a cpu
+# controller, leaves every process where it is.
+CG_ROOT=""
+cg_setup() {
+  [ "${CGROUPS:-1}" = 1 ] || return 0
+  if [ -d /sys/fs/cgroup/cpu ] && [ -f /sys/fs/cgroup/cpu/cpu.shares ]; then
+    CG_ROOT=/sys/fs/cgroup/cpu/system.slice
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+    CG_ROOT=/sys/fs/cgroup/virtpulse-bench.slice
+    mkdir -p "$CG_ROOT"
+    grep -qw cpu "$CG_ROOT/cgroup.subtree_control" || echo +cpu > "$CG_ROOT/cgroup.subtree_control"
+  else
+    echo "no cpu cgroup controller: every process shares one cgroup" >&2
+    return 0
+  fi
+  mkdir -p "$CG_ROOT/virtpulse.service" "$CG_ROOT/libvirtd.service" "$CG_ROOT/prometheus.service"
+}
+
+# cg_move NAME PID: moves a process (all its threads) into NAME.service.
+cg_move() { [ -z "$CG_ROOT" ] || echo "$2" > "$CG_ROOT/$1.service/cgroup.procs"; }
+
+# cg_restore PID: back to the root cgroup.
+cg_restore() {
+  [ -n "$CG_ROOT" ] && [ -d "/proc/$1" ] || return 0
+  echo "$1" > "$(dirname "$CG_ROOT")/cgroup.procs" 2>/dev/null || true
+}
+
+# Where a benchmark stands: printed with its figures.
+cg_note() {
+  if [ -n "$CG_ROOT" ]; then echo "cgroups: agent, libvirtd and scraper each in its own ($CG_ROOT/*.service), QEMU in libvirt's"
+  else echo "cgroups: none (every process competes thread by thread)"; fi
+}

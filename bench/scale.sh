@@ -9,7 +9,11 @@
 #   - the floor: `virsh -r domstats` for the same groups as each profile,
 #   - virtpulse's default schedule for one minute (scraped every 15 s).
 # Each run scrapes once per cycle and reports agent and libvirtd CPU per
-# cycle, then 50 more scrapes for latency, body size, series and memory.
+# cycle, then 100 more scrapes with curl (plain and gzip) for latency, body size,
+# series and memory. Each scrape of the agent is followed by one of the floor:
+# the same bytes served from a file with sendfile, under the same load.
+# Processes are placed in CPU cgroups as on a systemd host (bench/lib.sh
+# cg_setup; CGROUPS=0 to leave them where they are).
 #
 #   bench/scale.sh        GUESTS=120 VCPUS=4 WINDOW=60 INTERVAL=5 by default
 #   VIRTPULSE_BIN=path    measure another build (e.g. an older one)
@@ -25,18 +29,23 @@ VCPUS=${VCPUS:-4}
 . bench/lib.sh
 INTERVAL=${INTERVAL:-5}
 BIN=${VIRTPULSE_BIN:-target/release/virtpulse}
+BUILD=${VIRTPULSE_BIN:+no}
+# The agent refuses VIRTPULSE_* variables that name no configuration key.
+unset VIRTPULSE_BIN
 OURS=127.0.0.1:19177
 THEIRS=127.0.0.1:19178
+FLOOR=127.0.0.1:19179
 PREFIX=vpscale
 DIR=/var/tmp/virtpulse-scale
 M="python3 bench/measure.py"
 
 scripts/install-test-deps.sh >/dev/null
 scripts/start-libvirtd.sh
-[ -n "${VIRTPULSE_BIN:-}" ] || cargo build --release --locked -q
+[ -n "$BUILD" ] || cargo build --release --locked -q
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  cg_restore "${lpid:-}"
   if [ -z "${KEEP_GUESTS:-}" ]; then remove_guests "$PREFIX"; rm -rf "$DIR"; fi
 }
 trap cleanup EXIT
@@ -48,10 +57,27 @@ running=$(virsh -r -c qemu:///system list --name | grep -c "^$PREFIX-" || true)
 [ "$running" -ge "$GUESTS" ] || { echo "only $running of $GUESTS guests run" >&2; exit 1; }
 sleep 5
 lpid=$(pgrep -xo libvirtd)
+cg_setup
+cg_move libvirtd "$lpid"
+
+# scrape URL N NAME: latency, body and series of URL, with the floor serving
+# the same bytes scraped in between (as the prometheus service).
+scrape() {
+  local url=$1 n=$2 floor="$DIR/floor-$3"
+  mkdir -p "$floor"
+  curl -s -o "$floor/body" "$url"
+  curl -s -H 'Accept-Encoding: gzip' -o "$floor/body.gz" "$url"
+  $M serve "$floor" "${FLOOR#*:}" &
+  local fpid=$!
+  cg_move virtpulse "$fpid"
+  wait_http "http://$FLOOR/metrics"
+  ( cg_move prometheus "$BASHPID"; exec $M scrape "$url" "$n" "http://$FLOOR/metrics" )
+  kill "$fpid"; wait "$fpid" 2>/dev/null || true
+}
 
 # agent NAME TOML: runs virtpulse with that configuration, measures, and
 # fills the row arrays under NAME.
-declare -A CPU LCPU CYC P50 P99 RAW GZ SER DSER RSS ANON HWM
+declare -A CPU LCPU CYC P50 P99 RAW GZ SER DSER RSS ANON HWM G50 G99 F50 F99 FG50 FG99
 agent() {
   local name=$1 toml=$2 cfg="$DIR/$1.toml"
   printf '%s\n' "$toml" > "$cfg"
@@ -59,12 +85,14 @@ agent() {
   env ${EXTRA_ENV:-} VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS VIRTPULSE_AGENT__LOG_LEVEL=warn \
     "$BIN" --config "$cfg" 2>>"$DIR/$name.log" &
   local pid=$!; pids+=("$pid")
+  cg_move virtpulse "$pid"
   wait_http "http://$OURS/metrics"
   # Warm up: every guest exported, two cycles done.
   until [ "$(curl -s "http://$OURS/metrics" | grep -c "^libvirt_domain_state{domain=\"$PREFIX-")" -ge "$GUESTS" ]; do sleep 0.5; done
   sleep $((INTERVAL * 2))
   read -r CPU[$name] LCPU[$name] CYC[$name] <<<"$($M cycles "http://$OURS/metrics" "$pid" "$lpid" "$WINDOW" "$INTERVAL")"
-  read -r P50[$name] P99[$name] RAW[$name] GZ[$name] SER[$name] DSER[$name] <<<"$($M scrape "http://$OURS/metrics" 50)"
+  read -r P50[$name] P99[$name] RAW[$name] GZ[$name] SER[$name] DSER[$name] G50[$name] G99[$name] \
+    F50[$name] F99[$name] FG50[$name] FG99[$name] <<<"$(scrape "http://$OURS/metrics" 100 "$name")"
   read -r RSS[$name] ANON[$name] HWM[$name] <<<"$($M memory "$pid")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -93,10 +121,12 @@ agent everything "$everything_toml"
 # The peer collects on every scrape.
 prometheus-libvirt-exporter --web.listen-address="$THEIRS" --libvirt.uri=qemu:///system 2>"$DIR/peer.log" &
 ppid=$!; pids+=("$ppid")
+cg_move virtpulse "$ppid"
 wait_http "http://$THEIRS/metrics"
 curl -s -o /dev/null "http://$THEIRS/metrics"
 read -r CPU[peer] LCPU[peer] CYC[peer] <<<"$($M cycles "http://$THEIRS/metrics" "$ppid" "$lpid" "$WINDOW" "$INTERVAL")"
-read -r P50[peer] P99[peer] RAW[peer] GZ[peer] SER[peer] DSER[peer] <<<"$($M scrape "http://$THEIRS/metrics" 20)"
+read -r P50[peer] P99[peer] RAW[peer] GZ[peer] SER[peer] DSER[peer] G50[peer] G99[peer] \
+  F50[peer] F99[peer] FG50[peer] FG99[peer] <<<"$(scrape "http://$THEIRS/metrics" 10 peer)"
 read -r RSS[peer] ANON[peer] HWM[peer] <<<"$($M memory "$ppid")"
 kill "$ppid"; wait "$ppid" 2>/dev/null || true
 
@@ -111,6 +141,7 @@ printf '' > "$DIR/schedule.toml"
 env ${EXTRA_ENV:-} VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS VIRTPULSE_AGENT__LOG_LEVEL=warn \
   "$BIN" --config "$DIR/schedule.toml" 2>>"$DIR/schedule.log" &
 spid=$!; pids+=("$spid")
+cg_move virtpulse "$spid"
 wait_http "http://$OURS/metrics"
 sleep 20
 s_a0=$(cpu_ticks "$spid"); s_l0=$(cpu_ticks "$lpid")
@@ -127,6 +158,7 @@ if [ -z "${KEEP_GUESTS:-}" ]; then
   env ${EXTRA_ENV:-} VIRTPULSE_SINKS__PROMETHEUS__LISTEN=$OURS VIRTPULSE_AGENT__LOG_LEVEL=warn \
     "$BIN" --config "$DIR/schedule.toml" 2>>"$DIR/storm.log" &
   tpid=$!; pids+=("$tpid")
+  cg_move virtpulse "$tpid"
   wait_http "http://$OURS/metrics"
   okc() { metric "http://$OURS/metrics" 'virtpulse_collections_total\{collector="domain_stats",result="ok"\}' | cut -d. -f1; }
   until [ "$(okc)" -ge 1 ]; do sleep 1; done
@@ -144,6 +176,8 @@ kib() { awk "BEGIN{printf \"%.0f\", $1/1024}"; }
 ratio() { awk "BEGIN{printf \"%.2f\", $1/$2}"; }
 echo
 echo "$GUESTS guests x $VCPUS vCPUs, 2 disks (vda on a backing file), 2 NICs; domain stats every ${INTERVAL} s, one scrape per cycle, ${WINDOW} s per run; binary $BIN ${EXTRA_ENV:-}"
+cg_note
+echo "latency: curl time_total; gzip bodies are fetched compressed and not inflated (inflating is the scraper's work)"
 echo "peer: prometheus-libvirt-exporter $(dpkg-query -W -f='${Version}' prometheus-libvirt-exporter), per scrape"
 echo
 second="virtpulse everything"; [ -n "${LEGACY:-}" ] && second="virtpulse, peer's groups"
@@ -152,6 +186,9 @@ echo "|---|---|---|---|"
 echo "| agent CPU per cycle (ms) | ${CPU[defaults]} ($(ratio "${CPU[defaults]}" "${CPU[peer]}") of peer) | ${CPU[everything]} ($(ratio "${CPU[everything]}" "${CPU[peer]}") of peer) | ${CPU[peer]} |"
 echo "| libvirtd CPU per cycle (ms) | ${LCPU[defaults]} (floor ${F_DEF}: $(ratio "${LCPU[defaults]}" "$F_DEF")x) | ${LCPU[everything]} (floor ${F_ALL}: $(ratio "${LCPU[everything]}" "$F_ALL")x) | ${LCPU[peer]} |"
 echo "| /metrics p50 / p99 (ms) | ${P50[defaults]} / ${P99[defaults]} | ${P50[everything]} / ${P99[everything]} | ${P50[peer]} / ${P99[peer]} |"
+echo "| /metrics gzip p50 / p99 (ms) | ${G50[defaults]} / ${G99[defaults]} | ${G50[everything]} / ${G99[everything]} | ${G50[peer]} / ${G99[peer]} |"
+echo "| floor, same bytes by sendfile: p50 / p99 (ms) | ${F50[defaults]} / ${F99[defaults]} | ${F50[everything]} / ${F99[everything]} | ${F50[peer]} / ${F99[peer]} |"
+echo "| floor, gzip bytes: p50 / p99 (ms) | ${FG50[defaults]} / ${FG99[defaults]} | ${FG50[everything]} / ${FG99[everything]} | ${FG50[peer]} / ${FG99[peer]} |"
 echo "| series (domain series per domain) | ${SER[defaults]} ($(( DSER[defaults] / GUESTS ))) | ${SER[everything]} ($(( DSER[everything] / GUESTS ))) | ${SER[peer]} ($(( DSER[peer] / GUESTS ))) |"
 echo "| body raw / gzip (KiB) | $(kib "${RAW[defaults]}") / $(kib "${GZ[defaults]}") | $(kib "${RAW[everything]}") / $(kib "${GZ[everything]}") | $(kib "${RAW[peer]}") / $(kib "${GZ[peer]}") |"
 echo "| VmRSS / RssAnon / VmHWM (MiB) | $(mib "${RSS[defaults]}") / $(mib "${ANON[defaults]}") / $(mib "${HWM[defaults]}") | $(mib "${RSS[everything]}") / $(mib "${ANON[everything]}") / $(mib "${HWM[everything]}") | $(mib "${RSS[peer]}") / $(mib "${ANON[peer]}") / $(mib "${HWM[peer]}") |"

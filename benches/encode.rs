@@ -75,7 +75,7 @@ fn main() {
     let records = snapshot(domains);
     let rounds = 15;
 
-    let exporter = Exporter::new(Registry::new(), None, Arc::new(Selection::everything()), u64::MAX);
+    let exporter = Exporter::new(Registry::new(), Arc::new(Selection::everything()), u64::MAX);
     let mut render = Vec::new();
     let mut scrape = Vec::new();
     let mut ours = String::new();

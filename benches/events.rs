@@ -129,8 +129,8 @@ fn main() {
     // the way: normalization and JSON, the per-event work after the hand-off.
     use virtpulse::events::normalize::{to_record, Stamp};
     use virtpulse::libvirt::events::{Family, RawEvent};
-    use virtpulse::libvirt::TypedValue;
-    let (host, uri): (Arc<str>, Arc<str>) = ("hv".into(), "qemu:///system".into());
+    use virtpulse::value::TypedValue;
+    let identity = virtpulse::record::Identity { host: "hv".into(), uri: "qemu:///system".into() };
     let raw = RawEvent {
         family: Family::Domain,
         event_id: 6,
@@ -150,7 +150,7 @@ fn main() {
     let started = Instant::now();
     let mut bytes = 0usize;
     for seq in 0..n {
-        let r = to_record(raw.clone(), Stamp { host: &host, uri: &uri, run_id: "bench", seq });
+        let r = to_record(raw.clone(), Stamp { identity: &identity, run_id: "bench", seq });
         bytes += r.to_json().len();
     }
     let per = started.elapsed().as_secs_f64() / n as f64;

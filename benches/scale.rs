@@ -19,7 +19,6 @@ use std::time::{Instant, SystemTime};
 
 use virt_sys as sys;
 use virtpulse::libvirt::typed_params::{decode, KeyFilter, KeyInterner};
-use virtpulse::libvirt::TypedValue;
 use virtpulse::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
 use virtpulse::selection::{Profile, Selection, SelectionSpec};
 use virtpulse::selfmon::Registry;
@@ -28,6 +27,7 @@ use virtpulse::sinks::otlp::metrics::MetricBuilder;
 use virtpulse::sinks::otlp::MAX_POINTS_PER_REQUEST;
 use virtpulse::sinks::prometheus::Exporter;
 use virtpulse::stat_keys::unit_of;
+use virtpulse::value::TypedValue;
 
 /// Counts live heap bytes (the agent's own allocations).
 struct Counting;
@@ -299,7 +299,7 @@ fn run(domains: usize, shape: &Shape, profile: Profile, rounds: usize) -> Run {
         .collect();
     let info =
         Arc::new(DomainInfo { vcpus: Some(shape.vcpus as u32), os_type: Some("hvm".into()), ..Default::default() });
-    let exporter = Exporter::new(Registry::new(), None, selection.clone(), u64::MAX);
+    let exporter = Exporter::new(Registry::new(), selection.clone(), u64::MAX);
     let mut builder = MetricBuilder::new(1_000_000, selection.clone());
     let topics = Topics { events: "libvirt.events".into(), metrics: "libvirt.metrics".into(), per_family: false };
     let mut names = KeyInterner::with_filter(filter);
@@ -345,13 +345,13 @@ fn run(domains: usize, shape: &Shape, profile: Profile, rounds: usize) -> Run {
         let s = Instant::now();
         exporter.apply(batch.clone());
         // As the agent's Prometheus sink does after a large snapshot.
-        virtpulse::libvirt::heap::trim();
+        virtpulse::util::heap::trim();
         let index_s = s.elapsed().as_secs_f64();
         let s = Instant::now();
         let (mut body, mut series) = (0, 0);
         let last = round == rounds;
         exporter
-            .write_to(64 * 1024, &mut |b| {
+            .write_to(virtpulse::sinks::prometheus::Encoding::Identity, 64 * 1024, &mut |b| {
                 body += b.len();
                 if last {
                     series += b.split(|c| *c == b'\n').filter(|l| !l.is_empty() && l[0] != b'#').count();
@@ -380,7 +380,7 @@ fn run(domains: usize, shape: &Shape, profile: Profile, rounds: usize) -> Run {
         let kafka_s = s.elapsed().as_secs_f64();
         drop(batch);
         // As the agent does after an OTLP export of a large snapshot.
-        virtpulse::libvirt::heap::trim();
+        virtpulse::util::heap::trim();
         if round > 0 {
             t.decode += decode_s;
             t.prom_index += index_s;
@@ -406,8 +406,8 @@ fn run(domains: usize, shape: &Shape, profile: Profile, rounds: usize) -> Run {
 }
 
 fn main() {
-    // As the agent does at start (see libvirt::heap).
-    virtpulse::libvirt::heap::tune(virtpulse::libvirt::heap::DEFAULT_TUNING);
+    // As the agent does at start (see util::heap).
+    virtpulse::util::heap::tune(virtpulse::util::heap::DEFAULT_TUNING);
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let shape = Shape { vcpus: env("VCPUS", 16), disks: env("DISKS", 4), nics: env("NICS", 2) };
     let rounds = env("ROUNDS", 5);

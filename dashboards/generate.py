@@ -312,6 +312,21 @@ def domain():
     L.add(timeseries("Job time", "Elapsed time of the job.",
                      [(f"libvirt_domain_job_time_elapsed_seconds{{{D}}}", "elapsed {{operation}} {{type}}")], unit="s"), 8, 8)
 
+    L.row("Guest (collectors.guest)")
+    L.add(bargauge("Filesystem use", "How full each guest filesystem is, as the guest agent reports it.",
+                   [(f"libvirt_domain_guest_filesystem_used_bytes{{{D}}} / (libvirt_domain_guest_filesystem_size_bytes{{{D}}} > 0)", "{{mountpoint}}")],
+                   unit="percentunit", max_=1), 8, 8)
+    L.add(timeseries("Filesystem used", "Used bytes per guest filesystem.",
+                     [(f"libvirt_domain_guest_filesystem_used_bytes{{{D}}}", "{{mountpoint}}")], unit="bytes"), 8, 8)
+    L.add(timeseries("Guest load and users", "Load averages and logged-in users as the guest sees them.",
+                     [(f"libvirt_domain_guest_load1{{{D}}}", "load1"),
+                      (f"libvirt_domain_guest_load5{{{D}}}", "load5"),
+                      (f"libvirt_domain_guest_users{{{D}}}", "users")]), 8, 8)
+    L.add(table("Guest OS", "What the guest agent says runs in the guest.",
+                [(f"libvirt_domain_guest_os_info{{{D}}}", "")]), 12, 5)
+    L.add(table("Guest addresses", "IP addresses per interface, by source (lease, arp, agent).",
+                [(f"libvirt_domain_guest_interface_address_info{{{D}}}", "")]), 12, 5)
+
     L.row("Events")
     L.add(timeseries("Event timeline", "Events of this domain by callback and type.",
                      [(f"sum by (event, type, detail) (increase(libvirt_domain_events_total{{{D}}}{RI}))", "{{event}} {{type}} {{detail}}")], stack=True), 16, 8)

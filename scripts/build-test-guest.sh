@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the Linux test guest used where the guest itself must act (balloon,
 # watchdog, guest agent channel, PM suspend, device unplug, NIC MAC change,
-# block threshold, panic, RTC): Debian's kernel and a busybox initramfs whose
-# /init runs the shell commands it reads on its second serial port. Nothing
+# block threshold, panic, RTC, guest data): Debian's kernel, a busybox
+# initramfs whose /init runs the shell commands it reads on its second serial
+# port, and Debian's qemu-guest-agent (started by `start-ga`). Nothing
 # is installed on the host (apt-get download + dpkg-deb -x). Idempotent: the
 # result is cached in $OUT and rebuilt only when the kernel package changes.
 set -euo pipefail
@@ -10,7 +11,10 @@ OUT=${VIRTPULSE_TEST_GUEST_DIR:-/var/cache/virtpulse/test-guest}
 
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$kpkg" ] || { echo "cannot find Debian's kernel package (apt-get update?)" >&2; exit 1; }
-stamp="$kpkg $(apt-cache policy busybox-static | awk '/Candidate/ {print $2}') v3"
+# The guest agent from backports when there (guest-get-load needs QEMU 9.1+).
+gapkg=qemu-guest-agent
+case "$(apt-cache policy qemu-guest-agent 2>/dev/null)" in *bookworm-backports*) gapkg=qemu-guest-agent/bookworm-backports ;; esac
+stamp="$kpkg $(apt-cache policy busybox-static | awk '/Candidate/ {print $2}') $gapkg v7"
 if [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initrd.gz" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$stamp" ]; then
   exit 0
 fi
@@ -19,15 +23,16 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 chmod 777 "$work"   # apt-get download runs as _apt when it can
-apt-get download -q "$kpkg" busybox-static >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get download -q "$kpkg" busybox-static >/dev/null 2>&1; }
-mkdir -p kernel bb root
+apt-get download -q "$kpkg" busybox-static "$gapkg" >/dev/null 2>&1 || { apt-get update -q >/dev/null; apt-get download -q "$kpkg" busybox-static "$gapkg" >/dev/null 2>&1; }
+mkdir -p kernel bb ga root
 dpkg-deb -x "$kpkg"_*.deb kernel
 dpkg-deb -x busybox-static_*.deb bb
+dpkg-deb -x qemu-guest-agent_*.deb ga
 kver=$(ls kernel/lib/modules)
 mods=kernel/lib/modules/$kver
 
 # The drivers the tests need, with their dependencies (from the modules' own metadata).
-want="virtio_pci virtio_blk virtio_net virtio_balloon virtio_console i6300esb pvpanic-mmio pvpanic-pci virtio_mem"
+want="virtio_pci virtio_blk virtio_net virtio_balloon virtio_console i6300esb pvpanic-mmio pvpanic-pci virtio_mem crc32c_generic ext4 loop"
 declare -A seen=()
 order=()
 add() {
@@ -44,6 +49,25 @@ for m in $want; do add "$m"; done
 
 mkdir -p root/{bin,dev,proc,sys,tmp,mnt} "root/lib/modules/$kver"
 cp bb/bin/busybox root/bin/busybox
+# qemu-ga and the shared libraries it needs (the host's: the same release).
+mkdir -p root/usr/sbin root/etc root/var/run root/run
+cp ga/usr/sbin/qemu-ga root/usr/sbin/qemu-ga
+for lib in $(ldd ga/usr/sbin/qemu-ga | grep -o '/[^ ]*'); do
+  mkdir -p "root$(dirname "$lib")"
+  cp -L "$lib" "root$lib"
+done
+printf 'ID=virtpulse-test\nNAME="virtpulse test guest"\nVERSION_ID="1"\nVERSION="1 (initramfs)"\nPRETTY_NAME="virtpulse test guest 1"\n' > root/etc/os-release
+echo vptest > root/etc/hostname
+cat > root/bin/start-ga <<'GA'
+#!/bin/sh
+# Starts qemu-ga on the org.qemu.guest_agent.0 port (no udev: find it in sysfs).
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  exec /usr/sbin/qemu-ga -m virtio-serial -p "/dev/$(basename "$p")" -d -t /run
+done
+echo "no guest agent port" >&2; exit 1
+GA
+chmod +x root/bin/start-ga
 for f in "${order[@]}"; do cp "$f" "root/lib/modules/$kver/"; done
 for f in "${order[@]}"; do basename "$f" .ko; done > root/modules.list
 cat > root/init <<'INIT'
@@ -52,6 +76,7 @@ cat > root/init <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+hostname -F /etc/hostname
 for m in $(cat /modules.list); do insmod /lib/modules/*/$m.ko 2>/dev/null; done
 stty -F /dev/ttyS1 raw -echo 115200
 echo "virtpulse test guest ready" > /dev/ttyS0

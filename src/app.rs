@@ -1,23 +1,24 @@
 //! Wiring: builds the connection manager, collectors, router and sinks from
 //! the configuration, runs them, and shuts down cleanly on SIGTERM/SIGINT.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 
 use crate::collectors::blocking::CallTracker;
+use crate::collectors::connection::ConnectionReport;
 use crate::collectors::controller::{self, Schedule, Wake};
 use crate::collectors::domain_info::InfoCache;
 use crate::collectors::domain_stats::{self, DomainStatsCollector};
+use crate::collectors::guest::{self, GuestCollector};
 use crate::collectors::jobs::JobsCollector;
 use crate::collectors::node::NodeCollector;
 use crate::collectors::pools::PoolsCollector;
-use crate::collectors::{CollectError, Collector};
+use crate::collectors::{CollectError, Collector, EventListener};
 use crate::collectors::{CollectorContext, Identity};
 use crate::config::{CollectorName, Config, LogFormat};
-use crate::events::{self, EventStats, Hooks};
+use crate::events::{self, EventStats};
 use crate::filter::DomainFilter;
 use crate::health::Health;
 use crate::libvirt::manager::ManagerOptions;
@@ -26,7 +27,7 @@ use crate::record::Batch;
 use crate::router::Router;
 use crate::selection::Selection;
 use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
-use crate::sinks::{kafka, otlp, prometheus, stdout};
+use crate::sinks::{self, kafka, otlp, prometheus, SinkContext};
 
 /// Exit codes (sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -81,6 +82,8 @@ pub fn init_logging(cfg: &Config) {
 /// (keys, types, bounds, patterns, the web config's TLS files and users,
 /// every VIRTPULSE_* variable) was checked when it was loaded.
 pub fn preflight(cfg: &Config) -> Result<(), String> {
+    // TLS certificates and keys, basic auth hashes.
+    web_security(cfg)?;
     // Property names and values only librdkafka can judge (no connection made).
     kafka::check(&cfg.sinks.kafka)?;
     // OTLP settings from OTEL_* variables, TLS material, headers, resource
@@ -184,12 +187,26 @@ fn domain_stats_collector(
     Ok(DomainStatsCollector::new(ctx, settings, InfoCache::new(ds.metadata_refresh)))
 }
 
+fn guest_settings(cfg: &Config) -> guest::Settings {
+    let g = &cfg.collectors.guest;
+    guest::Settings {
+        agent: g.agent,
+        addresses: g.addresses,
+        call_timeout: cfg.guest_call_timeout(),
+        calls_in_flight: g.calls_in_flight,
+        max_filesystems: g.max_filesystems,
+        max_addresses: g.max_addresses,
+        max_string_bytes: g.max_string_bytes,
+    }
+}
+
 /// Every collector kind behind one type, so the wiring can treat them alike.
 enum AnyCollector {
     DomainStats(DomainStatsCollector),
     Jobs(JobsCollector),
     Node(NodeCollector),
     Pools(PoolsCollector),
+    Guest(GuestCollector),
 }
 
 impl Collector for AnyCollector {
@@ -199,6 +216,7 @@ impl Collector for AnyCollector {
             AnyCollector::Jobs(c) => c.name(),
             AnyCollector::Node(c) => c.name(),
             AnyCollector::Pools(c) => c.name(),
+            AnyCollector::Guest(c) => c.name(),
         }
     }
 
@@ -208,12 +226,25 @@ impl Collector for AnyCollector {
             AnyCollector::Jobs(c) => c.collect().await,
             AnyCollector::Node(c) => c.collect().await,
             AnyCollector::Pools(c) => c.collect().await,
+            AnyCollector::Guest(c) => c.collect().await,
+        }
+    }
+}
+
+impl AnyCollector {
+    /// What tells the collector about events, for those that react to them.
+    fn listener(&self, wake: Wake) -> Option<Arc<dyn EventListener>> {
+        match self {
+            AnyCollector::DomainStats(c) => Some(c.listener(wake)),
+            AnyCollector::Jobs(c) => Some(c.listener(wake)),
+            AnyCollector::Node(_) | AnyCollector::Pools(_) | AnyCollector::Guest(_) => None,
         }
     }
 }
 
 struct Planned {
-    name: CollectorName,
+    /// A connection of the collector's own (read-write for the guest agent).
+    own_manager: Option<Arc<ConnectionManager>>,
     collector: AnyCollector,
     sched: Schedule,
     tracker: CallTracker,
@@ -238,6 +269,7 @@ fn plan_collectors(
             CollectorName::Jobs => c.jobs.enabled,
             CollectorName::Node => c.node.enabled,
             CollectorName::Pools => c.pools.enabled,
+            CollectorName::Guest => c.guest.enabled,
         };
         if !enabled {
             continue;
@@ -246,7 +278,16 @@ fn plan_collectors(
         let sched = Schedule { interval, timeout, max_stuck_calls: c.max_stuck_calls };
         let stats = CollectorStats::new(name.key(), interval);
         registry.add_collector(stats.clone());
-        let ctx = collector_context(cfg, manager.clone(), registry.clone(), stats.clone())?;
+        // The guest agent is refused on read-only connections: the guest
+        // collector asking it gets a read-write connection of its own.
+        let own_manager = (name == CollectorName::Guest && c.guest.agent)
+            .then(|| ConnectionManager::new(ManagerOptions { read_only: false, ..manager_options(cfg) }));
+        let ctx = collector_context(
+            cfg,
+            own_manager.clone().unwrap_or_else(|| manager.clone()),
+            registry.clone(),
+            stats.clone(),
+        )?;
         let tracker = ctx.tracker.clone();
         let collector = match name {
             CollectorName::DomainStats => {
@@ -260,9 +301,10 @@ fn plan_collectors(
             )),
             CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, cfg.node_per_cpu(selection))),
             CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
+            CollectorName::Guest => AnyCollector::Guest(GuestCollector::new(ctx, guest_settings(cfg))),
         };
         let wake = Wake::counted(stats.clone());
-        out.push(Planned { name, collector, sched, tracker, stats, wake });
+        out.push(Planned { collector, sched, tracker, stats, wake, own_manager });
     }
     Ok(out)
 }
@@ -303,6 +345,11 @@ pub async fn run_once(cfg: Config) -> i32 {
     };
     let mut code = 0;
     for mut p in plan {
+        if let Some(m) = p.own_manager.clone() {
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.connect_once()).await {
+                eprintln!("virtpulse: the {} collector cannot open its read-write connection: {e}", p.collector.name());
+            }
+        }
         match controller::run_once(&mut p.collector, &p.sched, &p.stats).await {
             Some(batch) => {
                 use std::io::Write;
@@ -382,89 +429,38 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let selection = Arc::new(cfg.selection().map_err(|(k, m)| anyhow!("metrics.{k}: {m}"))?);
     let manager = ConnectionManager::new(manager_options(&cfg));
+    registry.add_report(Arc::new(ConnectionReport(manager.clone(), None)));
     let health = Health::new(registry.clone(), manager.clone());
-    let mut router = Router::new();
-    let mut tasks = Vec::new();
 
-    let mut server = None;
-    if cfg.sinks.prometheus.enabled {
-        let p = &cfg.sinks.prometheus;
-        let addr: SocketAddr =
-            p.listen.parse().with_context(|| format!("sinks.prometheus.listen {:?} is not an address", p.listen))?;
-        let listener = prometheus::bind(addr).await.with_context(|| {
-            format!("cannot listen on {addr} (sinks.prometheus.listen): is another exporter using the port?")
-        })?;
-        let stats = SinkStats::new("prometheus", p.queue_capacity);
+    let mut router = Router::new();
+    let context = SinkContext {
+        registry: registry.clone(),
+        selection: selection.clone(),
+        hostname: cfg.hostname(),
+        libvirt_uri: cfg.libvirt.uri.clone(),
+        probe: health.clone(),
+    };
+    let mut sinks = Vec::new();
+    for factory in sinks::configured(&cfg.sinks, web_security(&cfg).map_err(|e| anyhow!(e))?) {
+        let stats = SinkStats::new(factory.name, factory.queue_capacity);
         registry.add_sink(stats.clone());
-        let exporter =
-            prometheus::Exporter::new(registry.clone(), Some(manager.clone()), selection.clone(), p.max_series);
-        tasks.push(tokio::spawn(prometheus::run_sink(exporter.clone(), router.add_sink(stats))));
-        let mut app = prometheus::router(exporter, &p.path, health.clone());
-        let security = match &p.web_config_file {
-            Some(f) => Some(Arc::new(
-                prometheus::web::Security::load(f).map_err(|e| anyhow!("sinks.prometheus.web_config_file: {e}"))?,
-            )),
-            None => None,
-        };
-        if let Some(sec) = &security {
-            app = app.layer(axum::middleware::from_fn_with_state(sec.clone(), prometheus::web::guard));
+        let sink = (factory.start)(router.add_sink(stats), context.clone()).await?;
+        if let Some(report) = sink.report.clone() {
+            registry.add_report(report);
         }
-        let tls = security.as_ref().and_then(|s| s.tls.clone());
-        tracing::info!(%addr, path = %p.path, tls = tls.is_some(), basic_auth = security.as_ref().is_some_and(|s| s.requires_auth()), "serving Prometheus metrics");
-        server = Some(tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => prometheus::web::serve_tls(listener, app, acceptor, shutdown_signal()).await,
-                None => {
-                    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
-                        tracing::error!(error = %e, "HTTP server failed");
-                    }
-                }
-            }
-        }));
-    }
-    let mut stdout_thread = None;
-    if cfg.sinks.stdout.enabled {
-        let stats = SinkStats::new("stdout", cfg.sinks.stdout.queue_capacity);
-        registry.add_sink(stats.clone());
-        stdout_thread = Some(stdout::spawn(router.add_sink(stats)).context("cannot start the stdout sink thread")?);
-    }
-    let mut kafka_sink = None;
-    if cfg.sinks.kafka.enabled {
-        let k = &cfg.sinks.kafka;
-        let stats = SinkStats::new("kafka", k.queue_capacity);
-        registry.add_sink(stats.clone());
-        let sink = kafka::start(k, &cfg.hostname(), router.add_sink(stats), tokio::runtime::Handle::current())?;
-        registry.set_kafka(sink.stats.clone());
-        tracing::info!(brokers = %k.brokers.join(","), events_topic = %k.events_topic, spool = %k.spool_dir.display(), "Kafka sink started");
-        kafka_sink = Some(sink);
-    }
-    let mut otlp_sink = None;
-    if cfg.sinks.otlp.enabled {
-        let o = &cfg.sinks.otlp;
-        let stats = SinkStats::new("otlp", o.queue_capacity);
-        registry.add_sink(stats.clone());
-        let sink = otlp::start(o, &cfg.hostname(), &cfg.libvirt.uri, selection.clone(), router.add_sink(stats))?;
-        registry.set_otlp(sink.stats.clone());
-        otlp_sink = Some(sink);
+        sinks.push(sink);
     }
     let router = Arc::new(router);
 
-    tasks.push(tokio::spawn(manager.clone().run()));
-
-    let mut hooks = Hooks::default();
+    let mut tasks = vec![tokio::spawn(manager.clone().run())];
+    let mut listeners = Vec::new();
     let mut collectors = Vec::new();
     for p in plan_collectors(&cfg, &manager, &registry, &selection, cfg.record_consumers())? {
         tracing::info!(collector = p.collector.name(), interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
-        match (&p.name, &p.collector) {
-            (CollectorName::DomainStats, AnyCollector::DomainStats(c)) => {
-                hooks.domain_stats = Some(p.wake.clone());
-                hooks.info = Some(c.info_invalidation());
-            }
-            (CollectorName::Jobs, AnyCollector::Jobs(c)) => {
-                hooks.jobs = Some(p.wake.clone());
-                hooks.job_inbox = Some(c.inbox());
-            }
-            _ => {}
+        listeners.extend(p.collector.listener(p.wake.clone()));
+        if let Some(m) = &p.own_manager {
+            registry.add_report(Arc::new(ConnectionReport(m.clone(), Some(p.collector.name()))));
+            tasks.push(tokio::spawn(m.clone().run()));
         }
         collectors.push(tokio::spawn(controller::run(
             p.collector,
@@ -475,37 +471,13 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
             p.wake,
         )));
     }
-    let mut event_tasks = None;
-    if cfg.events.enabled {
-        let stats = EventStats::new(cfg.events.queue_capacity);
-        registry.set_events(stats.clone());
-        let settings = events::Settings {
-            queue_capacity: cfg.events.queue_capacity,
-            qemu_monitor: cfg.events.qemu_monitor,
-            resync: cfg.events.resync,
-        };
-        let identity = Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() };
-        event_tasks =
-            Some(events::start(settings, manager.clone(), router.clone(), hooks, identity, filter(&cfg)?, stats));
-    }
+    let events = match cfg.events.enabled {
+        true => Some(start_events(&cfg, &manager, &router, &registry, listeners)?),
+        false => None,
+    };
     drop(router);
 
-    // Ready once the first connection attempt ended either way: a service
-    // that waited for libvirtd could hold up the boot forever.
-    let attempted = tokio::time::timeout(Duration::from_secs(10), async {
-        while manager.connects() + manager.failed_attempts() == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .is_ok();
-    let status = match (manager.is_up(), attempted) {
-        (true, _) => format!("connected to {}", cfg.libvirt.uri),
-        (false, true) => format!("waiting for libvirt at {} (first attempt failed; retrying)", cfg.libvirt.uri),
-        (false, false) => format!("connecting to libvirt at {}", cfg.libvirt.uri),
-    };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %cfg.libvirt.uri, "virtpulse running");
+    notify_ready(&cfg, &manager).await;
     if let Some(period) = sd_notify::watchdog_enabled() {
         let h = health.clone();
         // Its own thread: a worker thread wedged by a bug must not take the
@@ -523,8 +495,55 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         c.abort();
         let _ = c.await;
     }
-    // Deregister callbacks while the connection is still open, then stop
-    // the libvirt event loop thread (it must not hold the exit up).
+    stop_events(&manager, events).await;
+    // With every collector and the event processor gone the router is
+    // dropped and the sink queues close: each sink hands over what it holds,
+    // the Prometheus endpoint last.
+    for sink in sinks.into_iter().rev() {
+        let (wait, name) = (sink.stop_within, sink.name);
+        if tokio::time::timeout(wait, (sink.stop)(wait)).await.is_err() {
+            tracing::warn!(sink = name, "the sink did not stop within {wait:?}");
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+/// The Prometheus endpoint's TLS and basic auth, if configured.
+fn web_security(cfg: &Config) -> Result<Option<Arc<prometheus::web::Security>>, String> {
+    let p = &cfg.sinks.prometheus;
+    match (&p.web_config_file, p.enabled) {
+        (Some(f), true) => prometheus::web::Security::load(f)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|e| format!("sinks.prometheus.web_config_file: {e}")),
+        _ => Ok(None),
+    }
+}
+
+fn start_events(
+    cfg: &Config,
+    manager: &Arc<ConnectionManager>,
+    router: &Arc<Router>,
+    registry: &Registry,
+    listeners: Vec<Arc<dyn EventListener>>,
+) -> anyhow::Result<events::EventTasks> {
+    let stats = EventStats::new(cfg.events.queue_capacity);
+    registry.add_report(stats.clone());
+    let settings = events::Settings {
+        queue_capacity: cfg.events.queue_capacity,
+        qemu_monitor: cfg.events.qemu_monitor,
+        resync: cfg.events.resync,
+    };
+    let identity = Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() };
+    Ok(events::start(settings, manager.clone(), router.clone(), listeners, identity, filter(cfg)?, stats))
+}
+
+/// Deregisters the callbacks while the connection is still open, stops the
+/// libvirt event loop thread (it must not hold the exit up), then lets the
+/// processor route what was handed over.
+async fn stop_events(manager: &ConnectionManager, events: Option<events::EventTasks>) {
     if let Some(session) = manager.current() {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -537,34 +556,29 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     if !stopped {
         tracing::warn!("the libvirt event loop did not stop within 2 s");
     }
-    if let Some(e) = event_tasks {
+    if let Some(e) = events {
         e.shutdown(Duration::from_secs(2)).await;
     }
-    // With every collector gone the router is dropped and the sink queues
-    // close; give the sinks a moment to flush what they hold.
-    if let Some(t) = stdout_thread {
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(move || t.join())).await;
-    }
-    if let Some(k) = kafka_sink {
-        let wait = cfg.sinks.kafka.shutdown_timeout + Duration::from_secs(2);
-        if tokio::time::timeout(wait, tokio::task::spawn_blocking(move || k.join())).await.is_err() {
-            tracing::warn!("the Kafka sink did not stop in time; undelivered events stay in the spool");
+}
+
+/// Tells systemd the service is up once the first connection attempt ended
+/// either way: a service that waited for libvirtd could hold up the boot
+/// forever.
+async fn notify_ready(cfg: &Config, manager: &ConnectionManager) {
+    let attempted = tokio::time::timeout(Duration::from_secs(10), async {
+        while manager.connects() + manager.failed_attempts() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-    if let Some(o) = otlp_sink {
-        // The exporters bound their own flush by shutdown_timeout.
-        let wait = cfg.sinks.otlp.shutdown_timeout + Duration::from_secs(2);
-        if tokio::time::timeout(wait, o.join()).await.is_err() {
-            tracing::warn!("the OTLP sink did not stop in time");
-        }
-    }
-    if let Some(s) = server {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
-    }
-    for t in tasks {
-        t.abort();
-    }
-    Ok(())
+    })
+    .await
+    .is_ok();
+    let status = match (manager.is_up(), attempted) {
+        (true, _) => format!("connected to {}", cfg.libvirt.uri),
+        (false, true) => format!("waiting for libvirt at {} (first attempt failed; retrying)", cfg.libvirt.uri),
+        (false, false) => format!("connecting to libvirt at {}", cfg.libvirt.uri),
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %cfg.libvirt.uri, "virtpulse running");
 }
 
 #[cfg(test)]

@@ -247,7 +247,7 @@ const MAX_PARAMS: usize = 70_000;
 /// that `decode` returns exactly what was built, with and without a key
 /// filter. The count passed is always the array's length.
 pub fn typed_params(data: &[u8]) {
-    use virt_sys as sys;
+    use crate::libvirt::typed_params::type_code;
     let mut inp = Input(data);
     let mode = inp.byte();
     let prefix = lossy(inp.short());
@@ -277,7 +277,7 @@ pub fn typed_params(data: &[u8]) {
             src.len()
         };
         let raw = inp.u64();
-        let string = (type_code == sys::VIR_TYPED_PARAM_STRING as c_int && inp.byte() & 1 == 1)
+        let string = (type_code == type_code::STRING as c_int && inp.byte() & 1 == 1)
             .then(|| inp.short().iter().copied().chain([0]).collect::<Vec<u8>>());
         let rep = inp.byte();
         let copies = if rep >= 0xF0 { usize::from(inp.u16()).max(1) } else { 1 };
@@ -318,13 +318,13 @@ pub fn typed_params(data: &[u8]) {
         let r = s.raw.to_le_bytes();
         let low32 = [r[0], r[1], r[2], r[3]];
         let value = match u32::try_from(s.type_code).unwrap_or(u32::MAX) {
-            sys::VIR_TYPED_PARAM_INT => TypedValue::Int(i32::from_le_bytes(low32)),
-            sys::VIR_TYPED_PARAM_UINT => TypedValue::UInt(u32::from_le_bytes(low32)),
-            sys::VIR_TYPED_PARAM_LLONG => TypedValue::LLong(s.raw as i64),
-            sys::VIR_TYPED_PARAM_ULLONG => TypedValue::ULLong(s.raw),
-            sys::VIR_TYPED_PARAM_DOUBLE => TypedValue::Double(f64::from_bits(s.raw)),
-            sys::VIR_TYPED_PARAM_BOOLEAN => TypedValue::Boolean(r[0] != 0),
-            sys::VIR_TYPED_PARAM_STRING => TypedValue::String(match string {
+            type_code::INT => TypedValue::Int(i32::from_le_bytes(low32)),
+            type_code::UINT => TypedValue::UInt(u32::from_le_bytes(low32)),
+            type_code::LLONG => TypedValue::LLong(s.raw as i64),
+            type_code::ULLONG => TypedValue::ULLong(s.raw),
+            type_code::DOUBLE => TypedValue::Double(f64::from_bits(s.raw)),
+            type_code::BOOLEAN => TypedValue::Boolean(r[0] != 0),
+            type_code::STRING => TypedValue::String(match string {
                 None => "".into(),
                 Some(b) => lossy(&b[..memchr::memchr(0, b).unwrap_or(b.len())]).into(),
             }),
@@ -511,8 +511,8 @@ pub fn events(data: &[u8]) {
         at: Instant::now(),
     };
     let (kind, detail) = classify(&raw);
-    let (host, uri): (Arc<str>, Arc<str>) = ("fuzz-host".into(), "qemu:///system".into());
-    let record = to_record(raw.clone(), Stamp { host: &host, uri: &uri, run_id: &run_id, seq });
+    let identity = crate::record::Identity { host: "fuzz-host".into(), uri: "qemu:///system".into() };
+    let record = to_record(raw.clone(), Stamp { identity: &identity, run_id: &run_id, seq });
     assert_eq!(record.kind, RecordKind::Event);
     assert_eq!(record.time, time);
     let ev = record.event.as_ref().expect("an event record has its event");
@@ -1027,5 +1027,131 @@ pub fn otel(data: &[u8]) {
             assert!(e.starts_with("OTEL_RESOURCE_ATTRIBUTES: "), "{e}");
             assert!(parse_key_values(&env["OTEL_RESOURCE_ATTRIBUTES"]).is_err());
         }
+    }
+}
+
+/// Target `guest`: what a guest agent may say (any parameter names, from a
+/// vocabulary of real keys with any indices, any values, long and odd
+/// strings; any interfaces and addresses) through the guest collector's
+/// bounds, into a record, through the Prometheus exporter. Checks that
+/// nothing passes the bounds (filesystems, addresses, string bytes) and that
+/// every exposition line is one well-formed sample.
+pub fn guest(data: &[u8]) {
+    use crate::collectors::guest::{keep_addresses, keep_info, Bounds, Cuts};
+    use crate::libvirt::guest::{AddressSource, Interface, IpAddress};
+    use crate::record::{DomainRef, Field, Identity, Record, RecordKind};
+
+    const KEYS: &[&str] = &[
+        "fs.{}.mountpoint",
+        "fs.{}.name",
+        "fs.{}.fstype",
+        "fs.{}.total-bytes",
+        "fs.{}.used-bytes",
+        "fs.{}.disk.0.serial",
+        "fs.count",
+        "user.count",
+        "user.{}.name",
+        "os.id",
+        "os.name",
+        "os.version",
+        "os.kernel-release",
+        "hostname",
+        "load.1m",
+        "load.5m",
+        "load.15m",
+        "timezone.name",
+        "timezone.offset",
+        "if.{}.name",
+    ];
+    let mut inp = Input(data);
+    let bounds = Bounds {
+        max_filesystems: usize::from(inp.byte() % 8),
+        max_addresses: usize::from(inp.byte() % 8),
+        max_string_bytes: usize::from(inp.byte() % 64) + 1,
+    };
+    let value = |inp: &mut Input| match inp.byte() % 4 {
+        0 => TypedValue::ULLong(inp.u64()),
+        1 => TypedValue::Double(f64::from_bits(inp.u64())),
+        2 => TypedValue::String(lossy(inp.short()).repeat(usize::from(inp.byte() % 8) + 1).into()),
+        _ => TypedValue::Int(inp.byte().into()),
+    };
+    let mut params = Vec::new();
+    let mut ifaces = Vec::new();
+    while !inp.is_empty() && params.len() < 2000 {
+        if inp.byte() % 8 == 0 {
+            let addrs = (0..inp.byte() % 6)
+                .map(|_| IpAddress { family: "ipv4", address: lossy(inp.short()), prefix: inp.byte().into() })
+                .collect();
+            ifaces.push(Interface { name: lossy(inp.short()), hwaddr: lossy(inp.short()), addrs });
+            continue;
+        }
+        let key = KEYS[usize::from(inp.byte()) % KEYS.len()].replace("{}", &inp.u16().to_string());
+        params.push((Arc::<str>::from(key), value(&mut inp)));
+    }
+    let mut fields = Vec::new();
+    let mut cuts: Cuts = [0; 3];
+    keep_info(params, &bounds, &mut fields, &mut cuts);
+    let mut k = 0;
+    keep_addresses(AddressSource::Agent, ifaces, &mut k, &bounds, &mut fields, &mut cuts);
+    fields.push(("addr.count".into(), TypedValue::UInt(k as u32)));
+    assert!(k <= bounds.max_addresses);
+    for (key, v) in &fields {
+        assert!(!key.starts_with("user.") || key == "user.count", "{key} kept");
+        if let Some(n) = key.strip_prefix("fs.").and_then(|r| r.split('.').next()).and_then(|n| n.parse::<usize>().ok())
+        {
+            assert!(n < bounds.max_filesystems, "{key} past the bound");
+        }
+        if let TypedValue::String(s) = v {
+            assert!(s.len() <= bounds.max_string_bytes, "{key}: {} bytes", s.len());
+        }
+    }
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
+    let record = Record {
+        domain: Some(DomainRef { name: "vm".into(), uuid: "u".into(), info: None }),
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| Field {
+                unit: crate::stat_keys::unit_of(RecordKind::Guest, &k, &v),
+                key: Arc::from(k),
+                value: v,
+            })
+            .collect(),
+        ..Record::new(&identity, RecordKind::Guest, std::time::SystemTime::now())
+    };
+    let exporter = crate::sinks::prometheus::Exporter::new(
+        crate::selfmon::Registry::new(),
+        Arc::new(crate::selection::Selection::everything()),
+        u64::MAX,
+    )
+    .prerender_up_to(if data.len() % 2 == 0 { 1 << 20 } else { 0 });
+    exporter.apply(Arc::new(crate::record::Batch {
+        source: "guest",
+        snapshot: true,
+        records: vec![record],
+        ..Default::default()
+    }));
+    let text = exporter.encode();
+    // The gzip body (pieces compressed on the first gzip scrape when the
+    // snapshot is held rendered) decodes to the same series.
+    let mut gz = Vec::new();
+    exporter
+        .write_to(crate::sinks::prometheus::Encoding::Gzip, 4096, &mut |b| {
+            gz.extend_from_slice(&b);
+            true
+        })
+        .expect("gzip body");
+    let mut decoded = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut decoded).expect("gzip decodes");
+    let libvirt = |t: &str| t.lines().filter(|l| l.starts_with("libvirt_")).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(libvirt(&decoded), libvirt(&text), "gzip and plain bodies differ");
+    let guest_series = text.lines().filter(|l| l.starts_with("libvirt_domain_guest_filesystem_size_bytes{")).count();
+    assert!(guest_series <= bounds.max_filesystems);
+    let addr_series = text.lines().filter(|l| l.starts_with("libvirt_domain_guest_interface_address_info{")).count();
+    assert!(addr_series <= bounds.max_addresses);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        // name{labels} value: the label part ends at the last '}'.
+        let (head, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        assert!(value == "NaN" || value.ends_with("Inf") || value.parse::<f64>().is_ok(), "value in {line:?}");
+        assert!(!head.is_empty());
     }
 }

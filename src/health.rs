@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::libvirt::ConnectionManager;
-use crate::selfmon::Registry;
+use crate::selfmon::{Probe, Registry};
 
 /// How long past its expected silence a loop may stay quiet.
 const GRACE: Duration = Duration::from_secs(10);
@@ -77,19 +77,8 @@ impl Health {
                 json!({ "queue_depth": s.depth(), "queue_capacity": s.capacity, "records_dropped": s.dropped_records() }),
             );
         }
-        if let Some(k) = self.registry.kafka() {
-            let (records, bytes, _) = k.spool();
-            sinks.insert(
-                "kafka_broker".into(),
-                json!({ "up": k.connected(), "spool_records": records, "spool_bytes": bytes }),
-            );
-        }
-        if let Some(o) = self.registry.otlp() {
-            use crate::sinks::otlp::stats::Signal;
-            sinks.insert(
-                "otlp_receiver".into(),
-                json!({ "metrics_up": o.up(Signal::Metrics), "logs_up": o.up(Signal::Logs) }),
-            );
+        for (name, state) in self.registry.reports().iter().filter_map(|r| r.readiness()) {
+            sinks.insert(name.into(), state);
         }
         let ready = alive.is_ok() && libvirt_up && fresh;
         let body = json!({
@@ -100,5 +89,15 @@ impl Health {
             "sinks": sinks,
         });
         (ready, body)
+    }
+}
+
+impl Probe for Health {
+    fn liveness(&self) -> Result<(), String> {
+        Health::liveness(self)
+    }
+
+    fn readiness(&self) -> (bool, Value) {
+        Health::readiness(self)
     }
 }

@@ -17,7 +17,6 @@ pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
-pub mod internal_errors;
 pub mod libvirt;
 pub mod record;
 pub mod reference;
@@ -26,4 +25,5 @@ pub mod selection;
 pub mod selfmon;
 pub mod sinks;
 pub mod stat_keys;
-pub mod throttle;
+pub mod util;
+pub mod value;

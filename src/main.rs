@@ -32,9 +32,9 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Before any thread exists (see libvirt::heap); an operator's own
+    // Before any thread exists (see util::heap); an operator's own
     // MALLOC_* settings win.
-    use virtpulse::libvirt::heap;
+    use virtpulse::util::heap;
     if !heap::tuned_by_environment(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
         heap::tune(heap::DEFAULT_TUNING);
     }

@@ -11,9 +11,14 @@ use std::time::SystemTime;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-use crate::libvirt::TypedValue;
+pub use crate::value::TypedValue;
 
 pub const SCHEMA: &str = "virtpulse.record/v1";
+
+/// libvirt's domain states (`virDomainState`), by code: the one table of
+/// their names.
+pub const DOMAIN_STATES: &[&str] =
+    &["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -27,13 +32,15 @@ pub enum RecordKind {
     Node,
     /// One storage pool (`virStoragePoolGetInfo`).
     StoragePool,
+    /// What one domain's guest reports (guest agent, interface addresses).
+    Guest,
     /// A libvirt event (or a resync after a reconnect): see `event`.
     Event,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 4] =
-        [RecordKind::DomainStats, RecordKind::DomainJob, RecordKind::Node, RecordKind::StoragePool];
+    pub const ALL: [RecordKind; 5] =
+        [RecordKind::DomainStats, RecordKind::DomainJob, RecordKind::Node, RecordKind::StoragePool, RecordKind::Guest];
 
     pub fn index(self) -> usize {
         self as usize
@@ -185,7 +192,29 @@ pub struct Record {
     pub fields: Vec<Field>,
 }
 
+/// Who and where, stamped on every record.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub host: Arc<str>,
+    pub uri: Arc<str>,
+}
+
 impl Record {
+    /// A record of this kind from this host, with nothing in it yet.
+    pub fn new(identity: &Identity, kind: RecordKind, time: SystemTime) -> Self {
+        Record {
+            schema: SCHEMA,
+            kind,
+            time,
+            host: identity.host.clone(),
+            libvirt_uri: identity.uri.clone(),
+            domain: None,
+            pool: None,
+            event: None,
+            fields: Vec::new(),
+        }
+    }
+
     pub fn field(&self, key: &str) -> Option<&TypedValue> {
         self.fields.iter().find(|f| &*f.key == key).map(|f| &f.value)
     }
@@ -246,6 +275,10 @@ pub struct Batch {
     pub retained: Vec<Record>,
     /// How long a snapshot stays valid if no newer one arrives.
     pub ttl: Option<std::time::Duration>,
+    /// The snapshot has a record for every domain the agent watches: a
+    /// domain missing from it is gone, and sinks forget what they keep per
+    /// domain.
+    pub lists_every_domain: bool,
 }
 
 #[cfg(test)]

@@ -5,9 +5,26 @@ use std::fmt::Write;
 
 use crate::record::RecordKind;
 use crate::selection::SWITCHES;
+use crate::selfmon::MetricDesc;
 use crate::sinks::otlp::naming::metric_name;
-use crate::sinks::prometheus::selfmetrics::SELF_METRICS;
 use crate::stat_keys::{detail_of, table, Detail, LabelSource, RULES};
+
+/// Every self-metric, from the tables of the components that report them.
+pub fn self_metrics() -> Vec<MetricDesc> {
+    let mut all = [
+        crate::sinks::prometheus::selfmetrics::METRICS,
+        crate::collectors::connection::METRICS,
+        crate::selfmon::METRICS,
+        crate::collectors::domain_stats::METRICS,
+        crate::collectors::guest::METRICS,
+        crate::events::METRICS,
+        crate::sinks::kafka::stats::METRICS,
+        crate::sinks::otlp::stats::METRICS,
+    ]
+    .concat();
+    all.sort_by_key(|m| m.name);
+    all
+}
 
 /// Where a metric is exported: the default profile, or the switch that adds it.
 fn exported_by(kind: RecordKind, pattern: &str) -> String {
@@ -94,6 +111,7 @@ exported is not asked of libvirt unless a record sink is on.\n\n| switch | cover
         (RecordKind::DomainJob, "Domain jobs (`virDomainGetJobStats`)"),
         (RecordKind::Node, "Node (host)"),
         (RecordKind::StoragePool, "Storage pools"),
+        (RecordKind::Guest, "Guest (`[collectors.guest]`, off by default: the guest agent, interface addresses)"),
     ] {
         table_section(&mut s, kind, title);
     }
@@ -117,6 +135,8 @@ exported is not asked of libvirt unless a record sink is on.\n\n| switch | cover
         "| `libvirt_node_versions_info` | `library_version`, `daemon_version`, `hypervisor`, `hypervisor_version` |\n",
     );
     s.push_str("| `libvirt_storage_pool_info` | `pool`, `uuid`, `type`, `state`, `persistent`, `autostart` |\n");
+    s.push_str("| `libvirt_domain_guest_os_info` | `domain`, `uuid`, `os_id`, `os_name`, `os_version`, `kernel_release`, `hostname` (guest agent) |\n");
+    s.push_str("| `libvirt_domain_guest_interface_address_info` | `domain`, `uuid`, `interface`, `mac`, `address`, `prefix`, `family`, `source` (`lease`, `arp`, `agent`); at most `collectors.guest.max_addresses` per domain |\n");
     s.push_str(
         "\n`libvirt_domain_info` carries no state: the state has its own gauge (`libvirt_domain_state`), and a state \
 label would start a new series at every state change.\n",
@@ -129,8 +149,8 @@ on view with `type` completed, failed or cancelled for `collectors.jobs.complete
     s.push_str("| `libvirt_domain_last_event_timestamp_seconds` | gauge | `domain`, `uuid`, `event` | Last `io_error`, `watchdog`, `crash`, `block_threshold`, `memory_failure`, `control_error`, `device_removal_failed` (Unix time); same lifetime. |\n");
     s.push_str("\n`event` is the libvirt callback (`lifecycle`, `io_error_reason`, `block_job_2`, ...), `type` and `detail` the stable names of its codes (lifecycle: `stopped`/`destroyed`; watchdog: its action; block jobs: job type and status; see docs/records.md).\n");
     s.push_str("\n## Agent metrics\n\n| metric | type | help |\n|---|---|---|\n");
-    for (name, t, help) in SELF_METRICS {
-        let _ = writeln!(s, "| `{name}` | {} | {help} |", t.as_str());
+    for m in self_metrics() {
+        let _ = writeln!(s, "| `{}` | {} | {} |", m.name, m.mtype.as_str(), m.help);
     }
     s
 }

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::record::Batch;
 use crate::selfmon::SinkStats;
-use crate::throttle::Throttle;
+use crate::util::throttle::Throttle;
 
 /// Drops are counted every time; the warning shows once a minute per sink.
 static DROP_WARNINGS: Throttle = Throttle::new(std::time::Duration::from_secs(60));
@@ -127,6 +127,7 @@ mod tests {
                 .collect(),
             ttl: None,
             retained: Vec::new(),
+            lists_every_domain: false,
         }
     }
 

@@ -19,25 +19,10 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use rustc_hash::FxHashMap;
 
-use crate::libvirt::TypedValue;
 use crate::record::{Record, RecordKind, Unit};
+use crate::value::TypedValue;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricType {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl MetricType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MetricType::Counter => "counter",
-            MetricType::Gauge => "gauge",
-            MetricType::Histogram => "histogram",
-        }
-    }
-}
+pub use crate::value::MetricType;
 
 /// How deep a key's data goes: `Core` is in the default export profile,
 /// the rest is one switch away each (see `selection::SWITCHES`).
@@ -105,7 +90,7 @@ pub fn detail_of(kind: RecordKind, key: &str) -> Detail {
             (Some("block"), Some(n), Some("timed_group" | "latency_histogram"), ..) if index(n) => Detail::BlockLatency,
             _ => Detail::Core,
         },
-        RecordKind::DomainJob | RecordKind::StoragePool | RecordKind::Event => Detail::Core,
+        RecordKind::DomainJob | RecordKind::StoragePool | RecordKind::Guest | RecordKind::Event => Detail::Core,
     }
 }
 
@@ -464,6 +449,36 @@ pub static POOL_TABLE: &[StatSpec] = &[
     row("autostart", "pool", Boolean, NONE, None),
 ];
 
+/// What the guest reports (collectors.guest; the guest agent and
+/// virDomainInterfaceAddresses). Strings and counts are bounded by the
+/// collector; OS, hostname and addresses are info metrics (sinks::info).
+const GUEST_FS: &[LabelSpec] = &[
+    l("mountpoint", LabelSource::Sibling(1, "mountpoint")),
+    l("device", LabelSource::Sibling(1, "name")),
+    l("fstype", LabelSource::Sibling(1, "fstype")),
+];
+
+#[rustfmt::skip]
+pub static GUEST_TABLE: &[StatSpec] = &[
+    row("fs.count", "guest", Count, NONE, gauge("libvirt_domain_guest_filesystems", 1.0, "Filesystems the guest agent reports (all of them; at most collectors.guest.max_filesystems have series).")),
+    row("fs.*.mountpoint", "guest", Text, NONE, None),
+    row("fs.*.name", "guest", Text, NONE, None),
+    row("fs.*.fstype", "guest", Text, NONE, None),
+    row("fs.*.total-bytes", "guest", Bytes, GUEST_FS, gauge("libvirt_domain_guest_filesystem_size_bytes", 1.0, "Size of a guest filesystem, as the guest sees it.")),
+    row("fs.*.used-bytes", "guest", Bytes, GUEST_FS, gauge("libvirt_domain_guest_filesystem_used_bytes", 1.0, "Space used on a guest filesystem.")),
+    row("user.count", "guest", Count, NONE, gauge("libvirt_domain_guest_users", 1.0, "Users logged in to the guest.")),
+    row("load.1m", "guest", Ratio, NONE, gauge("libvirt_domain_guest_load1", 1.0, "The guest's 1-minute load average (libvirt 11.2 and a guest agent that reports it).")),
+    row("load.5m", "guest", Ratio, NONE, gauge("libvirt_domain_guest_load5", 1.0, "The guest's 5-minute load average.")),
+    row("load.15m", "guest", Ratio, NONE, gauge("libvirt_domain_guest_load15", 1.0, "The guest's 15-minute load average.")),
+    row("hostname", "guest", Text, NONE, None),
+    row("os.*", "guest", Text, NONE, None),
+    row("timezone.name", "guest", Text, NONE, None),
+    row("timezone.offset", "guest", Seconds, NONE, None),
+    row("addr.count", "guest", Count, NONE, gauge("libvirt_domain_guest_interface_addresses", 1.0, "IP addresses reported for the guest's interfaces (at most collectors.guest.max_addresses).")),
+    row("addr.*.prefix", "guest", Count, NONE, None),
+    row("addr.*.*", "guest", Text, NONE, None),
+];
+
 /// The table for a record kind.
 pub fn table(kind: RecordKind) -> &'static [StatSpec] {
     match kind {
@@ -471,6 +486,7 @@ pub fn table(kind: RecordKind) -> &'static [StatSpec] {
         RecordKind::DomainJob => JOB_TABLE,
         RecordKind::Node => NODE_TABLE,
         RecordKind::StoragePool => POOL_TABLE,
+        RecordKind::Guest => GUEST_TABLE,
         // Events are counted by the sinks, not mapped key by key.
         RecordKind::Event => &[],
     }
@@ -483,6 +499,7 @@ pub fn prefix(kind: RecordKind) -> &'static str {
         RecordKind::DomainJob => "libvirt_domain_job_",
         RecordKind::Node => "libvirt_node_",
         RecordKind::StoragePool => "libvirt_storage_pool_",
+        RecordKind::Guest => "libvirt_domain_guest_",
         RecordKind::Event => "libvirt_",
     }
 }

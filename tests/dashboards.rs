@@ -125,16 +125,20 @@ fn variable_queries(d: &Value, vars: &[(&str, &str)]) -> Vec<(String, String, St
 
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
-    // Real guests: one healthy, one whose disk fails (I/O error events).
+    // Real guests: one healthy, one whose disk fails (I/O error events),
+    // and a Linux guest running the guest agent (the guest panels).
     let g = Guest::start("dash", GuestSpec::default());
+    let linux = common::linux::LinuxGuest::with_data("dash-ga", true);
     let name = Guest::name_for("dash-ioerr");
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
         "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n\
-         [domains]\ninclude = [\"{}\", \"{name}\"]\n\
+         [collectors.guest]\nenabled = true\ninterval = \"2s\"\n\
+         [domains]\ninclude = [\"{}\", \"{name}\", \"{}\"]\n\
          [sinks.kafka]\nenabled = true\nbrokers = [\"127.0.0.1:{}\"]\nspool_dir = \"{}\"\n\
          [sinks.otlp]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\nexport_interval = \"1s\"\n",
         g.name,
+        linux.guest.name,
         free_port(),
         spool.path().display(),
         free_port()
@@ -170,6 +174,11 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         for (title, expr) in exprs {
             assert!(!expr.contains('$'), "{file} / {title}: unsubstituted variable in {expr}");
             names.extend(metric_name.find_iter(&expr).map(|m| m.as_str().to_string()));
+            // Guest panels show the Linux guest (the others have no agent).
+            let expr = match expr.contains("libvirt_domain_guest_") && file == "virtpulse-domain.json" {
+                true => expr.replace(&format!("domain=\"{domain}\""), &format!("domain=\"{}\"", linux.guest.name)),
+                false => expr,
+            };
             match prom.query(&expr) {
                 Ok(r) if r.is_empty() => problems.push(format!("{file} / {title}: no data for {expr}")),
                 Ok(_) => {}

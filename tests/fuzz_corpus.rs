@@ -14,6 +14,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("events", virtpulse::fuzzing::events),
     ("spool", virtpulse::fuzzing::spool),
     ("web_config", virtpulse::fuzzing::web_config),
+    ("guest", virtpulse::fuzzing::guest),
     ("otel", virtpulse::fuzzing::otel),
 ];
 
@@ -84,4 +85,9 @@ fn web_config_corpus() {
 #[test]
 fn otel_corpus() {
     replay("otel", virtpulse::fuzzing::otel);
+}
+
+#[test]
+fn guest_corpus() {
+    replay("guest", virtpulse::fuzzing::guest);
 }

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use virtpulse::libvirt::TypedValue;
 use virtpulse::record::{DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
 use virtpulse::stat_keys::unit_of;
+use virtpulse::value::TypedValue;
 
 /// One domain's keys as a 2-vCPU KVM guest with a NIC and a two-layer disk reports them.
 pub fn domain_fields(i: usize) -> Vec<(String, TypedValue)> {

@@ -4,19 +4,23 @@
 //! blocking the others.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::blocking::BusySet;
+use super::controller::Wake;
 use super::domain_info::{parse_domain_xml, InfoCache};
-use super::{CollectError, Collector, CollectorContext};
-use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, FLAG_BACKING, FLAG_NOWAIT};
+use super::{CollectError, Collector, CollectorContext, EventListener};
+use crate::libvirt::events::{Family, RawEvent};
+use crate::libvirt::stats::{group_names, DomainStats, StatsCapabilities, ALL_GROUPS, FLAG_BACKING, FLAG_NOWAIT};
 use crate::libvirt::typed_params::{KeyFilter, KeyInterner};
 use crate::libvirt::{Domain, LibvirtError, Session};
-use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind, SCHEMA};
-use crate::selfmon::ChunkMiss;
+use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind};
+use crate::selfmon::{find, ChunkMiss, MetricDesc, MetricWriter, Report};
 use crate::stat_keys::unit_of;
+use crate::util::throttle::LogOnce;
+use crate::value::TypedValue;
 
 pub const SOURCE: &str = "domain_stats";
 
@@ -49,12 +53,77 @@ pub struct Settings {
     pub key_filter: Option<KeyFilter>,
 }
 
+/// The metric this collector reports besides the common ones.
+pub const METRICS: &[MetricDesc] = &[MetricDesc::gauge(
+    "virtpulse_stats_group_enabled",
+    "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
+)];
+
+/// Which requested stats groups the daemon supports (from the last probe).
+#[derive(Debug, Default)]
+struct GroupsReport {
+    wanted: AtomicU64,
+    supported: AtomicU64,
+}
+
+impl Report for GroupsReport {
+    fn metrics(&self, out: &mut dyn MetricWriter) {
+        let (wanted, supported) = (self.wanted.load(Ordering::Relaxed), self.supported.load(Ordering::Relaxed));
+        if supported == 0 {
+            return; // not probed yet
+        }
+        let desc = find(METRICS, "virtpulse_stats_group_enabled");
+        for g in ALL_GROUPS.iter().filter(|g| wanted & u64::from(g.bit) != 0) {
+            let enabled = if supported & u64::from(g.bit) != 0 { 1.0 } else { 0.0 };
+            out.sample(&desc, &[("group", g.name)], enabled);
+        }
+    }
+}
+
+/// Collects at once when a domain starts, stops or changes, and has its XML
+/// read again when its definition or devices changed.
+struct DomainStatsListener {
+    wake: Wake,
+    stale_info: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+impl DomainStatsListener {
+    fn invalidate(&self, uuid: &str) {
+        if let Ok(mut s) = self.stale_info.lock() {
+            s.insert(uuid.to_string());
+        }
+    }
+}
+
+impl EventListener for DomainStatsListener {
+    fn on_event(&self, ev: &RawEvent) {
+        if ev.family != Family::Domain {
+            return;
+        }
+        match ev.name {
+            "lifecycle" => {
+                // Event 0 is "defined": the XML may be new.
+                if ev.fields.iter().any(|(k, v)| &**k == "event" && *v == TypedValue::Int(0)) {
+                    self.invalidate(&ev.object_uuid);
+                }
+                self.wake.now();
+            }
+            "metadata_change" | "tunable" | "device_added" | "device_removed" | "balloon_change" => {
+                self.invalidate(&ev.object_uuid);
+                self.wake.now();
+            }
+            _ => {}
+        }
+    }
+}
+
 pub struct DomainStatsCollector {
     ctx: CollectorContext,
+    groups: Arc<GroupsReport>,
     settings: Settings,
     caps: Option<(u64, StatsCapabilities)>,
     info: InfoCache,
-    warned_undecoded: HashSet<String>,
+    warned_undecoded: LogOnce,
     /// Keys in each running domain's last record, to spot records that
     /// NOWAIT cut short because someone else held the domain's job.
     key_counts: HashMap<String, usize>,
@@ -76,13 +145,17 @@ pub struct DomainStatsCollector {
 
 impl DomainStatsCollector {
     pub fn new(ctx: CollectorContext, settings: Settings, info: InfoCache) -> Self {
-        ctx.registry.wanted_groups.store(u64::from(settings.groups), Ordering::Relaxed);
+        let groups =
+            Arc::new(GroupsReport { wanted: AtomicU64::new(u64::from(settings.groups)), ..Default::default() });
+        ctx.registry.add_report(groups.clone());
+        ctx.stats.set_chunked();
         Self {
             ctx,
+            groups,
             settings,
             caps: None,
             info,
-            warned_undecoded: HashSet::new(),
+            warned_undecoded: LogOnce::default(),
             key_counts: HashMap::new(),
             names: None,
             chunk_names: Vec::new(),
@@ -97,9 +170,10 @@ impl DomainStatsCollector {
         KeyInterner::with_filter(self.settings.key_filter.clone())
     }
 
-    /// Lets the events subsystem ask for a domain's XML to be read again.
-    pub fn info_invalidation(&self) -> Arc<std::sync::Mutex<HashSet<String>>> {
-        self.info.invalidation_handle()
+    /// What tells this collector about domain changes; `wake` starts its
+    /// cycle.
+    pub fn listener(&self, wake: Wake) -> Arc<dyn EventListener> {
+        Arc::new(DomainStatsListener { wake, stale_info: self.info.invalidation_handle() })
     }
 
     fn flags(&self) -> u32 {
@@ -136,7 +210,7 @@ impl DomainStatsCollector {
             backing = caps.flags & FLAG_BACKING != 0,
             "probed domain stats support"
         );
-        self.ctx.registry.supported_groups.store(u64::from(caps.groups), Ordering::Relaxed);
+        self.groups.supported.store(u64::from(caps.groups), Ordering::Relaxed);
         self.caps = Some((session.generation, caps));
         Ok(caps)
     }
@@ -398,7 +472,7 @@ impl DomainStatsCollector {
 
     fn make_record(&mut self, d: DomainStats, time: SystemTime) -> Record {
         for u in &d.params.undecoded {
-            if self.warned_undecoded.insert(u.name.clone()) {
+            if self.warned_undecoded.first(&u.name) {
                 tracing::warn!(
                     key = u.name,
                     type_code = u.type_code,
@@ -417,15 +491,9 @@ impl DomainStatsCollector {
             })
             .collect();
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::DomainStats,
-            time,
-            host: self.ctx.identity.host.clone(),
-            libvirt_uri: self.ctx.identity.uri.clone(),
-            pool: None,
-            event: None,
             domain: Some(DomainRef { name: d.name.into(), uuid: d.uuid.into(), info }),
             fields,
+            ..Record::new(&self.ctx.identity, RecordKind::DomainStats, time)
         }
     }
 }
@@ -468,6 +536,6 @@ impl Collector for DomainStatsCollector {
             stats.iter().map(|d| d.uuid.as_str()).chain(self.late.iter().map(String::as_str)).collect();
         self.info.retain(&present);
         let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
-        Ok(Batch { source: SOURCE, snapshot: true, records, ..Default::default() })
+        Ok(Batch { source: SOURCE, snapshot: true, records, lists_every_domain: true, ..Default::default() })
     }
 }

@@ -24,12 +24,16 @@ use std::time::{Duration, Instant, SystemTime};
 use rustc_hash::FxHasher;
 
 use super::blocking::BusySet;
-use super::{CollectError, Collector, CollectorContext};
+use super::controller::Wake;
+use super::{CollectError, Collector, CollectorContext, EventListener};
+use crate::libvirt::events::{Family, RawEvent};
 use crate::libvirt::jobs::{JobStats, FLAG_COMPLETED, FLAG_KEEP_COMPLETED, JOB_NONE};
 use crate::libvirt::typed_params::KeyInterner;
-use crate::libvirt::{LibvirtError, TypedValue};
-use crate::record::{Batch, DomainRef, Field, Record, RecordKind, SCHEMA};
+use crate::libvirt::LibvirtError;
+use crate::record::{Batch, DomainRef, Field, Record, RecordKind};
 use crate::stat_keys::unit_of;
+use crate::util::throttle::LogOnce;
+use crate::value::TypedValue;
 
 pub const SOURCE: &str = "jobs";
 
@@ -78,6 +82,68 @@ pub struct JobNews {
 pub const MAX_NEWS: usize = 10_000;
 
 pub type JobInbox = Arc<Mutex<JobNews>>;
+
+/// Lifecycle transitions that end a job (libvirt's lifecycle enums): the
+/// domain was saved, restored, migrated or reverted to a snapshot.
+fn ends_a_job(ev: &RawEvent) -> bool {
+    let code = |key: &str| {
+        ev.fields.iter().find(|(k, _)| &**k == key).and_then(|(_, v)| match v {
+            TypedValue::Int(i) => Some(*i),
+            _ => None,
+        })
+    };
+    matches!(
+        (code("event"), code("detail")),
+        // STARTED: MIGRATED, RESTORED, FROM_SNAPSHOT
+        (Some(2), Some(1..=3))
+        // SUSPENDED: MIGRATED, RESTORED, FROM_SNAPSHOT, POSTCOPY, POSTCOPY_FAILED
+        | (Some(3), Some(1 | 4 | 5 | 7 | 8))
+        // RESUMED: MIGRATED, FROM_SNAPSHOT, POSTCOPY, POSTCOPY_FAILED
+        | (Some(4), Some(1..=4))
+        // STOPPED: MIGRATED, SAVED, FROM_SNAPSHOT
+        | (Some(5), Some(3 | 4 | 6))
+    )
+}
+
+/// Turns events into news for the jobs collector: completed jobs straight
+/// from `job_completed`, domains to read now after a migration iteration or
+/// a lifecycle change that ends a job.
+struct JobsListener {
+    inbox: JobInbox,
+    wake: Wake,
+}
+
+impl JobsListener {
+    fn read_now(news: &mut JobNews, uuid: &str) {
+        if news.read_now.len() < MAX_NEWS {
+            news.read_now.insert(uuid.to_string());
+        }
+    }
+}
+
+impl EventListener for JobsListener {
+    fn on_event(&self, ev: &RawEvent) {
+        if ev.family != Family::Domain {
+            return;
+        }
+        let mut news = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        match ev.name {
+            // A save, snapshot or migration can be over before a poll sees
+            // it running: read its completed job now.
+            "lifecycle" if ends_a_job(ev) => Self::read_now(&mut news, &ev.object_uuid),
+            "job_completed" if news.completed.len() < MAX_NEWS => news.completed.push(CompletedEvent {
+                name: ev.object_name.clone(),
+                uuid: ev.object_uuid.clone(),
+                params: ev.fields.clone(),
+            }),
+            "job_completed" => {}
+            "migration_iteration" => Self::read_now(&mut news, &ev.object_uuid),
+            _ => return,
+        }
+        drop(news);
+        self.wake.now();
+    }
+}
 
 /// Idle reads between two reads of a domain's completed job.
 const COMPLETED_SWEEPS: u32 = 4;
@@ -133,7 +199,7 @@ pub struct JobsCollector {
     /// only reports completed jobs from events.
     last_active: Vec<Record>,
     /// Problems already logged on this connection (each is logged once).
-    logged: HashSet<String>,
+    logged: LogOnce,
     generation: u64,
     /// The daemon refuses KEEP_COMPLETED (libvirt < 6.0): reading completed
     /// stats would consume them for other tools, so they are not read.
@@ -187,12 +253,12 @@ fn read_domain(dom: &crate::libvirt::Domain, active: bool, read_completed: bool)
             // way, where it is de-duplicated, not out as a running job.
             Ok(js) => jobs.completed = Some(js),
             Err(e) if e.is_no_domain() => return out,
-            Err(e) if e.code as u32 == virt_sys::VIR_ERR_NO_SUPPORT => {
+            Err(e) if e.is_no_support() => {
                 out.unsupported = true;
                 return out;
             }
             // Shut off between the listing and this call: no running job.
-            Err(e) if e.code as u32 == virt_sys::VIR_ERR_OPERATION_INVALID => {}
+            Err(e) if e.is_operation_invalid() => {}
             Err(e) => out.problems.push(format!("running job of {}: {e}", jobs.name)),
         }
     }
@@ -201,7 +267,7 @@ fn read_domain(dom: &crate::libvirt::Domain, active: bool, read_completed: bool)
             Ok(js) if js.job_type != JOB_NONE => jobs.completed = Some(js),
             Ok(_) => {}
             Err(e) if e.is_no_domain() => return out,
-            Err(e) if e.code as u32 == virt_sys::VIR_ERR_NO_SUPPORT => out.unsupported = true,
+            Err(e) if e.is_no_support() => out.unsupported = true,
             Err(e) if e.is_unsupported_flags() => out.keep_unsupported = true,
             Err(e) => out.problems.push(format!("completed job of {}: {e}", jobs.name)),
         }
@@ -224,16 +290,16 @@ impl JobsCollector {
             read_permits: Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS)),
             inbox: Arc::default(),
             last_active: Vec::new(),
-            logged: HashSet::new(),
+            logged: LogOnce::default(),
             generation: 0,
             completed_unsupported: false,
             unsupported: false,
         }
     }
 
-    /// For the events subsystem: completed jobs from `job_completed` events.
-    pub fn inbox(&self) -> JobInbox {
-        self.inbox.clone()
+    /// What tells this collector about job events; `wake` starts its cycle.
+    pub fn listener(&self, wake: Wake) -> Arc<dyn EventListener> {
+        Arc::new(JobsListener { inbox: self.inbox.clone(), wake })
     }
 
     fn record(
@@ -256,20 +322,14 @@ impl JobsCollector {
             fields.push(Field { key, value, unit });
         }
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::DomainJob,
-            time,
-            host: self.ctx.identity.host.clone(),
-            libvirt_uri: self.ctx.identity.uri.clone(),
             domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
-            pool: None,
-            event: None,
             fields,
+            ..Record::new(&self.ctx.identity, RecordKind::DomainJob, time)
         }
     }
 
     fn log_once(&mut self, what: String) {
-        if self.logged.insert(what.clone()) {
+        if self.logged.first(&what) {
             tracing::warn!(collector = SOURCE, "{what} (logged once per connection)");
         }
     }
@@ -453,11 +513,11 @@ impl Collector for JobsCollector {
             let records = std::mem::take(&mut self.unsent);
             let mut retained = self.last_active.clone();
             retained.extend(self.retained(now));
-            return Ok(Batch { source: SOURCE, snapshot: true, records, retained, ttl: None });
+            return Ok(Batch { source: SOURCE, snapshot: true, records, retained, ..Default::default() });
         };
         if session.generation != self.generation {
             self.generation = session.generation;
-            self.logged.clear();
+            self.logged.forget();
             self.completed_unsupported = false;
             self.unsupported = false;
         }
@@ -527,7 +587,7 @@ impl Collector for JobsCollector {
         records.extend(active_records.iter().cloned());
         self.last_active = active_records;
         let retained = self.retained(now);
-        Ok(Batch { source: SOURCE, snapshot: true, records, retained, ttl: None })
+        Ok(Batch { source: SOURCE, snapshot: true, records, retained, ..Default::default() })
     }
 }
 
@@ -539,6 +599,39 @@ mod tests {
     use crate::libvirt::manager::ManagerOptions;
     use crate::libvirt::ConnectionManager;
     use crate::selfmon::{CollectorStats, Registry};
+
+    fn lifecycle(event: i32, detail: i32) -> RawEvent {
+        RawEvent {
+            family: Family::Domain,
+            event_id: 0,
+            name: "lifecycle",
+            object_name: "vm".into(),
+            object_uuid: "u".into(),
+            fields: vec![(Arc::from("event"), TypedValue::Int(event)), (Arc::from("detail"), TypedValue::Int(detail))],
+            time: std::time::SystemTime::now(),
+            at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn saves_restores_and_migrations_end_jobs_plain_starts_and_stops_do_not() {
+        assert!(ends_a_job(&lifecycle(5, 4)), "stopped: saved");
+        assert!(ends_a_job(&lifecycle(2, 2)), "started: restored");
+        assert!(ends_a_job(&lifecycle(3, 1)), "suspended: migrated");
+        assert!(!ends_a_job(&lifecycle(5, 1)), "stopped: destroyed");
+        assert!(!ends_a_job(&lifecycle(2, 0)), "started: booted");
+        assert!(!ends_a_job(&lifecycle(3, 0)), "suspended: paused");
+    }
+
+    #[test]
+    fn a_save_asks_the_jobs_collector_for_that_domain() {
+        let inbox: JobInbox = Default::default();
+        let listener = JobsListener { inbox: inbox.clone(), wake: Wake::default() };
+        listener.on_event(&lifecycle(5, 4));
+        assert!(inbox.lock().unwrap().read_now.contains("u"));
+        listener.on_event(&lifecycle(5, 1));
+        assert_eq!(inbox.lock().unwrap().read_now.len(), 1);
+    }
 
     /// A jobs collector on libvirt's test driver (one domain, "test").
     fn on_test_driver() -> (JobsCollector, Arc<ConnectionManager>) {

@@ -3,9 +3,11 @@
 //! threads (see `blocking`), and hands a `Batch` of records to the router.
 
 pub mod blocking;
+pub mod connection;
 pub mod controller;
 pub mod domain_info;
 pub mod domain_stats;
+pub mod guest;
 pub mod jobs;
 pub mod node;
 pub mod pools;
@@ -15,17 +17,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::filter::DomainFilter;
+use crate::libvirt::events::RawEvent;
 use crate::libvirt::{ConnectionManager, LibvirtError};
 use crate::record::Batch;
 use crate::selfmon::{CollectorStats, Registry};
 use blocking::CallTracker;
 
-/// Who and where, stamped on every record.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub host: Arc<str>,
-    pub uri: Arc<str>,
-}
+pub use crate::record::Identity;
 
 /// What every collector needs besides its own settings.
 #[derive(Clone)]
@@ -61,6 +59,14 @@ impl From<LibvirtError> for CollectError {
     fn from(e: LibvirtError) -> Self {
         CollectError::Libvirt(e)
     }
+}
+
+/// How the event stream tells a collector what happened: collectors own
+/// this trait and decide what an event means to them (collect now, re-read
+/// a domain's XML, read a job); the events module only calls it.
+pub trait EventListener: Send + Sync {
+    /// Called for every event, in order, on the events task: must not block.
+    fn on_event(&self, ev: &RawEvent);
 }
 
 pub trait Collector: Send {

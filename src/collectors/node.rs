@@ -12,9 +12,11 @@ use std::time::SystemTime;
 
 use super::{CollectError, Collector, CollectorContext};
 use crate::libvirt::node::{ALL, LIST_OTHER, LIST_PAUSED, LIST_PERSISTENT, LIST_RUNNING, LIST_SHUTOFF, LIST_TRANSIENT};
-use crate::libvirt::{Connection, LibvirtError, TypedValue};
-use crate::record::{Batch, Field, Record, RecordKind, SCHEMA};
+use crate::libvirt::{Connection, LibvirtError};
+use crate::record::{Batch, Field, Record, RecordKind};
 use crate::stat_keys::unit_of;
+use crate::util::throttle::LogOnce;
+use crate::value::TypedValue;
 
 pub const SOURCE: &str = "node";
 
@@ -116,7 +118,7 @@ fn collect_node(conn: &Connection, skip: &HashSet<&'static str>, per_cpu: bool, 
                 match conn.node_cpu_stats(cpu) {
                     Ok(stats) => stats.into_iter().for_each(|(k, v)| p.u(format!("cpu.{cpu}.{k}"), v)),
                     // A CPU taken offline since virNodeGetInfo: skip it.
-                    Err(e) if e.is_unsupported() || e.code as u32 == virt_sys::VIR_ERR_INVALID_ARG => {}
+                    Err(e) if e.is_unsupported() || e.is_invalid_arg() => {}
                     Err(e) => p.failures.push(("virNodeGetCPUStats(cpu)", e)),
                 }
             }
@@ -182,12 +184,12 @@ pub struct NodeCollector {
     topology: Option<Topology>,
     /// APIs the daemon does not implement (not asked again on this connection).
     unsupported: HashSet<&'static str>,
-    logged: HashSet<String>,
+    logged: LogOnce,
 }
 
 impl NodeCollector {
     pub fn new(ctx: CollectorContext, per_cpu: bool) -> Self {
-        Self { ctx, per_cpu, generation: 0, topology: None, unsupported: HashSet::new(), logged: HashSet::new() }
+        Self { ctx, per_cpu, generation: 0, topology: None, unsupported: HashSet::new(), logged: LogOnce::default() }
     }
 }
 
@@ -202,7 +204,7 @@ impl Collector for NodeCollector {
             self.generation = session.generation;
             self.topology = None;
             self.unsupported.clear();
-            self.logged.clear();
+            self.logged.forget();
         }
         let s = session.clone();
         let skip = self.unsupported.clone();
@@ -217,7 +219,7 @@ impl Collector for NodeCollector {
             if e.is_unsupported() {
                 self.unsupported.insert(api);
                 tracing::info!(api, error = %e, "the daemon does not support this node call; its figures are not collected on this connection");
-            } else if self.logged.insert(format!("{api}: {e}")) {
+            } else if self.logged.first(&format!("{api}: {e}")) {
                 tracing::warn!(api, error = %e, "node call failed (logged once per connection)");
             }
         }
@@ -235,17 +237,7 @@ impl Collector for NodeCollector {
             .into_iter()
             .map(|(k, v)| Field { unit: unit_of(RecordKind::Node, &k, &v), key: Arc::from(k), value: v })
             .collect();
-        let record = Record {
-            schema: SCHEMA,
-            kind: RecordKind::Node,
-            time: SystemTime::now(),
-            host: self.ctx.identity.host.clone(),
-            libvirt_uri: self.ctx.identity.uri.clone(),
-            domain: None,
-            pool: None,
-            event: None,
-            fields,
-        };
+        let record = Record { fields, ..Record::new(&self.ctx.identity, RecordKind::Node, SystemTime::now()) };
         Ok(Batch { source: SOURCE, snapshot: true, records: vec![record], ..Default::default() })
     }
 }

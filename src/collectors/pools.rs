@@ -8,13 +8,15 @@ use std::time::SystemTime;
 
 use super::{CollectError, Collector, CollectorContext};
 use crate::libvirt::pools::POOL_RUNNING;
-use crate::libvirt::{LibvirtError, TypedValue};
-use crate::record::{Batch, Field, PoolRef, Record, RecordKind, SCHEMA};
+use crate::libvirt::LibvirtError;
+use crate::record::{Batch, Field, PoolRef, Record, RecordKind};
 use crate::stat_keys::unit_of;
+use crate::value::TypedValue;
 
 pub const SOURCE: &str = "pools";
 
-static POOL_WARNINGS: crate::throttle::Throttle = crate::throttle::Throttle::new(std::time::Duration::from_secs(600));
+static POOL_WARNINGS: crate::util::throttle::Throttle =
+    crate::util::throttle::Throttle::new(std::time::Duration::from_secs(600));
 
 #[derive(Debug)]
 struct PoolReading {
@@ -42,7 +44,7 @@ impl PoolsCollector {
 }
 
 fn is_vanished(e: &LibvirtError) -> bool {
-    e.code as u32 == virt_sys::VIR_ERR_NO_STORAGE_POOL
+    e.is_no_storage_pool()
 }
 
 impl Collector for PoolsCollector {
@@ -118,15 +120,9 @@ impl Collector for PoolsCollector {
                 .map(|(k, v)| Field { unit: unit_of(RecordKind::StoragePool, k, &v), key: Arc::from(k), value: v })
                 .collect();
             records.push(Record {
-                schema: SCHEMA,
-                kind: RecordKind::StoragePool,
-                time,
-                host: self.ctx.identity.host.clone(),
-                libvirt_uri: self.ctx.identity.uri.clone(),
-                domain: None,
                 pool: Some(PoolRef { name: r.name.into(), uuid: r.uuid.into() }),
-                event: None,
                 fields,
+                ..Record::new(&self.ctx.identity, RecordKind::StoragePool, time)
             });
         }
         Ok(Batch { source: SOURCE, snapshot: true, records, ..Default::default() })

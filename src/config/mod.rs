@@ -195,6 +195,49 @@ pub struct CollectorsConfig {
     pub jobs: JobsConfig,
     pub node: NodeConfig,
     pub pools: PoolsConfig,
+    pub guest: GuestConfig,
+}
+
+/// `[collectors.guest]`: what only the guest knows (off by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuestConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Ask the QEMU guest agent (filesystems, OS, users, load, addresses).
+    /// libvirt allows it only on a read-write connection: this collector
+    /// then opens its own (README "Guest data").
+    pub agent: bool,
+    /// Interface addresses (DHCP leases and ARP; the agent too with `agent`).
+    pub addresses: bool,
+    /// How long one domain's calls may take before the cycle goes on
+    /// without it (default: three quarters of the timeout).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
+    pub calls_in_flight: usize,
+    pub max_filesystems: usize,
+    pub max_addresses: usize,
+    pub max_string_bytes: usize,
+}
+
+impl Default for GuestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: Some(Duration::from_secs(60)),
+            timeout: None,
+            agent: true,
+            addresses: true,
+            call_timeout: None,
+            calls_in_flight: 4,
+            max_filesystems: 32,
+            max_addresses: 32,
+            max_string_bytes: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,11 +312,17 @@ pub enum CollectorName {
     Jobs,
     Node,
     Pools,
+    Guest,
 }
 
 impl CollectorName {
-    pub const ALL: [CollectorName; 4] =
-        [CollectorName::DomainStats, CollectorName::Jobs, CollectorName::Node, CollectorName::Pools];
+    pub const ALL: [CollectorName; 5] = [
+        CollectorName::DomainStats,
+        CollectorName::Jobs,
+        CollectorName::Node,
+        CollectorName::Pools,
+        CollectorName::Guest,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
@@ -281,6 +330,7 @@ impl CollectorName {
             CollectorName::Jobs => "jobs",
             CollectorName::Node => "node",
             CollectorName::Pools => "pools",
+            CollectorName::Guest => "guest",
         }
     }
 }
@@ -341,6 +391,11 @@ pub struct PrometheusConfig {
     /// Most series /metrics exports; beyond it series are dropped (counted
     /// in virtpulse_prometheus_series_dropped_total, logged once).
     pub max_series: u64,
+    /// Snapshots whose exposition text is at most this big are rendered
+    /// once when they arrive, and scrapes send that text: a scrape then
+    /// costs a copy, not a render. Larger ones are rendered at each scrape
+    /// (0: always). The text is held in memory (README "Sizing").
+    pub prerender_max_bytes: kafka::ByteSize,
     /// TLS and basic auth for every endpoint, in the Prometheus
     /// exporter-toolkit web config format (see README "Endpoint security").
     pub web_config_file: Option<std::path::PathBuf>,
@@ -382,6 +437,7 @@ impl Default for CollectorsConfig {
             jobs: JobsConfig::default(),
             node: NodeConfig::default(),
             pools: PoolsConfig::default(),
+            guest: GuestConfig::default(),
         }
     }
 }
@@ -410,6 +466,7 @@ impl Default for PrometheusConfig {
             path: "/metrics".into(),
             queue_capacity: 16,
             max_series: 500_000,
+            prerender_max_bytes: kafka::ByteSize(8 << 20),
             web_config_file: None,
         }
     }
@@ -716,7 +773,7 @@ impl Config {
             }
         }
         const M: u64 = 1_000_000;
-        let counts: [(&str, u64, u64); 16] = [
+        let counts: [(&str, u64, u64); 21] = [
             ("libvirt.keepalive_count", u64::from(self.libvirt.keepalive_count), 100),
             ("collectors.max_stuck_calls", c.max_stuck_calls as u64, 64),
             ("collectors.domain_stats.chunk_size", c.domain_stats.chunk_size as u64, 100_000),
@@ -733,6 +790,11 @@ impl Config {
             ("sinks.otlp.log_batch_size", t.log_batch_size as u64, 100_000),
             ("sinks.otlp.cardinality_limit", t.cardinality_limit as u64, 100 * M),
             ("sinks.kafka.spool_max_bytes", k.spool_max_bytes.0, 1 << 40),
+            ("sinks.prometheus.prerender_max_bytes", self.sinks.prometheus.prerender_max_bytes.0, 1 << 30),
+            ("collectors.guest.calls_in_flight", c.guest.calls_in_flight as u64, 64),
+            ("collectors.guest.max_filesystems", c.guest.max_filesystems as u64, 4096),
+            ("collectors.guest.max_addresses", c.guest.max_addresses as u64, 4096),
+            ("collectors.guest.max_string_bytes", c.guest.max_string_bytes as u64, 65536),
         ];
         for (key, value, max) in counts {
             if value > max {
@@ -851,10 +913,6 @@ impl Config {
             if let Some(problem) = metrics_path_problem(&p.path) {
                 return Err(o.err("sinks.prometheus.path", problem));
             }
-            if let Some(f) = &p.web_config_file {
-                crate::sinks::prometheus::web::Security::load(f)
-                    .map_err(|m| o.err("sinks.prometheus.web_config_file", m))?;
-            }
         }
         if p.queue_capacity == 0 {
             return Err(o.err("sinks.prometheus.queue_capacity", "must be at least 1"));
@@ -888,6 +946,7 @@ impl Config {
             CollectorName::Jobs => (c.jobs.interval, c.jobs.timeout),
             CollectorName::Node => (c.node.interval, c.node.timeout),
             CollectorName::Pools => (c.pools.interval, c.pools.timeout),
+            CollectorName::Guest => (c.guest.interval, c.guest.timeout),
         }
     }
 
@@ -951,6 +1010,12 @@ impl Config {
     }
 
     /// How often the jobs collector reads a domain without a running job.
+    /// How long one guest's calls may take within a guest cycle.
+    pub fn guest_call_timeout(&self) -> Duration {
+        let (_, timeout) = self.schedule(CollectorName::Guest);
+        self.collectors.guest.call_timeout.unwrap_or(timeout * 3 / 4).min(timeout)
+    }
+
     pub fn jobs_idle_interval(&self) -> Duration {
         self.collectors.jobs.idle_interval.unwrap_or_else(|| self.schedule(CollectorName::Jobs).0 * 6)
     }

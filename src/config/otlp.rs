@@ -251,11 +251,6 @@ impl OtlpConfig {
                 return Err(o.err(&key(&format!("headers.{name}")), "not a valid header name"));
             }
         }
-        if let Some(ca) = &self.ca_file {
-            if let Err(e) = std::fs::metadata(ca) {
-                return Err(o.err(&key("ca_file"), format!("cannot read {}: {e}", ca.display())));
-            }
-        }
         // What the environment would supply must be valid too.
         self.settings(&std::env::vars().collect()).map_err(|m| o.err(&key("endpoint"), m))?;
         Ok(())

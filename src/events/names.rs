@@ -120,7 +120,7 @@ pub fn secret_lifecycle(c: i64) -> String {
 
 /// `virDomainState`, for resync records.
 pub fn domain_state(c: i64) -> String {
-    pick(&["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"], c)
+    pick(crate::record::DOMAIN_STATES, c)
 }
 
 /// The reason enum that goes with a `virDomainState`.

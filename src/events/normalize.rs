@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::names;
 use crate::libvirt::events::{Family, RawEvent};
-use crate::libvirt::TypedValue;
-use crate::record::{EventInfo, Field, ObjectRef, Record, RecordKind, Unit, SCHEMA};
+use crate::record::{EventInfo, Field, Identity, ObjectRef, Record, RecordKind, Unit};
 use crate::stat_keys::unit_of;
+use crate::value::TypedValue;
 
 fn int(ev: &RawEvent, key: &str) -> Option<i64> {
     ev.fields.iter().find(|(k, _)| &**k == key).and_then(|(_, v)| match v {
@@ -109,8 +109,7 @@ pub fn classify(ev: &RawEvent) -> (String, String) {
 
 /// Who and where, and the sequence, stamped on each event record.
 pub struct Stamp<'a> {
-    pub host: &'a Arc<str>,
-    pub uri: &'a Arc<str>,
+    pub identity: &'a Identity,
     pub run_id: &'a str,
     pub seq: u64,
 }
@@ -139,13 +138,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
     let object =
         (!is_domain).then(|| ObjectRef { name: ev.object_name.as_str().into(), uuid: ev.object_uuid.as_str().into() });
     Record {
-        schema: SCHEMA,
-        kind: RecordKind::Event,
-        time: ev.time,
-        host: stamp.host.clone(),
-        libvirt_uri: stamp.uri.clone(),
         domain,
-        pool: None,
         event: Some(EventInfo {
             family: ev.family.as_str(),
             name: ev.name,
@@ -156,6 +149,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
             object,
         }),
         fields,
+        ..Record::new(stamp.identity, RecordKind::Event, ev.time)
     }
 }
 
@@ -177,16 +171,20 @@ mod tests {
         }
     }
 
-    fn stamp<'a>(host: &'a Arc<str>, uri: &'a Arc<str>) -> Stamp<'a> {
-        Stamp { host, uri, run_id: "r", seq: 7 }
+    fn stamp<'a>(identity: &'a Identity) -> Stamp<'a> {
+        Stamp { identity, run_id: "r", seq: 7 }
+    }
+
+    fn here() -> Identity {
+        Identity { host: "h".into(), uri: "qemu:///system".into() }
     }
 
     #[test]
     fn lifecycle_gets_names_and_keeps_codes() {
-        let (h, u): (Arc<str>, Arc<str>) = ("h".into(), "qemu:///system".into());
+        let id = here();
         let r = to_record(
             raw(Family::Domain, "lifecycle", vec![("event", TypedValue::Int(3)), ("detail", TypedValue::Int(2))]),
-            stamp(&h, &u),
+            stamp(&id),
         );
         let e = r.event.as_ref().unwrap();
         assert_eq!((e.kind.as_str(), e.detail.as_str()), ("suspended", "ioerror"));
@@ -201,7 +199,6 @@ mod tests {
 
     #[test]
     fn other_events_are_classified() {
-        let (h, u): (Arc<str>, Arc<str>) = ("h".into(), "u".into());
         let io = raw(
             Family::Domain,
             "io_error_reason",
@@ -225,12 +222,13 @@ mod tests {
         assert_eq!(classify(&bj), ("copy".into(), "ready".into()));
         let net =
             raw(Family::Network, "lifecycle", vec![("event", TypedValue::Int(2)), ("detail", TypedValue::Int(0))]);
-        let r = to_record(net, stamp(&h, &u));
+        let id = here();
+        let r = to_record(net, stamp(&id));
         assert_eq!(r.event.as_ref().unwrap().kind, "started");
         assert!(r.domain.is_none());
         assert_eq!(r.event.as_ref().unwrap().object.as_ref().unwrap().name.as_ref(), "vm1");
         let b = raw(Family::Domain, "balloon_change", vec![("actual", TypedValue::ULLong(163840))]);
-        let r = to_record(b, stamp(&h, &u));
+        let r = to_record(b, stamp(&id));
         assert_eq!(r.fields[0].unit, Unit::Kibibytes);
         let unknown =
             raw(Family::Domain, "lifecycle", vec![("event", TypedValue::Int(40)), ("detail", TypedValue::Int(1))]);

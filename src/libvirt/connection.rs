@@ -254,7 +254,7 @@ impl Closing {
     /// Failures are ignored: closing must never panic the agent.
     fn run(self) {
         #[cfg(test)]
-        tests::closed_on(std::thread::current().id());
+        tests::closed_on(self.ptr as usize, std::thread::current().id());
         for (family, id) in self.callbacks {
             deregister(self.ptr, family, id);
         }
@@ -305,16 +305,22 @@ mod tests {
         assert!(!c.lost(&e));
     }
 
-    static CLOSED_ON: std::sync::Mutex<Vec<std::thread::ThreadId>> = std::sync::Mutex::new(Vec::new());
+    /// Which connection closed on which thread. Other tests close
+    /// connections too, so each entry names its connection.
+    static CLOSED_ON: std::sync::Mutex<Vec<(usize, std::thread::ThreadId)>> = std::sync::Mutex::new(Vec::new());
 
-    pub(super) fn closed_on(t: std::thread::ThreadId) {
-        CLOSED_ON.lock().unwrap().push(t);
+    pub(super) fn closed_on(connection: usize, t: std::thread::ThreadId) {
+        CLOSED_ON.lock().unwrap().push((connection, t));
+    }
+
+    fn thread_that_closed(connection: usize) -> Option<std::thread::ThreadId> {
+        CLOSED_ON.lock().unwrap().iter().rev().find(|(c, _)| *c == connection).map(|(_, t)| *t)
     }
 
     #[test]
     fn a_connection_dropped_on_an_async_worker_closes_on_a_blocking_thread() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let worker = rt.block_on(async {
+        let (connection, worker, closed_by) = rt.block_on(async {
             let opts = OpenOptions {
                 uri: "test:///default".into(),
                 read_only: true,
@@ -322,16 +328,25 @@ mod tests {
                 keepalive_count: 0,
             };
             let c = tokio::task::spawn_blocking(move || Connection::open(&opts).unwrap()).await.unwrap();
-            tokio::spawn(async move {
+            let connection = c.ptr as usize;
+            let worker = tokio::spawn(async move {
                 drop(c);
                 std::thread::current().id()
             })
             .await
-            .unwrap()
+            .unwrap();
+            // Wait while the worker is still a worker: once the runtime shuts
+            // down, tokio may reuse that thread for leftover blocking work.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut closed_by = thread_that_closed(connection);
+            while closed_by.is_none() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                closed_by = thread_that_closed(connection);
+            }
+            (connection, worker, closed_by)
         });
         rt.shutdown_timeout(std::time::Duration::from_secs(5));
-        let closed = CLOSED_ON.lock().unwrap().clone();
-        assert!(!closed.is_empty(), "the connection was closed");
-        assert!(!closed.contains(&worker), "closed on the async worker that dropped it");
+        let closed_by = closed_by.unwrap_or_else(|| panic!("connection {connection:#x} was not closed within 20 s"));
+        assert_ne!(closed_by, worker, "closed on the async worker that dropped it");
     }
 }

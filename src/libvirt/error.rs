@@ -66,6 +66,28 @@ impl LibvirtError {
         code == sys::VIR_ERR_NO_SUPPORT || code == sys::VIR_ERR_OPERATION_UNSUPPORTED
     }
 
+    /// Only `VIR_ERR_NO_SUPPORT`: the API itself is missing (where
+    /// "operation unsupported" means something else, such as a domain state).
+    pub fn is_no_support(&self) -> bool {
+        self.code as u32 == sys::VIR_ERR_NO_SUPPORT
+    }
+
+    /// Not valid in the object's current state (e.g. a domain shut off
+    /// between listing and the call).
+    pub fn is_operation_invalid(&self) -> bool {
+        self.code as u32 == sys::VIR_ERR_OPERATION_INVALID
+    }
+
+    /// An argument the daemon refused (e.g. a CPU taken offline).
+    pub fn is_invalid_arg(&self) -> bool {
+        self.code as u32 == sys::VIR_ERR_INVALID_ARG
+    }
+
+    /// The storage pool vanished between listing and reading it.
+    pub fn is_no_storage_pool(&self) -> bool {
+        self.code as u32 == sys::VIR_ERR_NO_STORAGE_POOL
+    }
+
     /// The daemon refused a flag it does not know (libvirt older than the
     /// flag answers VIR_ERR_INVALID_ARG "unsupported flags").
     pub fn is_unsupported_flags(&self) -> bool {

@@ -21,14 +21,14 @@ static DONE: Mutex<Option<std::sync::mpsc::Receiver<()>>> = Mutex::new(None);
 static HEARTBEAT_MS: AtomicU64 = AtomicU64::new(0);
 
 unsafe extern "C" fn heartbeat(_timer: std::ffi::c_int, _opaque: *mut c_void) {
-    HEARTBEAT_MS.store(crate::selfmon::process_millis().max(1), Ordering::Relaxed);
+    HEARTBEAT_MS.store(crate::util::clock::process_millis().max(1), Ordering::Relaxed);
 }
 
 /// How long ago libvirt's event loop thread last ran its 1 s heartbeat
 /// timer (`None` before the loop started).
 pub fn heartbeat_age() -> Option<Duration> {
     let beat = HEARTBEAT_MS.load(Ordering::Relaxed);
-    (beat > 0).then(|| Duration::from_millis(crate::selfmon::process_millis().saturating_sub(beat)))
+    (beat > 0).then(|| Duration::from_millis(crate::util::clock::process_millis().saturating_sub(beat)))
 }
 
 /// libvirt's default error handler prints every error to stderr; the agent
@@ -49,7 +49,7 @@ pub fn init() -> Result<()> {
             }
             // A repeating 1 s timer proves the loop thread turns (health).
             if sys::virEventAddTimeout(1000, Some(heartbeat), std::ptr::null_mut(), None) >= 0 {
-                HEARTBEAT_MS.store(crate::selfmon::process_millis().max(1), Ordering::Relaxed);
+                HEARTBEAT_MS.store(crate::util::clock::process_millis().max(1), Ordering::Relaxed);
             }
         }
         let (tx, rx) = std::sync::mpsc::channel();

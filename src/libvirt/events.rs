@@ -4,7 +4,7 @@
 //! what libvirt passes (pointers are only valid during the call) into a
 //! `RawEvent` and hands it to the sink, which must not block. Nothing here
 //! may unwind into C: every trampoline body runs under `catch_unwind`, and a
-//! caught panic is counted and logged (`crate::internal_errors`).
+//! caught panic is counted and logged (`crate::util::internal_errors`).
 //!
 //! Each trampoline is checked against its event's bindgen typedef before it
 //! is cast to the generic callback type the register calls take, so a
@@ -150,7 +150,7 @@ unsafe extern "C" fn free_sink(opaque: *mut c_void) {
 /// counted and logged.
 fn guarded(body: impl FnOnce()) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        crate::internal_errors::record("event_callback", panic.as_ref());
+        crate::util::internal_errors::record("event_callback", panic.as_ref());
     }
 }
 

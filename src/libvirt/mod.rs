@@ -7,7 +7,8 @@ pub mod domain;
 pub mod error;
 pub mod event_loop;
 pub mod events;
-pub mod heap;
+pub mod guest;
+
 pub mod jobs;
 pub mod manager;
 pub mod node;
@@ -19,4 +20,4 @@ pub use connection::{Connection, OpenOptions};
 pub use domain::Domain;
 pub use error::{LibvirtError, Result};
 pub use manager::{ConnectionManager, Session};
-pub use typed_params::{DecodedParams, TypedParam, TypedValue};
+pub use typed_params::{DecodedParams, TypedParam};

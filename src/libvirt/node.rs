@@ -36,10 +36,6 @@ pub struct Versions {
     pub hypervisor_type: String,
 }
 
-pub fn version_string(v: u64) -> String {
-    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
-}
-
 fn cstr_field(field: &[c_char]) -> String {
     // SAFETY: c_char and u8 have the same layout.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
@@ -190,14 +186,3 @@ pub use sys::{
 
 /// Filter for active domains in `list_all_domains`.
 pub const LIST_ACTIVE: u32 = sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_are_decoded() {
-        assert_eq!(version_string(11_003_000), "11.3.0");
-        assert_eq!(version_string(10_000_002), "10.0.2");
-    }
-}

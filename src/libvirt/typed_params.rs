@@ -10,74 +10,22 @@ use std::ffi::{c_char, c_int, CStr};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
-use serde::Serialize;
+
 use virt_sys as sys;
 
-/// One decoded value, keeping libvirt's own type so consumers see exactly
-/// what the daemon sent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", content = "value", rename_all = "lowercase")]
-pub enum TypedValue {
-    Int(i32),
-    #[serde(rename = "uint")]
-    UInt(u32),
-    #[serde(rename = "llong")]
-    LLong(i64),
-    #[serde(rename = "ullong")]
-    ULLong(u64),
-    Double(f64),
-    Boolean(bool),
-    /// Boxed, not a `String`: keeps the value, and every record field, 8
-    /// bytes smaller.
-    String(Box<str>),
-}
+pub use crate::value::TypedValue;
 
-impl TypedValue {
-    /// Numeric view (booleans as 0/1); `None` for strings.
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            TypedValue::Int(v) => Some(v as f64),
-            TypedValue::UInt(v) => Some(v as f64),
-            TypedValue::LLong(v) => Some(v as f64),
-            TypedValue::ULLong(v) => Some(v as f64),
-            TypedValue::Double(v) => Some(v),
-            TypedValue::Boolean(v) => Some(if v { 1.0 } else { 0.0 }),
-            TypedValue::String(_) => None,
-        }
-    }
-
-    /// Integer view for values that are indices or counts; `None` for
-    /// strings, doubles and negative numbers.
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            TypedValue::Int(v) => u64::try_from(v).ok(),
-            TypedValue::UInt(v) => Some(u64::from(v)),
-            TypedValue::LLong(v) => u64::try_from(v).ok(),
-            TypedValue::ULLong(v) => Some(v),
-            TypedValue::Boolean(v) => Some(u64::from(v)),
-            TypedValue::Double(_) | TypedValue::String(_) => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            TypedValue::String(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// libvirt's name for the type, as used in records and error messages.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            TypedValue::Int(_) => "int",
-            TypedValue::UInt(_) => "uint",
-            TypedValue::LLong(_) => "llong",
-            TypedValue::ULLong(_) => "ullong",
-            TypedValue::Double(_) => "double",
-            TypedValue::Boolean(_) => "boolean",
-            TypedValue::String(_) => "string",
-        }
-    }
+/// libvirt's type codes of typed parameters (`VIR_TYPED_PARAM_*`), for
+/// code outside the FFI that builds or checks raw parameters.
+pub mod type_code {
+    use virt_sys as sys;
+    pub const INT: u32 = sys::VIR_TYPED_PARAM_INT;
+    pub const UINT: u32 = sys::VIR_TYPED_PARAM_UINT;
+    pub const LLONG: u32 = sys::VIR_TYPED_PARAM_LLONG;
+    pub const ULLONG: u32 = sys::VIR_TYPED_PARAM_ULLONG;
+    pub const DOUBLE: u32 = sys::VIR_TYPED_PARAM_DOUBLE;
+    pub const BOOLEAN: u32 = sys::VIR_TYPED_PARAM_BOOLEAN;
+    pub const STRING: u32 = sys::VIR_TYPED_PARAM_STRING;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,19 +1,11 @@
-//! Names for the numeric codes records carry (domain state, job type and
-//! operation, pool state), shared by the sinks that turn them into labels
+//! Names for the numeric codes records carry (job type and operation, pool
+//! state), shared by the sinks that turn them into labels
 //! or attributes.
 
-pub fn state_name(code: Option<f64>) -> &'static str {
-    match code.map(|c| c as i64) {
-        Some(0) => "nostate",
-        Some(1) => "running",
-        Some(2) => "blocked",
-        Some(3) => "paused",
-        Some(4) => "shutdown",
-        Some(5) => "shutoff",
-        Some(6) => "crashed",
-        Some(7) => "pmsuspended",
-        _ => "unknown",
-    }
+/// libvirt's packed version number (major * 1,000,000 + minor * 1,000 +
+/// release) as text.
+pub fn version_string(v: u64) -> String {
+    format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
 pub fn job_type_name(code: Option<u64>) -> &'static str {
@@ -52,5 +44,16 @@ pub fn pool_state_name(code: Option<u64>) -> &'static str {
         Some(3) => "degraded",
         Some(4) => "inaccessible",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_decoded() {
+        assert_eq!(version_string(11_003_000), "11.3.0");
+        assert_eq!(version_string(10_000_002), "10.0.2");
     }
 }

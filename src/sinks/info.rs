@@ -1,10 +1,10 @@
 //! "Info" metrics: descriptive data about a domain, the host or a pool as
 //! labels on a constant 1, shared by the Prometheus and OTLP sinks.
 
-use crate::libvirt::TypedValue;
 use crate::record::{Record, RecordKind};
 use crate::sinks::codes::pool_state_name;
 use crate::stat_keys::{Detail, SampleFilter};
+use crate::value::TypedValue;
 
 /// Called once per info metric: name, help, labels (identity included).
 pub type InfoEmit<'e> = dyn FnMut(&'static str, &'static str, &[(&'static str, &str)]) + 'e;
@@ -55,6 +55,7 @@ pub fn info_metrics(r: &Record, filter: &dyn SampleFilter, emit: &mut InfoEmit) 
         RecordKind::DomainStats => domain(r, &mut selected),
         RecordKind::Node => node(r, &mut selected),
         RecordKind::StoragePool => pool(r, &mut selected),
+        RecordKind::Guest => guest(r, &mut selected),
         RecordKind::DomainJob | RecordKind::Event => {}
     }
 }
@@ -105,7 +106,7 @@ fn node(r: &Record, emit: &mut InfoEmit) {
         emit("libvirt_node_info", "The host's CPU model (value is always 1).", &[("model", model)]);
     }
     let version =
-        |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::libvirt::node::version_string).unwrap_or_default();
+        |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::sinks::codes::version_string).unwrap_or_default();
     if r.field("version.daemon").is_some() {
         let (library, daemon, hypervisor) =
             (version("version.library"), version("version.daemon"), version("version.hypervisor"));
@@ -117,6 +118,47 @@ fn node(r: &Record, emit: &mut InfoEmit) {
                 ("daemon_version", &daemon),
                 ("hypervisor", field_str(r, "hypervisor.type")),
                 ("hypervisor_version", &hypervisor),
+            ],
+        );
+    }
+}
+
+/// The guest's OS and hostname, and one series per interface address
+/// (the collector bounds how many and how long).
+fn guest(r: &Record, emit: &mut InfoEmit) {
+    let Some(d) = &r.domain else { return };
+    if r.field("os.id").is_some() || r.field("hostname").is_some() {
+        emit(
+            "libvirt_domain_guest_os_info",
+            "What the guest agent says runs in the guest (value is always 1); join on domain/uuid.",
+            &[
+                ("domain", &d.name),
+                ("uuid", &d.uuid),
+                ("os_id", field_str(r, "os.id")),
+                ("os_name", field_str(r, "os.name")),
+                ("os_version", field_str(r, "os.version")),
+                ("kernel_release", field_str(r, "os.kernel-release")),
+                ("hostname", field_str(r, "hostname")),
+            ],
+        );
+    }
+    let count = r.field("addr.count").and_then(|v| v.as_u64()).unwrap_or(0);
+    for i in 0..count {
+        let f = |name: &str| field_str(r, &format!("addr.{i}.{name}")).to_string();
+        let prefix = r.field(&format!("addr.{i}.prefix")).and_then(|v| v.as_u64()).map(|p| p.to_string());
+        let (iface, mac, address, family, source) = (f("interface"), f("mac"), f("address"), f("family"), f("source"));
+        emit(
+            "libvirt_domain_guest_interface_address_info",
+            "An IP address of a guest interface (value is always 1), by where it was learnt (lease, arp, agent).",
+            &[
+                ("domain", &d.name),
+                ("uuid", &d.uuid),
+                ("interface", &iface),
+                ("mac", &mac),
+                ("address", &address),
+                ("prefix", prefix.as_deref().unwrap_or("")),
+                ("family", &family),
+                ("source", &source),
             ],
         );
     }

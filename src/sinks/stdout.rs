@@ -30,3 +30,28 @@ pub fn spawn(mut queue: SinkQueue) -> std::io::Result<std::thread::JoinHandle<()
         }
     })
 }
+/// The stdout sink as configured.
+pub fn factory(queue_capacity: usize) -> super::SinkFactory {
+    use super::SinkFactory;
+    SinkFactory {
+        name: "stdout",
+        queue_capacity,
+        start: Box::new(move |queue, _| {
+            Box::pin(async move {
+                use anyhow::Context;
+                let thread = spawn(queue).context("cannot start the stdout sink thread")?;
+                Ok(super::Running {
+                    name: "stdout",
+                    report: None,
+                    stop_within: std::time::Duration::from_secs(5),
+                    // The thread ends when its queue closes, after writing what it holds.
+                    stop: Box::new(move |_| {
+                        Box::pin(async move {
+                            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                        })
+                    }),
+                })
+            })
+        }),
+    }
+}

@@ -125,4 +125,27 @@ impl LinuxGuest {
     pub fn send(&self, cmd: &str) {
         self.with_conn(|s| s.write_all(format!("{cmd}\n").as_bytes())).expect("command socket");
     }
+
+    /// Boots a guest with an ext4 filesystem on vda at /data, an IPv4
+    /// address on eth0 and, with `agent`, Debian's qemu-guest-agent running
+    /// (`start-ga`); waits until `virsh guestinfo` sees the filesystem.
+    pub fn with_data(tag: &str, agent: bool) -> LinuxGuest {
+        let lg = Self::start(tag, "");
+        let out = lg.run(
+            "mke2fs -q /dev/vda && mkdir -p /data && mount -t ext4 /dev/vda /data && \
+             dd if=/dev/zero of=/data/f bs=1k count=3072 2>/dev/null; sync; grep -c ' /data ' /proc/mounts",
+        );
+        assert!(out.trim_end().ends_with('1'), "mounting /data: {out}");
+        lg.run("ip link set eth0 up && ip addr add 192.0.2.10/24 dev eth0");
+        if agent {
+            lg.run("start-ga");
+            let name = lg.guest.name.clone();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !super::virsh::run(&["guestinfo", &name]).is_ok_and(|o| o.contains("fs.count")) {
+                assert!(Instant::now() < deadline, "the guest agent of {name} does not answer virsh guestinfo");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        lg
+    }
 }

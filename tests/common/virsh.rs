@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use virtpulse::libvirt::TypedValue;
+use virtpulse::value::TypedValue;
 
 /// The URI of this test binary's private libvirtd (started on first use).
 pub fn uri() -> &'static str {

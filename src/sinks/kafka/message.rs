@@ -42,6 +42,7 @@ pub fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::DomainJob => "domain_job",
         RecordKind::Node => "node",
         RecordKind::StoragePool => "storage_pool",
+        RecordKind::Guest => "guest",
         RecordKind::Event => "event",
     }
 }

@@ -66,6 +66,41 @@ impl KafkaSink {
     }
 }
 
+/// The Kafka sink as configured.
+pub fn factory(cfg: KafkaConfig) -> crate::sinks::SinkFactory {
+    use crate::sinks::SinkFactory;
+    SinkFactory {
+        name: "kafka",
+        queue_capacity: cfg.queue_capacity,
+        start: Box::new(move |queue, ctx| {
+            Box::pin(async move {
+                let k = &cfg;
+                let sink = start(k, &ctx.hostname, queue, tokio::runtime::Handle::current())?;
+                tracing::info!(brokers = %k.brokers.join(","), events_topic = %k.events_topic, spool = %k.spool_dir.display(), "Kafka sink started");
+                let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
+                Ok(crate::sinks::Running {
+                    name: "kafka",
+                    report: Some(report),
+                    stop_within: k.shutdown_timeout + Duration::from_secs(2),
+                    // The sender gives messages in flight up to shutdown_timeout itself.
+                    stop: Box::new(move |deadline| {
+                        Box::pin(async move {
+                            if tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || sink.join()))
+                                .await
+                                .is_err()
+                            {
+                                tracing::warn!(
+                                    "the Kafka sink did not stop in time; undelivered events stay in the spool"
+                                );
+                            }
+                        })
+                    }),
+                })
+            })
+        }),
+    }
+}
+
 /// Opens the spool, creates the producer and starts the threads. Fails on
 /// what will not fix itself (bad properties, unusable spool directory); an
 /// unreachable broker is logged and waited for, with events spooled.

@@ -1,5 +1,7 @@
 //! The Kafka sink's own figures, read by the Prometheus sink at scrape time.
 
+use crate::selfmon::{find, MetricDesc, MetricWriter, Report};
+use crate::util::clock::unix_seconds;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -242,6 +244,100 @@ impl KafkaStats {
             })
             .collect();
         (buckets, self.latency_sum_ns.load(Relaxed) as f64 / 1e9, self.latency_count.load(Relaxed))
+    }
+}
+
+/// The metrics the Kafka sink reports.
+pub const METRICS: &[MetricDesc] = &[
+    MetricDesc::gauge(
+        "virtpulse_kafka_broker_up",
+        "1 if the Kafka producer has a connection to at least one broker, else 0.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_kafka_brokers_up",
+        "Kafka brokers (cluster members) the producer is connected to.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_kafka_spool_records",
+        "Events in the Kafka spool not yet acknowledged by the broker.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_kafka_spool_bytes",
+        "Size of the Kafka spool on disk.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_kafka_spool_oldest_age_seconds",
+        "Age of the oldest unacknowledged event in the Kafka spool (0 when empty).",
+    ),
+    MetricDesc::counter(
+        "virtpulse_kafka_messages_delivered_total",
+        "Messages the broker acknowledged, by stream (events, metrics).",
+    ),
+    MetricDesc::counter(
+        "virtpulse_kafka_delivery_failures_total",
+        "Delivery reports with an error, by stream; failed events are sent again from the spool.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_kafka_events_resent_total",
+        "Events handed to the producer again after a failed delivery.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_kafka_producer_restarts_total",
+        "Kafka producers replaced, by reason (fatal_error, delivery_failures, stuck_in_flight: an event in flight past message_timeout with a broker reachable, broker_errors).",
+    ),
+    MetricDesc::counter(
+        "virtpulse_kafka_records_dropped_total",
+        "Records that will never reach the broker, by stream and reason (spool_full, spool_expired, spool_corrupt, spool_write_failed, rejected, superseded, producer_queue_full, undelivered).",
+    ),
+    MetricDesc::histogram(
+        "virtpulse_kafka_event_delivery_seconds",
+        "Time from libvirt's event callback to the broker's acknowledgement.",
+    ),
+];
+
+fn put(w: &mut dyn MetricWriter, name: &'static str, labels: &[(&str, &str)], v: f64) {
+    w.sample(&find(METRICS, name), labels, v);
+}
+
+impl Report for KafkaStats {
+    fn metrics(&self, w: &mut dyn MetricWriter) {
+        let k = self;
+        let now = unix_seconds();
+        put(w, "virtpulse_kafka_broker_up", &[], if k.connected() { 1.0 } else { 0.0 });
+        put(w, "virtpulse_kafka_brokers_up", &[], k.brokers_up() as f64);
+        let (records, bytes, oldest_ms) = k.spool();
+        put(w, "virtpulse_kafka_spool_records", &[], records as f64);
+        put(w, "virtpulse_kafka_spool_bytes", &[], bytes as f64);
+        let age = oldest_ms.map(|ms| (now - ms as f64 / 1000.0).max(0.0)).unwrap_or(0.0);
+        put(w, "virtpulse_kafka_spool_oldest_age_seconds", &[], age);
+        for s in Stream::ALL {
+            let l = [("stream", s.as_str())];
+            put(w, "virtpulse_kafka_messages_delivered_total", &l, k.delivered_count(s) as f64);
+            put(w, "virtpulse_kafka_delivery_failures_total", &l, k.failure_count(s) as f64);
+        }
+        put(w, "virtpulse_kafka_events_resent_total", &[], k.resent_count() as f64);
+        for why in RestartReason::ALL {
+            put(
+                w,
+                "virtpulse_kafka_producer_restarts_total",
+                &[("reason", why.as_str())],
+                k.producer_restarts(why) as f64,
+            );
+        }
+        for c in DropCause::ALL {
+            let l = [("stream", c.stream().as_str()), ("reason", c.as_str())];
+            put(w, "virtpulse_kafka_records_dropped_total", &l, k.dropped_count(c) as f64);
+        }
+        let (buckets, sum, count) = k.latency();
+        w.histogram(&find(METRICS, "virtpulse_kafka_event_delivery_seconds"), &[], &buckets, sum, count);
+    }
+
+    fn readiness(&self) -> Option<(&'static str, serde_json::Value)> {
+        let (records, bytes, _) = self.spool();
+        Some((
+            "kafka_broker",
+            serde_json::json!({ "up": self.connected(), "spool_records": records, "spool_bytes": bytes }),
+        ))
     }
 }
 

@@ -8,8 +8,8 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 
 use super::metrics::unix_nanos;
 use super::resource::{kv, kv_any};
-use crate::libvirt::TypedValue;
 use crate::record::{EventInfo, Record};
+use crate::value::TypedValue;
 
 /// How bad an event is. Errors: the guest or its I/O failed. Warnings: the
 /// guest or a job may need attention. Everything else is information.

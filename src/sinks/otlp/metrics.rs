@@ -259,6 +259,7 @@ impl MetricBuilder {
                 (format!("j/{uuid}/{op}"), elapsed, elapsed)
             }
             RecordKind::Node => ("n".to_string(), 0.0, 0.0),
+            RecordKind::Guest => (format!("g/{}", r.domain.as_ref().map(|d| &*d.uuid).unwrap_or("")), 0.0, 0.0),
             RecordKind::StoragePool => (format!("p/{}", r.pool.as_ref().map(|p| &*p.uuid).unwrap_or("")), 0.0, 0.0),
             RecordKind::Event => return now,
         };
@@ -349,8 +350,8 @@ impl MetricBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::libvirt::TypedValue;
     use crate::record::{DomainInfo, DomainRef, Field, Unit, SCHEMA};
+    use crate::value::TypedValue;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point, Metric, NumberDataPoint};

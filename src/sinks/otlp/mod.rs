@@ -66,7 +66,7 @@ impl Complaints {
 }
 
 /// Warnings that would repeat per batch, once a minute each.
-static WARNINGS: crate::throttle::Throttle = crate::throttle::Throttle::new(Duration::from_secs(60));
+static WARNINGS: crate::util::throttle::Throttle = crate::util::throttle::Throttle::new(Duration::from_secs(60));
 
 /// Snapshots by source, each with its expiry.
 type Snapshots = HashMap<&'static str, (Arc<Batch>, Option<Instant>)>;
@@ -118,11 +118,42 @@ pub fn check(cfg: &OtlpConfig, host: &str, uri: &str) -> Result<(), String> {
     if !cfg.enabled {
         return Ok(());
     }
+    if let Some(ca) = &cfg.ca_file {
+        std::fs::metadata(ca).map_err(|e| format!("sinks.otlp.ca_file: cannot read {}: {e}", ca.display()))?;
+    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let settings = cfg.settings(&env).map_err(|e| format!("sinks.otlp: {e}"))?;
     Transport::new(&settings).map_err(|e| format!("sinks.otlp: {e}"))?;
     ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| format!("sinks.otlp: {e}"))?;
     Ok(())
+}
+
+/// The OTLP sink as configured.
+pub fn factory(cfg: OtlpConfig) -> crate::sinks::SinkFactory {
+    use crate::sinks::SinkFactory;
+    SinkFactory {
+        name: "otlp",
+        queue_capacity: cfg.queue_capacity,
+        start: Box::new(move |queue, ctx| {
+            Box::pin(async move {
+                let sink = start(&cfg, &ctx.hostname, &ctx.libvirt_uri, ctx.selection.clone(), queue)?;
+                let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
+                Ok(crate::sinks::Running {
+                    name: "otlp",
+                    report: Some(report),
+                    stop_within: cfg.shutdown_timeout + Duration::from_secs(2),
+                    // The exporters bound their own last flush by shutdown_timeout.
+                    stop: Box::new(move |deadline| {
+                        Box::pin(async move {
+                            if tokio::time::timeout(deadline, sink.join()).await.is_err() {
+                                tracing::warn!("the OTLP sink did not stop in time");
+                            }
+                        })
+                    }),
+                })
+            })
+        }),
+    }
 }
 
 /// Checks the settings and starts the sink's tasks. Errors name the setting.
@@ -321,8 +352,8 @@ async fn metrics_cycle(shared: &Arc<Shared>, due: Instant, closing: &mut watch::
     let rest: u64 = requests.map(|(_, p)| p).sum();
     shared.stats.dropped(Signal::Metrics, DropReason::Superseded, rest);
     if large {
-        // The requests are gone: their pages go back (see libvirt::heap).
-        let _ = tokio::task::spawn_blocking(crate::libvirt::heap::trim).await;
+        // The requests are gone: their pages go back (see util::heap).
+        let _ = tokio::task::spawn_blocking(crate::util::heap::trim).await;
     }
 }
 

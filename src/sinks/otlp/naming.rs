@@ -83,8 +83,9 @@ pub fn metric_name(prometheus: &str, mtype: MetricType) -> (String, &'static str
 /// The OTLP attribute key for a Prometheus label of a record kind.
 pub fn attribute_key(kind: RecordKind, label: &str) -> String {
     match (kind, label) {
-        (RecordKind::DomainStats | RecordKind::DomainJob, "domain") => "libvirt.domain.name".into(),
-        (RecordKind::DomainStats | RecordKind::DomainJob, "uuid") => "libvirt.domain.uuid".into(),
+        (RecordKind::DomainStats | RecordKind::DomainJob | RecordKind::Guest, "domain") => "libvirt.domain.name".into(),
+        (RecordKind::DomainStats | RecordKind::DomainJob | RecordKind::Guest, "uuid") => "libvirt.domain.uuid".into(),
+        (RecordKind::Guest, l) => format!("libvirt.guest.{l}"),
         (RecordKind::DomainJob, l) => format!("libvirt.job.{l}"),
         (RecordKind::StoragePool, "pool") => "libvirt.pool.name".into(),
         (RecordKind::StoragePool, l) => format!("libvirt.pool.{l}"),

@@ -67,7 +67,7 @@ impl ResourceBuilder {
         if r.kind != RecordKind::Node {
             return false;
         }
-        let version = |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::libvirt::node::version_string);
+        let version = |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::sinks::codes::version_string);
         let mut changed = false;
         let mut set = |k: &str, v: Option<String>| {
             if let Some(v) = v.filter(|v| !v.is_empty()) {

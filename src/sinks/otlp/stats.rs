@@ -1,5 +1,6 @@
 //! The OTLP sink's own figures, read by the Prometheus sink at scrape time.
 
+use crate::selfmon::{find, MetricDesc, MetricWriter, Report};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -159,5 +160,100 @@ impl OtlpStats {
 
     pub fn up(&self, signal: Signal) -> bool {
         self.s(signal).up.load(Relaxed) == 1
+    }
+}
+
+/// The metrics the OTLP sink reports.
+pub const METRICS: &[MetricDesc] = &[
+    MetricDesc::gauge(
+        "virtpulse_otlp_receiver_up",
+        "Per signal (metrics, logs): 1 if the last OTLP export succeeded, else 0.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_otlp_exports_total",
+        "OTLP export requests by signal and result (ok, partial, failed, rejected).",
+    ),
+    MetricDesc::counter(
+        "virtpulse_otlp_items_sent_total",
+        "Data points (metrics) or log records (logs) the OTLP receiver accepted.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_otlp_request_bytes_total",
+        "Protobuf bytes (before compression) of the OTLP requests the receiver accepted, by signal.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_otlp_items_dropped_total",
+        "Data points or log records that never reached the OTLP receiver, by signal and reason (superseded, queue_full, rejected, cardinality_limit, shutdown).",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_otlp_log_queue_records",
+        "Event log records waiting for the OTLP receiver.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_otlp_log_queue_capacity",
+        "Capacity of the OTLP log queue in records.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_otlp_export_duration_seconds",
+        "Duration of the last OTLP export request, by signal.",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_otlp_last_success_timestamp_seconds",
+        "When an OTLP export of the signal last succeeded (Unix time).",
+    ),
+];
+
+fn put(w: &mut dyn MetricWriter, name: &'static str, labels: &[(&str, &str)], v: f64) {
+    w.sample(&find(METRICS, name), labels, v);
+}
+
+impl Report for OtlpStats {
+    fn metrics(&self, w: &mut dyn MetricWriter) {
+        let o = self;
+        use std::sync::atomic::Ordering::Relaxed;
+        for s in Signal::ALL {
+            let l = [("signal", s.as_str())];
+            put(w, "virtpulse_otlp_receiver_up", &l, if o.up(s) { 1.0 } else { 0.0 });
+            for r in ExportResult::ALL {
+                put(
+                    w,
+                    "virtpulse_otlp_exports_total",
+                    &[("signal", s.as_str()), ("result", r.as_str())],
+                    o.exports(s, r) as f64,
+                );
+            }
+            put(w, "virtpulse_otlp_items_sent_total", &l, o.sent_items(s) as f64);
+            put(w, "virtpulse_otlp_request_bytes_total", &l, o.request_bytes(s) as f64);
+            for d in DropReason::ALL {
+                let n = o.dropped_count(s, d);
+                // Only the reasons that can happen to the signal.
+                let applies = match d {
+                    DropReason::Superseded | DropReason::CardinalityLimit => s == Signal::Metrics,
+                    DropReason::QueueFull | DropReason::Shutdown => s == Signal::Logs,
+                    DropReason::Rejected => true,
+                };
+                if applies || n > 0 {
+                    put(
+                        w,
+                        "virtpulse_otlp_items_dropped_total",
+                        &[("signal", s.as_str()), ("reason", d.as_str())],
+                        n as f64,
+                    );
+                }
+            }
+            put(w, "virtpulse_otlp_export_duration_seconds", &l, o.last_duration(s).as_secs_f64());
+            if let Some(t) = o.last_success(s) {
+                put(w, "virtpulse_otlp_last_success_timestamp_seconds", &l, t);
+            }
+        }
+        put(w, "virtpulse_otlp_log_queue_records", &[], o.log_queue.load(Relaxed) as f64);
+        put(w, "virtpulse_otlp_log_queue_capacity", &[], o.log_queue_capacity.load(Relaxed) as f64);
+    }
+
+    fn readiness(&self) -> Option<(&'static str, serde_json::Value)> {
+        Some((
+            "otlp_receiver",
+            serde_json::json!({ "metrics_up": self.up(Signal::Metrics), "logs_up": self.up(Signal::Logs) }),
+        ))
     }
 }

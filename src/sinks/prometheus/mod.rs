@@ -2,7 +2,9 @@
 //! when they arrive (once per collection), so a scrape only concatenates
 //! prepared text and the agent's own metrics: it never waits on libvirt.
 
+pub mod body;
 pub mod events;
+pub mod gzip;
 pub mod plan;
 pub mod render;
 pub mod selfmetrics;
@@ -10,11 +12,9 @@ pub mod text;
 pub mod web;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -25,12 +25,14 @@ use axum::routing::get;
 use bytes::Bytes;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
-use crate::health::Health;
-use crate::libvirt::ConnectionManager;
 use crate::record::Batch;
 use crate::router::SinkQueue;
 use crate::selection::Selection;
+use crate::selfmon::Probe;
 use crate::selfmon::Registry;
+use crate::util::clock::process_millis;
+use body::{Chunks, Frames, Output};
+pub use body::{Encoding, Written};
 use plan::SourcePlan;
 use render::{Families, Family};
 use selfmetrics::SinkFacts;
@@ -49,6 +51,11 @@ const RENDER_WAIT: Duration = Duration::from_secs(10);
 /// Snapshots of at least this many records give their memory back to the
 /// kernel once replaced (see `libvirt::heap::trim`).
 const TRIM_AFTER_RECORDS: usize = 50;
+
+/// How long after a gzip scrape new snapshots are still compressed ahead:
+/// longer than any sensible scrape interval, short enough that a client
+/// gone for good stops costing a compression per snapshot.
+const GZIP_EXPECTED_FOR: Duration = Duration::from_secs(600);
 
 /// Distinct unmapped / mistyped keys remembered (each is logged once).
 const MAX_LOGGED_KEYS: usize = 10_000;
@@ -80,10 +87,13 @@ struct Inner {
 pub struct Exporter {
     inner: Arc<RwLock<Inner>>,
     registry: Arc<Registry>,
-    manager: Option<Arc<ConnectionManager>>,
     selection: Arc<Selection>,
     max_series: u64,
+    prerender_max: usize,
     render_slots: Arc<tokio::sync::Semaphore>,
+    /// When a scrape last asked for gzip (process milliseconds + 1; 0:
+    /// never): snapshots are compressed ahead only while someone does.
+    gzip_asked: Arc<AtomicU64>,
 }
 
 /// The read lock, or an error for the caller to answer with (a panic while
@@ -91,20 +101,36 @@ pub struct Exporter {
 type Guard<'a> = std::sync::RwLockReadGuard<'a, Inner>;
 
 impl Exporter {
-    pub fn new(
-        registry: Arc<Registry>,
-        manager: Option<Arc<ConnectionManager>>,
-        selection: Arc<Selection>,
-        max_series: u64,
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, selection: Arc<Selection>, max_series: u64) -> Self {
         Self {
             inner: Arc::default(),
             registry,
-            manager,
             selection,
             max_series,
+            prerender_max: 0,
             render_slots: Arc::new(tokio::sync::Semaphore::new(RENDER_SLOTS)),
+            gzip_asked: Arc::default(),
         }
+    }
+
+    /// Notes a scrape's encoding (gzip ones make later snapshots
+    /// precompressed).
+    pub fn scraped_with(&self, encoding: Encoding) {
+        if encoding == Encoding::Gzip {
+            self.gzip_asked.store(process_millis() + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn gzip_expected(&self) -> bool {
+        let asked = self.gzip_asked.load(Ordering::Relaxed);
+        asked != 0 && process_millis() + 1 - asked <= GZIP_EXPECTED_FOR.as_millis() as u64
+    }
+
+    /// Snapshots whose text is at most `bytes` are rendered once on arrival
+    /// (see `SourcePlan::prerender`).
+    pub fn prerender_up_to(mut self, bytes: usize) -> Self {
+        self.prerender_max = bytes;
+        self
     }
 
     fn read(&self) -> Result<Guard<'_>, String> {
@@ -135,9 +161,11 @@ impl Exporter {
             Err(_) => 0,
         };
         let expires = batch.ttl.map(|t| Instant::now() + t);
-        let present: Option<HashSet<Arc<str>>> = (source == crate::collectors::domain_stats::SOURCE)
+        let present: Option<HashSet<Arc<str>>> = batch
+            .lists_every_domain
             .then(|| batch.records.iter().filter_map(|r| r.domain.as_ref()).map(|d| d.uuid.clone()).collect());
-        let plan = SourcePlan::build(batch, &self.selection, self.max_series.saturating_sub(others));
+        let mut plan = SourcePlan::build(batch, &self.selection, self.max_series.saturating_sub(others));
+        plan.prerender(self.prerender_max, self.gzip_expected());
         let Ok(mut inner) = self.inner.write() else {
             tracing::error!("Prometheus sink: state lock poisoned; snapshot not applied");
             return;
@@ -187,10 +215,11 @@ impl Exporter {
             unmapped_keys: unmapped.len(),
             conflicts_total: inner.conflicts_total,
             series: plans.iter().map(|p| p.stats.series).sum(),
+            prerendered_bytes: plans.iter().map(|p| p.prerendered_bytes()).sum(),
             series_limit: self.max_series,
             over_limit_total: inner.over_limit_total,
         };
-        let mut own = selfmetrics::render(&self.registry, self.manager.as_deref(), facts);
+        let mut own = selfmetrics::render(&self.registry, facts);
         let mut counted = Families::new();
         inner.events.render(&mut counted, &*self.selection);
         // Event counters are metrics about libvirt: the selection applies.
@@ -199,9 +228,22 @@ impl Exporter {
         own
     }
 
+    /// Every live snapshot is held rendered: a scrape renders nothing but
+    /// the agent's own metrics.
+    pub fn all_prerendered(&self) -> bool {
+        let Ok(inner) = self.read() else { return false };
+        let now = Instant::now();
+        inner.sources.values().filter(|s| s.live(now)).all(|s| s.plan.is_prerendered())
+    }
+
     /// Writes the whole exposition, handing out chunks of about `chunk`
     /// bytes; stops early when `send` returns false (client gone).
-    pub fn write_to(&self, chunk: usize, send: &mut dyn FnMut(Bytes) -> bool) -> Result<(), String> {
+    pub fn write_to(
+        &self,
+        encoding: Encoding,
+        chunk: usize,
+        send: &mut dyn FnMut(Bytes) -> bool,
+    ) -> Result<Written, String> {
         let (plans, own) = {
             let inner = self.read()?;
             let now = Instant::now();
@@ -223,45 +265,51 @@ impl Exporter {
         parts.extend(own.iter().map(|(n, f)| (n.as_str(), Part::Own(n, f))));
         parts.sort_by(|a, b| a.0.cmp(b.0));
 
+        let mut body = Output::new(encoding, chunk, send);
         let mut out = String::with_capacity(chunk + 4096);
-        let mut open = true;
-        let mut flush = |out: &mut String| {
-            if open && !out.is_empty() {
-                open = send(Bytes::from(std::mem::take(out)));
-                out.reserve(chunk + 4096);
-            }
-        };
+        let mut piece_compressor = None;
         let mut i = 0;
         while i < parts.len() {
             let name = parts[i].0;
+            let first = i;
             let mtype = match &parts[i].1 {
                 Part::Plan(_, f) => f.mtype,
                 Part::Own(_, f) => f.mtype,
             };
+            // A piece holds the header too: only the first part can use it.
+            let piece = match &parts[i].1 {
+                Part::Plan(_, f) if body.takes_pieces() => SourcePlan::gzip_piece(f, &mut piece_compressor),
+                _ => None,
+            };
             match &parts[i].1 {
+                _ if piece.is_some() => {}
                 Part::Plan(_, f) => out.push_str(SourcePlan::header(f)),
                 Part::Own(n, f) => write_header(&mut out, n, &f.help, f.mtype.as_str()),
             }
             while i < parts.len() && parts[i].0 == name {
                 match &parts[i].1 {
-                    Part::Plan(p, f) if f.mtype == mtype => p.write_family(f, &mut out, chunk, &mut flush),
+                    Part::Plan(p, f) if f.mtype == mtype => match (piece, SourcePlan::rendered(f)) {
+                        (Some(piece), _) if i == first => body.piece(&mut out, piece)?,
+                        (_, Some(held)) => body.held(&mut out, held),
+                        _ => p.write_family(f, &mut out, chunk, &mut |o| body.text(o)),
+                    },
                     Part::Own(_, f) if f.mtype == mtype => out.push_str(&f.body),
                     _ => {}
                 }
                 i += 1;
             }
             if out.len() >= chunk {
-                flush(&mut out);
+                body.text(&mut out);
             }
         }
-        flush(&mut out);
-        Ok(())
+        body.text(&mut out);
+        body.finish()
     }
 
     /// The full exposition text in one string (tests, benchmarks).
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        let _ = self.write_to(CHUNK_BYTES, &mut |b| {
+        let _ = self.write_to(Encoding::Identity, CHUNK_BYTES, &mut |b| {
             text.push_str(&String::from_utf8_lossy(&b));
             true
         });
@@ -280,7 +328,7 @@ pub async fn run_sink(exporter: Exporter, mut queue: SinkQueue) {
             e.apply(batch);
             // The previous snapshot is gone now: its pages go back too.
             if large {
-                crate::libvirt::heap::trim();
+                crate::util::heap::trim();
             }
         })
         .await
@@ -294,22 +342,7 @@ pub async fn run_sink(exporter: Exporter, mut queue: SinkQueue) {
     }
 }
 
-/// The response body: chunks as the blocking renderer hands them over.
-struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
-    }
-}
-
-async fn metrics(State(exporter): State<Exporter>) -> Response {
+async fn metrics(State(exporter): State<Exporter>, headers: axum::http::HeaderMap) -> Response {
     let slot = match tokio::time::timeout(RENDER_WAIT, exporter.render_slots.clone().acquire_owned()).await {
         Ok(Ok(p)) => p,
         _ => return (StatusCode::SERVICE_UNAVAILABLE, "too many scrapes at once; try again\n").into_response(),
@@ -320,18 +353,62 @@ async fn metrics(State(exporter): State<Exporter>) -> Response {
         tracing::error!(problem = %e, "cannot serve /metrics");
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        if let Err(e) = exporter.write_to(CHUNK_BYTES, &mut |b| tx.blocking_send(b).is_ok()) {
-            tracing::error!(problem = %e, "cannot serve /metrics");
+    let encoding = Encoding::from_accept(headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()));
+    exporter.scraped_with(encoding);
+    let body = if exporter.all_prerendered() {
+        // Nothing to render: the body is slices of held text and pieces plus
+        // the agent's own metrics, laid out in one go (handing 64 KiB chunks
+        // one by one to the connection cost more than laying them out).
+        let laid = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let mut frames = std::collections::VecDeque::new();
+            exporter.write_to(encoding, CHUNK_BYTES, &mut |b| {
+                frames.push_back(b);
+                true
+            })?;
+            Ok::<_, String>(frames)
+        })
+        .await;
+        match laid {
+            Ok(Ok(frames)) => Body::new(Frames(frames)),
+            Ok(Err(e)) => {
+                tracing::error!(problem = %e, "cannot serve /metrics");
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response();
+            }
+            Err(e) => {
+                tracing::error!(problem = %e, "cannot serve /metrics");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "rendering failed\n").into_response();
+            }
         }
-    });
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], Body::new(Chunks(rx))).into_response()
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            if let Err(e) = exporter.write_to(encoding, CHUNK_BYTES, &mut |b| tx.blocking_send(b).is_ok()) {
+                tracing::error!(problem = %e, "cannot serve /metrics");
+            }
+        });
+        Body::new(Chunks(rx))
+    };
+    match encoding {
+        // Encoded here, so the compression layer leaves it alone.
+        Encoding::Gzip => (
+            [
+                (header::CONTENT_TYPE, CONTENT_TYPE),
+                (header::CONTENT_ENCODING, "gzip"),
+                (header::VARY, "accept-encoding"),
+            ],
+            body,
+        )
+            .into_response(),
+        Encoding::Identity => {
+            ([(header::CONTENT_TYPE, CONTENT_TYPE), (header::VARY, "accept-encoding")], body).into_response()
+        }
+    }
 }
 
 /// Liveness: 200 while every loop turns (what the systemd watchdog checks).
-async fn healthz(health: Arc<Health>) -> Response {
+async fn healthz(health: Arc<dyn Probe>) -> Response {
     match health.liveness() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
@@ -340,13 +417,13 @@ async fn healthz(health: Arc<Health>) -> Response {
 
 /// Readiness: 200 when connected to libvirt with fresh collections; the
 /// body tells the state of every part either way.
-async fn readyz(health: Arc<Health>) -> Response {
+async fn readyz(health: Arc<dyn Probe>) -> Response {
     let (ready, body) = health.readiness();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
 }
 
-pub fn router(exporter: Exporter, path: &str, health: Arc<Health>) -> axum::Router {
+pub fn router(exporter: Exporter, path: &str, health: Arc<dyn Probe>) -> axum::Router {
     let landing = format!(
         "<html><head><title>virtpulse</title></head><body><h1>virtpulse</h1><p><a href=\"{path}\">Metrics</a></p></body></html>\n"
     );
@@ -367,6 +444,73 @@ pub fn router(exporter: Exporter, path: &str, health: Arc<Health>) -> axum::Rout
         .with_state(exporter)
 }
 
+/// The Prometheus sink as configured. `security`: TLS and basic auth from
+/// `web_config_file`, loaded by the start-up checks.
+pub fn factory(
+    cfg: crate::config::PrometheusConfig,
+    security: Option<Arc<web::Security>>,
+) -> crate::sinks::SinkFactory {
+    use crate::sinks::SinkFactory;
+    SinkFactory {
+        name: "prometheus",
+        queue_capacity: cfg.queue_capacity,
+        start: Box::new(move |queue, ctx| {
+            Box::pin(async move {
+                use anyhow::Context;
+                let p = &cfg;
+                let addr: SocketAddr = p
+                    .listen
+                    .parse()
+                    .with_context(|| format!("sinks.prometheus.listen {:?} is not an address", p.listen))?;
+                let listener = bind(addr).await.with_context(|| {
+                    format!("cannot listen on {addr} (sinks.prometheus.listen): is another exporter using the port?")
+                })?;
+                let exporter = Exporter::new(ctx.registry.clone(), ctx.selection.clone(), p.max_series)
+                    .prerender_up_to(usize::try_from(p.prerender_max_bytes.0).unwrap_or(usize::MAX));
+                let intake = tokio::spawn(run_sink(exporter.clone(), queue));
+                let mut app = router(exporter, &p.path, ctx.probe.clone());
+                if let Some(sec) = &security {
+                    app = app.layer(axum::middleware::from_fn_with_state(sec.clone(), web::guard));
+                }
+                let tls = security.as_ref().and_then(|s| s.tls.clone());
+                let basic_auth = security.as_ref().is_some_and(|s| s.requires_auth());
+                tracing::info!(%addr, path = %p.path, tls = tls.is_some(), basic_auth, "serving Prometheus metrics");
+                let stop = Arc::new(tokio::sync::Notify::new());
+                let stopped = {
+                    let stop = stop.clone();
+                    async move { stop.notified().await }
+                };
+                let server = tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => web::serve_tls(listener, app, acceptor, stopped).await,
+                        None => {
+                            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                                tracing::error!(error = %e, "HTTP server failed");
+                            }
+                        }
+                    }
+                });
+                Ok(crate::sinks::Running {
+                    name: "prometheus",
+                    report: None,
+                    stop_within: Duration::from_secs(5),
+                    // Scrapes under way finish; the intake ends with its queue.
+                    stop: Box::new(move |deadline| {
+                        Box::pin(async move {
+                            stop.notify_one();
+                            let _ = tokio::time::timeout(deadline, async move {
+                                let _ = server.await;
+                                let _ = intake.await;
+                            })
+                            .await;
+                        })
+                    }),
+                })
+            })
+        }),
+    }
+}
+
 /// Binds the listener; errors name the address (busy port, no permission).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
@@ -375,9 +519,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::libvirt::TypedValue;
     use crate::record::{DomainInfo, DomainRef, Field, Record, RecordKind, Unit, SCHEMA};
     use crate::selection::{Profile, SelectionSpec};
+    use crate::value::TypedValue;
 
     fn domain(i: usize, fields: &[(&str, TypedValue)]) -> Record {
         Record {
@@ -421,7 +565,7 @@ mod tests {
     }
 
     fn exporter(spec: SelectionSpec, max_series: u64) -> Exporter {
-        Exporter::new(Registry::new(), None, Arc::new(Selection::new(&spec).unwrap()), max_series)
+        Exporter::new(Registry::new(), Arc::new(Selection::new(&spec).unwrap()), max_series)
     }
 
     fn batch(source: &'static str, records: Vec<Record>) -> Arc<Batch> {
@@ -532,8 +676,47 @@ mod tests {
             panic!("poison the lock");
         })
         .join();
-        assert!(e.write_to(1024, &mut |_| true).is_err());
+        assert!(e.write_to(Encoding::Identity, 1024, &mut |_| true).is_err());
         assert!(e.encode().is_empty());
+    }
+
+    #[test]
+    fn a_prerendered_snapshot_reads_the_same_and_a_big_one_is_rendered_at_scrape_time() {
+        let records = || (0..50).map(|i| domain(i, &fields())).collect::<Vec<_>>();
+        let plain = exporter(SelectionSpec::default(), u64::MAX);
+        plain.apply(batch("domain_stats", records()));
+        let pre = exporter(SelectionSpec::default(), u64::MAX).prerender_up_to(8 << 20);
+        pre.apply(batch("domain_stats", records()));
+        let samples = |text: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with("virtpulse_") && !l.starts_with("process_"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let (a, b) = (plain.encode(), pre.encode());
+        assert_eq!(samples(&a), samples(&b));
+        let held = |text: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("virtpulse_prometheus_prerendered_bytes "))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(held(&a), Some(0.0));
+        let bytes = held(&b).unwrap();
+        assert!(bytes > 10_000.0, "{bytes}");
+        // Over the budget: nothing held, the same text rendered per scrape.
+        let small = exporter(SelectionSpec::default(), u64::MAX).prerender_up_to(1000);
+        small.apply(batch("domain_stats", records()));
+        let c = small.encode();
+        assert_eq!(held(&c), Some(0.0));
+        assert_eq!(samples(&a), samples(&c));
+        // Streaming a held snapshot still comes in bounded chunks.
+        let mut chunks = Vec::new();
+        pre.write_to(Encoding::Identity, 4096, &mut |b| {
+            chunks.push(b.len());
+            true
+        })
+        .unwrap();
+        assert!(chunks.len() > 5 && chunks.iter().all(|n| *n < 4096 + 1024), "{chunks:?}");
     }
 
     #[test]
@@ -541,7 +724,7 @@ mod tests {
         let e = exporter(SelectionSpec::default(), u64::MAX);
         e.apply(batch("domain_stats", (0..200).map(|i| domain(i, &fields())).collect()));
         let mut chunks = Vec::new();
-        e.write_to(4096, &mut |b| {
+        e.write_to(Encoding::Identity, 4096, &mut |b| {
             chunks.push(b.len());
             true
         })
@@ -550,11 +733,73 @@ mod tests {
         assert!(chunks.iter().all(|n| *n < 4096 + 1024), "{chunks:?}");
         // A client gone stops the rendering.
         let mut sent = 0;
-        e.write_to(4096, &mut |_| {
+        e.write_to(Encoding::Identity, 4096, &mut |_| {
             sent += 1;
             false
         })
         .unwrap();
         assert_eq!(sent, 1);
+    }
+
+    fn gunzipped(e: &Exporter, chunk: usize) -> (String, Vec<usize>, Written) {
+        let mut body = Vec::new();
+        let mut chunks = Vec::new();
+        let written = e
+            .write_to(Encoding::Gzip, chunk, &mut |b| {
+                chunks.push(b.len());
+                body.extend_from_slice(&b);
+                true
+            })
+            .unwrap();
+        assert_eq!(written.bytes, body.len() as u64);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text).unwrap();
+        (text, chunks, written)
+    }
+
+    fn held(text: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("virtpulse_prometheus_prerendered_bytes "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn gzip_bodies_decode_to_the_plain_text_with_or_without_precompressed_pieces() {
+        let records = || (0..60).map(|i| domain(i, &fields())).collect::<Vec<_>>();
+        // Own metrics change between two scrapes: compare the rest.
+        let samples = |text: &str| {
+            text.lines().filter(|l| !l.contains("virtpulse_") && !l.contains("process_")).collect::<Vec<_>>().join("\n")
+        };
+        let text_only = exporter(SelectionSpec::default(), u64::MAX).prerender_up_to(8 << 20);
+        text_only.apply(batch("domain_stats", records()));
+        let with_pieces = exporter(SelectionSpec::default(), u64::MAX).prerender_up_to(8 << 20);
+        with_pieces.scraped_with(Encoding::Gzip);
+        with_pieces.apply(batch("domain_stats", records()));
+        let streamed = exporter(SelectionSpec::default(), u64::MAX);
+        streamed.apply(batch("domain_stats", records()));
+        let plain = text_only.encode();
+        // Pieces are made when the snapshot arrives once gzip was asked for,
+        // else by the first gzip scrape; they cost memory.
+        let (a, b) = (held(&plain), held(&with_pieces.encode()));
+        assert!(b > a * 1.05 && b < a * 1.6, "text {a} bytes, with pieces {b}");
+        for (name, e, pieces) in
+            [("text only", &text_only, true), ("with pieces", &with_pieces, true), ("streamed", &streamed, false)]
+        {
+            let (text, chunks, written) = gunzipped(e, 4096);
+            assert_eq!(written.pieces > 0, pieces, "{name}: {written:?}");
+            assert_eq!(samples(&text), samples(&plain), "{name}");
+            assert!(text.ends_with('\n') && text.contains("# TYPE virtpulse_"), "{name}");
+            assert!(chunks.iter().all(|n| *n <= 4096 + 1024), "{name}: {chunks:?}");
+        }
+        assert_eq!(held(&text_only.encode()), b, "the first gzip scrape made the pieces");
+        // A family merged from two sources keeps one header: the second
+        // source's part is written from its text, not its piece.
+        with_pieces.apply(batch("other", records()));
+        let (text, _, _) = gunzipped(&with_pieces, 4096);
+        let plain = with_pieces.encode();
+        assert_eq!(samples(&text), samples(&plain));
+        let headers = text.lines().filter(|l| l.starts_with("# TYPE libvirt_domain_cpu_time_seconds_total ")).count();
+        assert_eq!(headers, 1, "{text}");
     }
 }

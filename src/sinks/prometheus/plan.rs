@@ -5,10 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustc_hash::{FxHashMap, FxHasher};
 
+use super::gzip::{self, Piece};
 use super::text::{end_sample, escape_label_value, push_label, write_header, write_sample};
 use crate::record::{Batch, Record, RecordKind};
 use crate::selection::Selection;
@@ -17,6 +18,7 @@ use crate::sinks::info::info_metrics;
 use crate::stat_keys::{
     for_each_label, for_each_sample, scaled, MappedExport, MetricType, Sample, SampleFilter, SampleStats, MAX_LABELS,
 };
+use flate2::Compress;
 
 /// One series whose line is written at scrape time (16 bytes: a host's
 /// series cost this much plus their share of the records).
@@ -44,6 +46,13 @@ pub struct PlanFamily {
     /// Lines written when the plan was made (info metrics: many labels,
     /// one line per object).
     text: String,
+    /// The whole family's lines once prerendered (then `text` is empty and
+    /// `samples` too), shared with the scrapes that send them.
+    rendered: Option<Arc<str>>,
+    /// Header and lines compressed once: when the snapshot arrives if gzip
+    /// scrapes are expected, else by the first gzip scrape that needs it
+    /// (`None` inside: compression failed; scrapes compress the text then).
+    gzip: OnceLock<Option<Piece>>,
     samples: Vec<PlanSample>,
 }
 
@@ -74,6 +83,8 @@ pub struct SourcePlan {
     /// Sorted by name.
     families: Vec<PlanFamily>,
     pub stats: PlanStats,
+    /// Every family is held rendered (see `prerender`).
+    prerendered: bool,
 }
 
 fn record_at(batch: &Batch, i: usize) -> Option<&Record> {
@@ -83,7 +94,7 @@ fn record_at(batch: &Batch, i: usize) -> Option<&Record> {
 /// Labels shared by every series of a record, in exposition form.
 fn identity_prefix(r: &Record, filter: &dyn SampleFilter) -> Option<String> {
     let labels: Vec<(&str, &str)> = match r.kind {
-        RecordKind::DomainStats => {
+        RecordKind::DomainStats | RecordKind::Guest => {
             let d = r.domain.as_ref()?;
             vec![("domain", &d.name), ("uuid", &d.uuid)]
         }
@@ -150,6 +161,8 @@ impl Planner<'_> {
                     mtype,
                     header: header.into(),
                     text: String::new(),
+                    rendered: None,
+                    gzip: OnceLock::new(),
                     samples: Vec::new(),
                 });
                 let i = (self.families.len() - 1) as u32;
@@ -289,7 +302,85 @@ impl SourcePlan {
         }
         let mut siblings = p.siblings;
         siblings.shrink_to_fit();
-        SourcePlan { batch, prefixes, exports: p.exports, siblings, sibling_base, families, stats: p.stats }
+        SourcePlan {
+            batch,
+            prefixes,
+            exports: p.exports,
+            siblings,
+            sibling_base,
+            families,
+            stats: p.stats,
+            prerendered: false,
+        }
+    }
+
+    /// Renders every family's lines now, if they come to at most
+    /// `max_bytes`, so scrapes only copy them; the sample index is dropped
+    /// then. With `gzip`, each family (header and lines) is also compressed
+    /// once, for scrapes that ask for gzip. Returns the bytes held.
+    pub fn prerender(&mut self, max_bytes: usize, gzip: bool) -> usize {
+        if max_bytes == 0 {
+            return 0;
+        }
+        let mut texts = Vec::with_capacity(self.families.len());
+        let mut total = 0usize;
+        for fam in &self.families {
+            let mut out = String::new();
+            self.write_family(fam, &mut out, usize::MAX, &mut |_| {});
+            total += out.len();
+            if total > max_bytes {
+                return 0;
+            }
+            texts.push(out);
+        }
+        let mut compressor = gzip.then(gzip::compressor);
+        for (fam, text) in self.families.iter_mut().zip(texts) {
+            if let Some(c) = &mut compressor {
+                let _ = fam.gzip.set(Piece::compress(c, &[&fam.header, &text]).ok());
+            }
+            fam.rendered = Some(text.into());
+            fam.text = String::new();
+            fam.samples = Vec::new();
+        }
+        // Only the text is read from now on: the records (unless another
+        // sink still holds them) and the index go.
+        self.batch = Arc::default();
+        self.prefixes = Vec::new();
+        self.exports = Vec::new();
+        self.siblings = Vec::new();
+        self.sibling_base = Vec::new();
+        self.prerendered = true;
+        self.prerendered_bytes()
+    }
+
+    /// Every family is held rendered (or there is none): a scrape only lays
+    /// out held bytes.
+    pub fn is_prerendered(&self) -> bool {
+        self.prerendered || self.families.is_empty()
+    }
+
+    /// The family's lines, if held rendered.
+    pub fn rendered(fam: &PlanFamily) -> Option<&Arc<str>> {
+        fam.rendered.as_ref()
+    }
+
+    /// Bytes of exposition text held rendered, plain and compressed (see
+    /// `prerender`).
+    pub fn prerendered_bytes(&self) -> usize {
+        if !self.prerendered {
+            return 0;
+        }
+        let piece = |f: &PlanFamily| f.gzip.get().and_then(Option::as_ref).map_or(0, Piece::size);
+        self.families.iter().map(|f| f.rendered.as_ref().map_or(0, |t| t.len()) + piece(f)).sum()
+    }
+
+    /// The family's header and lines compressed, if held rendered: made now
+    /// if no scrape or snapshot made it yet, with `compressor` (made on first
+    /// use, kept for the next).
+    pub fn gzip_piece<'a>(fam: &'a PlanFamily, compressor: &mut Option<Compress>) -> Option<&'a Piece> {
+        let text = fam.rendered.as_ref()?;
+        let make = || Piece::compress(compressor.get_or_insert_with(gzip::compressor), &[&fam.header, text]).ok();
+        fam.gzip.get_or_init(make).as_ref()
     }
 
     pub fn families(&self) -> &[PlanFamily] {
@@ -299,7 +390,7 @@ impl SourcePlan {
     /// Writes one family's lines (no header) into `out`, calling `flush`
     /// whenever `out` has grown past `chunk` bytes.
     pub fn write_family(&self, fam: &PlanFamily, out: &mut String, chunk: usize, flush: &mut dyn FnMut(&mut String)) {
-        let mut text = fam.text.as_str();
+        let mut text: &str = fam.rendered.as_deref().unwrap_or(&fam.text);
         while !text.is_empty() {
             let room = chunk.saturating_sub(out.len()).max(1);
             let cut = if text.len() <= room {
@@ -344,10 +435,5 @@ impl SourcePlan {
 
     pub fn header(fam: &PlanFamily) -> &str {
         &fam.header
-    }
-
-    /// The domains (by UUID) this plan exports.
-    pub fn domain_uuids(&self) -> impl Iterator<Item = &str> {
-        self.batch.records.iter().filter_map(|r| r.domain.as_ref()).map(|d| &*d.uuid)
     }
 }
