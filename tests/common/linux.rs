@@ -63,7 +63,8 @@ impl LinuxGuest {
         let guest = Guest::start_named(&name, spec);
         std::mem::forget(sock_dir); // removed with the guest's own directory sweep
         let g = LinuxGuest { guest, sock, conn: std::sync::Mutex::new(None), counter: Default::default() };
-        let deadline = Instant::now() + Duration::from_secs(90);
+        // TCG boots slowly when several guests share two loaded cores.
+        let deadline = Instant::now() + Duration::from_secs(240);
         loop {
             if let Ok(out) = g.try_run("echo ready", Duration::from_secs(3)) {
                 if out.contains("ready") {
@@ -118,7 +119,7 @@ impl LinuxGuest {
 
     /// Runs a shell command in the guest; returns its output.
     pub fn run(&self, cmd: &str) -> String {
-        self.try_run(cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("guest command {cmd:?}: {e}"))
+        self.try_run(cmd, Duration::from_secs(120)).unwrap_or_else(|e| panic!("guest command {cmd:?}: {e}"))
     }
 
     /// Sends a command without waiting for it to finish (it may never, e.g. a panic).
@@ -140,7 +141,7 @@ impl LinuxGuest {
         if agent {
             lg.run("start-ga");
             let name = lg.guest.name.clone();
-            let deadline = Instant::now() + Duration::from_secs(120);
+            let deadline = Instant::now() + Duration::from_secs(240);
             while !super::virsh::run(&["guestinfo", &name]).is_ok_and(|o| o.contains("fs.count")) {
                 assert!(Instant::now() < deadline, "the guest agent of {name} does not answer virsh guestinfo");
                 std::thread::sleep(Duration::from_millis(500));
