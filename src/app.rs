@@ -9,25 +9,17 @@ use anyhow::anyhow;
 use crate::collectors::blocking::CallTracker;
 use crate::collectors::connection::ConnectionReport;
 use crate::collectors::controller::{self, Schedule, Wake};
-use crate::collectors::domain_info::InfoCache;
-use crate::collectors::domain_stats::{self, DomainStatsCollector};
-use crate::collectors::guest::{self, GuestCollector};
-use crate::collectors::jobs::JobsCollector;
-use crate::collectors::node::NodeCollector;
-use crate::collectors::pools::PoolsCollector;
-use crate::collectors::{CollectError, Collector, EventListener};
-use crate::collectors::{CollectorContext, Identity};
-use crate::config::{CollectorName, Config, LogFormat};
-use crate::events::{self, EventStats};
+use crate::collectors::{manager_options, BuildContext, Collector, CollectorContext, Consumers, Identity};
+use crate::config::{Config, LogFormat};
+use crate::events::{self, EventStats, Listener};
 use crate::filter::DomainFilter;
 use crate::health::Health;
-use crate::libvirt::manager::ManagerOptions;
 use crate::libvirt::ConnectionManager;
-use crate::record::Batch;
+use crate::registry::{COLLECTORS, SINKS};
 use crate::router::Router;
 use crate::selection::Selection;
 use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
-use crate::sinks::{self, kafka, otlp, prometheus, SinkContext};
+use crate::sinks::{CheckContext, Consumes, SinkContext};
 
 /// Exit codes (sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -79,232 +71,94 @@ pub fn init_logging(cfg: &Config) {
 /// Every check a start makes short of connecting anywhere: what
 /// `--check-config` proves, and what the daemon runs before it starts (a
 /// failure is a configuration error, exit 78). The configuration itself
-/// (keys, types, bounds, patterns, the web config's TLS files and users,
-/// every VIRTPULSE_* variable) was checked when it was loaded.
+/// (keys, types, bounds, patterns, every VIRTPULSE_* variable) was checked
+/// when it was loaded; here the sinks check what only they can judge (TLS
+/// files, librdkafka properties, OTEL_* variables).
 pub fn preflight(cfg: &Config) -> Result<(), String> {
-    // TLS certificates and keys, basic auth hashes.
-    web_security(cfg)?;
-    // Property names and values only librdkafka can judge (no connection made).
-    kafka::check(&cfg.sinks.kafka)?;
-    // OTLP settings from OTEL_* variables, TLS material, headers, resource
-    // attributes; the transport needs a runtime to exist (it connects lazily).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start a runtime for the checks: {e}"))?;
-    rt.block_on(async { otlp::check(&cfg.sinks.otlp, &cfg.hostname(), &cfg.libvirt.uri) })?;
+    let ctx = CheckContext { hostname: cfg.hostname(), libvirt_uri: cfg.libvirt.uri.clone() };
+    for (factory, c) in SINKS.iter().zip(&cfg.sinks).filter(|(_, c)| c.enabled) {
+        factory.check(&c.config, &ctx)?;
+    }
+    if crate::admin::wanted(&cfg.admin, serves_health(cfg)) {
+        crate::admin::security(&cfg.admin)?;
+    }
     Ok(())
 }
 
-fn manager_options(cfg: &Config) -> ManagerOptions {
-    ManagerOptions {
-        uri: cfg.libvirt.uri.clone(),
-        read_only: cfg.libvirt.read_only,
-        keepalive_interval: cfg.libvirt.keepalive_interval,
-        keepalive_count: cfg.libvirt.keepalive_count,
-        min_backoff: cfg.libvirt.reconnect_min_backoff,
-        max_backoff: cfg.libvirt.reconnect_max_backoff,
-    }
-}
-
-fn filter(cfg: &Config) -> anyhow::Result<Arc<DomainFilter>> {
-    DomainFilter::new(&cfg.domains.include, &cfg.domains.exclude)
-        .map(Arc::new)
-        .map_err(|(k, m)| anyhow!("domains.{k}: {m}"))
-}
-
-fn collector_context(
-    cfg: &Config,
-    manager: Arc<ConnectionManager>,
-    registry: Arc<Registry>,
-    stats: Arc<CollectorStats>,
-) -> anyhow::Result<CollectorContext> {
-    Ok(CollectorContext {
-        manager,
-        tracker: CallTracker::default(),
-        registry,
-        stats,
-        identity: Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() },
-        filter: filter(cfg)?,
+/// What the enabled sinks consume, together.
+fn consumes(cfg: &Config) -> Consumes {
+    SINKS.iter().zip(&cfg.sinks).filter(|(_, c)| c.enabled).fold(Consumes::default(), |a, (f, c)| {
+        let b = f.consumes(&c.config);
+        Consumes {
+            metrics: a.metrics || b.metrics,
+            records: a.records || b.records,
+            durable_events: a.durable_events || b.durable_events,
+        }
     })
 }
 
-/// What the domain stats collector asks libvirt for: the groups a metric
-/// sink exports, plus every configured group when a sink reads whole
-/// records; the backing chain only when someone shows it.
-pub fn requested_stats(cfg: &Config, selection: &Selection, records: bool) -> Result<(u32, bool), String> {
-    let bit = |name: &str| crate::libvirt::stats::group_by_name(name).map(|g| g.bit);
-    let configured = cfg.stats_groups_mask()?;
-    let state = bit("state").unwrap_or(1);
-    let mut wanted = state;
-    let metrics = cfg.metric_consumers();
-    if metrics {
-        wanted |= selection.needed_groups(bit);
-    }
-    if records {
-        wanted |= configured;
-    }
-    let backing = cfg.collectors.domain_stats.backing_chain
-        && (records || (metrics && selection.enabled(crate::stat_keys::Detail::BackingChain)));
-    Ok(((configured & wanted) | state, backing))
+fn serves_health(cfg: &Config) -> bool {
+    SINKS.iter().zip(&cfg.sinks).any(|(f, c)| c.enabled && f.serves_health(&c.config))
 }
 
-fn domain_stats_collector(
-    cfg: &Config,
-    ctx: CollectorContext,
-    selection: &Arc<Selection>,
-    records: bool,
-) -> anyhow::Result<DomainStatsCollector> {
-    let ds = &cfg.collectors.domain_stats;
-    let (groups, backing_chain) = requested_stats(cfg, selection, records).map_err(|m| anyhow!(m))?;
-    let key_filter: Option<crate::libvirt::typed_params::KeyFilter> = if records {
-        None
-    } else {
-        let sel = selection.clone();
-        // The state keys drive the collector itself (running or not).
-        Some(Arc::new(move |k: &str| {
-            k.starts_with("state.") || sel.wants_key(crate::record::RecordKind::DomainStats, k)
-        }))
-    };
-    tracing::info!(
-        groups = ?crate::libvirt::stats::group_names(groups),
-        backing_chain,
-        all_fields = records,
-        metrics = ?selection.enabled_details(),
-        "domain stats: what is asked of libvirt"
-    );
-    let timeout = cfg.domain_stats_schedule().1;
-    let settings = domain_stats::Settings {
-        groups,
-        backing_chain,
-        nowait: ds.nowait,
-        connect_wait: timeout / 2,
-        chunk_size: ds.chunk_size,
-        chunks_in_flight: ds.chunks_in_flight,
-        chunk_wait: timeout * 3 / 4,
-        key_filter,
-    };
-    Ok(DomainStatsCollector::new(ctx, settings, InfoCache::new(ds.metadata_refresh)))
+fn filter(cfg: &Config) -> anyhow::Result<Arc<DomainFilter>> {
+    cfg.domains.filter().map(Arc::new).map_err(|e| anyhow!("domains.{}: {}", e.key, e.message))
 }
 
-fn guest_settings(cfg: &Config) -> guest::Settings {
-    let g = &cfg.collectors.guest;
-    guest::Settings {
-        agent: g.agent,
-        addresses: g.addresses,
-        call_timeout: cfg.guest_call_timeout(),
-        calls_in_flight: g.calls_in_flight,
-        max_filesystems: g.max_filesystems,
-        max_addresses: g.max_addresses,
-        max_string_bytes: g.max_string_bytes,
-    }
+fn identity(cfg: &Config) -> Identity {
+    Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() }
 }
 
-/// Every collector kind behind one type, so the wiring can treat them alike.
-enum AnyCollector {
-    DomainStats(DomainStatsCollector),
-    Jobs(JobsCollector),
-    Node(NodeCollector),
-    Pools(PoolsCollector),
-    Guest(GuestCollector),
-}
-
-impl Collector for AnyCollector {
-    fn name(&self) -> &'static str {
-        match self {
-            AnyCollector::DomainStats(c) => c.name(),
-            AnyCollector::Jobs(c) => c.name(),
-            AnyCollector::Node(c) => c.name(),
-            AnyCollector::Pools(c) => c.name(),
-            AnyCollector::Guest(c) => c.name(),
-        }
-    }
-
-    async fn collect(&mut self) -> Result<Batch, CollectError> {
-        match self {
-            AnyCollector::DomainStats(c) => c.collect().await,
-            AnyCollector::Jobs(c) => c.collect().await,
-            AnyCollector::Node(c) => c.collect().await,
-            AnyCollector::Pools(c) => c.collect().await,
-            AnyCollector::Guest(c) => c.collect().await,
-        }
-    }
-}
-
-impl AnyCollector {
-    /// What tells the collector about events, for those that react to them.
-    fn listener(&self, wake: Wake) -> Option<Arc<dyn EventListener>> {
-        match self {
-            AnyCollector::DomainStats(c) => Some(c.listener(wake)),
-            AnyCollector::Jobs(c) => Some(c.listener(wake)),
-            AnyCollector::Node(_) | AnyCollector::Pools(_) | AnyCollector::Guest(_) => None,
-        }
-    }
-}
-
+/// A collector ready to run, with what runs it.
 struct Planned {
+    name: &'static str,
+    collector: Box<dyn Collector>,
+    listener: Option<Arc<dyn Listener>>,
     /// A connection of the collector's own (read-write for the guest agent).
     own_manager: Option<Arc<ConnectionManager>>,
-    collector: AnyCollector,
     sched: Schedule,
     tracker: CallTracker,
     stats: Arc<CollectorStats>,
     wake: Wake,
 }
 
-/// The enabled collectors, in a fixed order, each with its own schedule,
-/// call tracker and counters.
+/// The enabled collectors, in the registry's order, each built by its
+/// factory with its own schedule, call tracker and counters.
 fn plan_collectors(
     cfg: &Config,
     manager: &Arc<ConnectionManager>,
     registry: &Arc<Registry>,
     selection: &Arc<Selection>,
-    records: bool,
+    consumers: Consumers,
 ) -> anyhow::Result<Vec<Planned>> {
-    let c = &cfg.collectors;
     let mut out = Vec::new();
-    for name in CollectorName::ALL {
-        let enabled = match name {
-            CollectorName::DomainStats => c.domain_stats.enabled,
-            CollectorName::Jobs => c.jobs.enabled,
-            CollectorName::Node => c.node.enabled,
-            CollectorName::Pools => c.pools.enabled,
-            CollectorName::Guest => c.guest.enabled,
-        };
-        if !enabled {
-            continue;
-        }
-        let (interval, timeout) = cfg.schedule(name);
-        let sched = Schedule { interval, timeout, max_stuck_calls: c.max_stuck_calls };
-        let stats = CollectorStats::new(name.key(), interval);
+    for (factory, c) in COLLECTORS.iter().zip(&cfg.collectors).filter(|(_, c)| c.enabled) {
+        let (interval, timeout) = cfg.schedule(c);
+        let sched = Schedule { interval, timeout, max_stuck_calls: cfg.collector_defaults.max_stuck_calls };
+        let stats = CollectorStats::new(c.name, interval);
         registry.add_collector(stats.clone());
-        // The guest agent is refused on read-only connections: the guest
-        // collector asking it gets a read-write connection of its own.
-        let own_manager = (name == CollectorName::Guest && c.guest.agent)
-            .then(|| ConnectionManager::new(ManagerOptions { read_only: false, ..manager_options(cfg) }));
-        let ctx = collector_context(
-            cfg,
-            own_manager.clone().unwrap_or_else(|| manager.clone()),
-            registry.clone(),
-            stats.clone(),
-        )?;
-        let tracker = ctx.tracker.clone();
-        let collector = match name {
-            CollectorName::DomainStats => {
-                AnyCollector::DomainStats(domain_stats_collector(cfg, ctx, selection, records)?)
-            }
-            CollectorName::Jobs => AnyCollector::Jobs(JobsCollector::new(
-                ctx,
-                c.jobs.completed_retention,
-                timeout * 3 / 4,
-                cfg.jobs_idle_interval(),
-            )),
-            CollectorName::Node => AnyCollector::Node(NodeCollector::new(ctx, cfg.node_per_cpu(selection))),
-            CollectorName::Pools => AnyCollector::Pools(PoolsCollector::new(ctx)),
-            CollectorName::Guest => AnyCollector::Guest(GuestCollector::new(ctx, guest_settings(cfg))),
+        let ctx = CollectorContext {
+            manager: manager.clone(),
+            tracker: CallTracker::default(),
+            registry: registry.clone(),
+            stats: stats.clone(),
+            identity: identity(cfg),
+            filter: filter(cfg)?,
         };
+        let tracker = ctx.tracker.clone();
         let wake = Wake::counted(stats.clone());
-        out.push(Planned { collector, sched, tracker, stats, wake, own_manager });
+        let mut build = BuildContext::new(ctx, sched, wake.clone(), selection.clone(), consumers, cfg.libvirt.clone());
+        let built = factory.build(&c.config, &mut build).map_err(|e| anyhow!("collectors.{}: {e:#}", c.name))?;
+        out.push(Planned {
+            name: c.name,
+            collector: built.collector,
+            listener: built.listener,
+            own_manager: build.own_connection(),
+            sched,
+            tracker,
+            stats,
+            wake,
+        });
     }
     Ok(out)
 }
@@ -312,7 +166,7 @@ fn plan_collectors(
 /// `--once`: one collection of every enabled collector, printed as JSON
 /// lines. Returns the exit code.
 pub async fn run_once(cfg: Config) -> i32 {
-    let manager = ConnectionManager::new(manager_options(&cfg));
+    let manager = ConnectionManager::new(manager_options(&cfg.libvirt));
     let m = manager.clone();
     match tokio::task::spawn_blocking(move || m.connect_once()).await {
         Ok(Ok(_)) => {}
@@ -336,7 +190,8 @@ pub async fn run_once(cfg: Config) -> i32 {
         }
     };
     // Records are what --once prints: every configured group, every field.
-    let plan = match plan_collectors(&cfg, &manager, &Registry::new(), &selection, true) {
+    let consumers = Consumers { metrics: consumes(&cfg).metrics, records: true };
+    let plan = match plan_collectors(&cfg, &manager, &Registry::new(), &selection, consumers) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("virtpulse: {e}");
@@ -347,10 +202,10 @@ pub async fn run_once(cfg: Config) -> i32 {
     for mut p in plan {
         if let Some(m) = p.own_manager.clone() {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || m.connect_once()).await {
-                eprintln!("virtpulse: the {} collector cannot open its read-write connection: {e}", p.collector.name());
+                eprintln!("virtpulse: the {} collector cannot open its read-write connection: {e}", p.name);
             }
         }
-        match controller::run_once(&mut p.collector, &p.sched, &p.stats).await {
+        match controller::run_once(p.collector.as_mut(), &p.sched, &p.stats).await {
             Some(batch) => {
                 use std::io::Write;
                 let mut out = std::io::stdout().lock();
@@ -361,7 +216,7 @@ pub async fn run_once(cfg: Config) -> i32 {
                 }
             }
             None => {
-                eprintln!("virtpulse: the {} collection did not complete (see the log above)", p.collector.name());
+                eprintln!("virtpulse: the {} collection did not complete (see the log above)", p.name);
                 if code == 0 {
                     code = if p.stats.outcomes(CycleOutcome::Timeout) > 0 { EXIT_TEMPFAIL } else { EXIT_UNAVAILABLE };
                 }
@@ -428,7 +283,7 @@ async fn shutdown_signal() {
 pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let selection = Arc::new(cfg.selection().map_err(|(k, m)| anyhow!("metrics.{k}: {m}"))?);
-    let manager = ConnectionManager::new(manager_options(&cfg));
+    let manager = ConnectionManager::new(manager_options(&cfg.libvirt));
     registry.add_report(Arc::new(ConnectionReport(manager.clone(), None)));
     let health = Health::new(registry.clone(), manager.clone());
 
@@ -439,27 +294,35 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
         hostname: cfg.hostname(),
         libvirt_uri: cfg.libvirt.uri.clone(),
         probe: health.clone(),
+        catalog: cfg.catalog,
+        release_memory: crate::libvirt::heap::trim,
     };
     let mut sinks = Vec::new();
-    for factory in sinks::configured(&cfg.sinks, web_security(&cfg).map_err(|e| anyhow!(e))?) {
-        let stats = SinkStats::new(factory.name, factory.queue_capacity);
+    for (factory, c) in SINKS.iter().zip(&cfg.sinks).filter(|(_, c)| c.enabled) {
+        let stats = SinkStats::new(c.name, factory.queue_capacity(&c.config));
         registry.add_sink(stats.clone());
-        let sink = (factory.start)(router.add_sink(stats), context.clone()).await?;
+        let sink = factory.start(&c.config, router.add_sink(stats), context.clone()).await?;
         if let Some(report) = sink.report.clone() {
             registry.add_report(report);
         }
         sinks.push(sink);
     }
+    let admin = match crate::admin::wanted(&cfg.admin, serves_health(&cfg)) {
+        true => Some(crate::admin::start(&cfg.admin, registry.clone(), health.clone()).await?),
+        false => None,
+    };
     let router = Arc::new(router);
 
     let mut tasks = vec![tokio::spawn(manager.clone().run())];
     let mut listeners = Vec::new();
     let mut collectors = Vec::new();
-    for p in plan_collectors(&cfg, &manager, &registry, &selection, cfg.record_consumers())? {
-        tracing::info!(collector = p.collector.name(), interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
-        listeners.extend(p.collector.listener(p.wake.clone()));
+    let wanted = consumes(&cfg);
+    let consumers = Consumers { metrics: wanted.metrics, records: wanted.records };
+    for p in plan_collectors(&cfg, &manager, &registry, &selection, consumers)? {
+        tracing::info!(collector = p.name, interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
+        listeners.extend(p.listener);
         if let Some(m) = &p.own_manager {
-            registry.add_report(Arc::new(ConnectionReport(m.clone(), Some(p.collector.name()))));
+            registry.add_report(Arc::new(ConnectionReport(m.clone(), Some(p.name))));
             tasks.push(tokio::spawn(m.clone().run()));
         }
         collectors.push(tokio::spawn(controller::run(
@@ -505,21 +368,13 @@ pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
             tracing::warn!(sink = name, "the sink did not stop within {wait:?}");
         }
     }
+    if let Some(a) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(5), a.stop()).await;
+    }
     for t in tasks {
         t.abort();
     }
     Ok(())
-}
-
-/// The Prometheus endpoint's TLS and basic auth, if configured.
-fn web_security(cfg: &Config) -> Result<Option<Arc<prometheus::web::Security>>, String> {
-    let p = &cfg.sinks.prometheus;
-    match (&p.web_config_file, p.enabled) {
-        (Some(f), true) => prometheus::web::Security::load(f)
-            .map(|s| Some(Arc::new(s)))
-            .map_err(|e| format!("sinks.prometheus.web_config_file: {e}")),
-        _ => Ok(None),
-    }
 }
 
 fn start_events(
@@ -527,7 +382,7 @@ fn start_events(
     manager: &Arc<ConnectionManager>,
     router: &Arc<Router>,
     registry: &Registry,
-    listeners: Vec<Arc<dyn EventListener>>,
+    listeners: Vec<Arc<dyn Listener>>,
 ) -> anyhow::Result<events::EventTasks> {
     let stats = EventStats::new(cfg.events.queue_capacity);
     registry.add_report(stats.clone());
@@ -535,9 +390,9 @@ fn start_events(
         queue_capacity: cfg.events.queue_capacity,
         qemu_monitor: cfg.events.qemu_monitor,
         resync: cfg.events.resync,
+        job_kind: crate::registry::job_statistics(),
     };
-    let identity = Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() };
-    Ok(events::start(settings, manager.clone(), router.clone(), listeners, identity, filter(cfg)?, stats))
+    Ok(events::start(settings, manager.clone(), router.clone(), listeners, identity(cfg), filter(cfg)?, stats))
 }
 
 /// Deregisters the callbacks while the connection is still open, stops the

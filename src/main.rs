@@ -34,7 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Before any thread exists (see util::heap); an operator's own
     // MALLOC_* settings win.
-    use virtpulse::util::heap;
+    use virtpulse::libvirt::heap;
     if !heap::tuned_by_environment(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok())) {
         heap::tune(heap::DEFAULT_TUNING);
     }
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         print!("{}", virtpulse::reference::metrics_markdown());
         return ExitCode::SUCCESS;
     }
-    let cfg = match Config::load(cli.config.as_deref()) {
+    let cfg = match Config::load(cli.config.as_deref(), &virtpulse::registry::schema()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("virtpulse: {e}");

@@ -1,45 +1,49 @@
-//! Generates the metrics reference (docs/metrics.md) from the stat-key
-//! table, the rules and the self-metrics list, so the docs cannot drift.
+//! Generates the metrics reference (docs/metrics.md) from the catalog every
+//! collector declares (its kinds: tables, rules, switches, info metrics)
+//! and the self-metrics every component declares, so the docs cannot drift.
 
 use std::fmt::Write;
 
-use crate::record::RecordKind;
-use crate::selection::SWITCHES;
-use crate::selfmon::MetricDesc;
+use crate::record::kind::{IdentityLabel, KindSpec, LabelSource, Subject, Switch};
+use crate::registry::{catalog, self_metrics};
 use crate::sinks::otlp::naming::metric_name;
-use crate::stat_keys::{detail_of, table, Detail, LabelSource, RULES};
-
-/// Every self-metric, from the tables of the components that report them.
-pub fn self_metrics() -> Vec<MetricDesc> {
-    let mut all = [
-        crate::sinks::prometheus::selfmetrics::METRICS,
-        crate::collectors::connection::METRICS,
-        crate::selfmon::METRICS,
-        crate::collectors::domain_stats::METRICS,
-        crate::collectors::guest::METRICS,
-        crate::events::METRICS,
-        crate::sinks::kafka::stats::METRICS,
-        crate::sinks::otlp::stats::METRICS,
-    ]
-    .concat();
-    all.sort_by_key(|m| m.name);
-    all
-}
 
 /// Where a metric is exported: the default profile, or the switch that adds it.
-fn exported_by(kind: RecordKind, pattern: &str) -> String {
-    match detail_of(kind, pattern) {
-        Detail::Core => "default".into(),
-        d => SWITCHES.iter().find(|s| s.detail == d).map(|s| format!("`{}`", s.key)).unwrap_or_default(),
+fn exported_by(switch: Option<&Switch>) -> String {
+    match switch {
+        None => "default".into(),
+        Some(s) => format!("`{}`", s.key),
     }
 }
 
-fn table_section(s: &mut String, kind: RecordKind, title: &str) {
-    let _ = writeln!(s, "## {title}\n");
-    s.push_str(
-        "| record key | metric | type | extra labels | exported by | OTLP name (unit) | help |\n|---|---|---|---|---|---|---|\n",
+fn identity(kind: &KindSpec) -> Vec<String> {
+    let mut out: Vec<String> = match kind.subject {
+        Subject::Domain => vec!["`domain`".into(), "`uuid`".into()],
+        Subject::Pool => vec!["`pool`".into(), "`uuid`".into()],
+        Subject::Object { label, .. } => vec![format!("`{label}`"), "`uuid`".into()],
+        Subject::Host => Vec::new(),
+    };
+    out.extend(
+        kind.identity.iter().map(|IdentityLabel { label, names, .. }| format!("`{label}` ({})", names.join(", "))),
     );
-    for spec in table(kind) {
+    out
+}
+
+fn table_section(s: &mut String, kind: &KindSpec) {
+    let _ = writeln!(s, "## {}\n", kind.title);
+    let ids = identity(kind);
+    let _ = writeln!(
+        s,
+        "Records of kind `{}`. Identity labels: {}.\n",
+        kind.name,
+        if ids.is_empty() { "none (the scrape target is the host)".to_string() } else { ids.join(", ") }
+    );
+    if kind.table.iter().any(|r| r.export.is_some()) {
+        s.push_str(
+            "| record key | metric | type | extra labels | exported by | OTLP name (unit) | help |\n|---|---|---|---|---|---|---|\n",
+        );
+    }
+    for spec in kind.table {
         let Some(e) = spec.export else { continue };
         let labels: Vec<String> = spec
             .labels
@@ -59,11 +63,12 @@ fn table_section(s: &mut String, kind: RecordKind, title: &str) {
             e.name,
             e.mtype.as_str(),
             labels.join(", "),
-            exported_by(kind, spec.pattern),
+            exported_by(spec.switch),
             e.help.replace('|', "\\|")
         );
     }
-    let hidden: Vec<String> = table(kind)
+    let hidden: Vec<String> = kind
+        .table
         .iter()
         .filter(|t| t.export.is_none())
         .map(|t| format!("`{}`", t.pattern.replace('*', "<n>")))
@@ -75,74 +80,68 @@ fn table_section(s: &mut String, kind: RecordKind, title: &str) {
             hidden.join(", ")
         );
     }
+    if !kind.rules.is_empty() {
+        s.push_str("\nMapped by rule (open-ended names):\n\n| libvirt key | metric | exported by | notes |\n|---|---|---|---|\n");
+        for r in kind.rules {
+            let _ = writeln!(s, "| `{}` | `{}` | {} | {} |", r.key, r.metric, exported_by(r.switch), r.notes);
+        }
+        s.push('\n');
+    }
+    if let Some(l) = kind.layers {
+        let _ = writeln!(
+            s,
+            "\nLayers below the first of each `{}.<n>.{}` (a disk's backing chain) are exported with `{}`.\n",
+            l.scope, l.name_key, l.switch.key
+        );
+    }
+    if !kind.info.is_empty() {
+        s.push_str(
+            "\nInfo metrics (value always 1):\n\n| metric | labels | exported by | notes |\n|---|---|---|---|\n",
+        );
+        for i in kind.info {
+            let labels: Vec<String> =
+                ids.iter().cloned().chain(i.labels.iter().map(|(l, _)| format!("`{l}`"))).collect();
+            let _ = writeln!(s, "| `{}` | {} | {} | {} |", i.name, labels.join(", "), exported_by(i.switch), i.note);
+        }
+        s.push('\n');
+    }
+    if !kind.notes.is_empty() {
+        let _ = writeln!(s, "\n{}\n", kind.notes);
+    }
 }
 
 pub fn metrics_markdown() -> String {
+    let cat = catalog();
     let mut s = String::new();
     s.push_str("# Metrics reference\n\n");
-    s.push_str("Generated by `virtpulse --print-metrics-reference` from the stat-key table in `src/stat_keys.rs`; do not edit by hand.\n\n");
-    s.push_str("Identity labels: every domain series carries `domain` (name) and `uuid`; job series also `type` ");
-    s.push_str("(bounded, unbounded, completed, failed, cancelled) and `operation` (save, dump, migration_out, ...); ");
     s.push_str(
-        "pool series `pool` and `uuid`; node series none (the scrape target is the host). Values are converted ",
+        "Generated by `virtpulse --print-metrics-reference` from the catalog each collector declares \
+(`src/collectors/<collector>/metrics.rs`) and the self-metrics each component declares; do not edit by hand.\n\n",
     );
-    s.push_str("to base units (seconds, bytes, ratios); records keep libvirt's raw values and units.\n\n");
     s.push_str(
-        "Over OTLP the same metrics carry the name in the OTLP column (counters as monotonic cumulative sums, \
-the rest as gauges, the unit in UCUM) and the labels as attributes: `libvirt.domain.name`, `libvirt.domain.uuid`, \
-`libvirt.domain.<label>` (`libvirt.job.<label>`, `libvirt.node.<label>`, `libvirt.pool.name`/`libvirt.pool.<label>` \
-for the other kinds); info metrics as `libvirt.domain.info` and so on, value 1.\n\n",
+        "Values are converted to base units (seconds, bytes, ratios); records keep libvirt's raw values and units. \
+Over OTLP the same metrics carry the name in the OTLP column (counters as monotonic cumulative sums, \
+the rest as gauges, the unit in UCUM) and the labels as attributes: the subject's name and uuid as \
+`libvirt.domain.name`/`libvirt.domain.uuid` (`libvirt.pool.name`/`.uuid` and so on), every other label under the \
+kind's namespace (`libvirt.domain.<label>`, `libvirt.job.<label>`, `libvirt.node.<label>`, ...); info metrics \
+as `libvirt.domain.info` and so on, value 1.\n\n",
     );
     s.push_str("## Export profiles and switches\n\n");
     s.push_str(
         "`[metrics] profile` decides what the Prometheus and OTLP sinks export; records (Kafka, stdout) always carry \
 every field collected. `default` is what the dashboards, the alert rules and a capacity planner need (the rows \
-marked `default` below, about 70 series for a domain with 4 vCPUs, 2 disks and 2 NICs); `everything` turns every \
+marked `default` below, about 62 series for a domain with 4 vCPUs, 2 disks and 2 NICs); `everything` turns every \
 switch on. Each switch can also be set on its own (`[metrics] <switch> = true`); `include` / `exclude` globs over \
 metric names and `drop_labels` globs over label names apply after them. A stats group none of whose metrics is \
 exported is not asked of libvirt unless a record sink is on.\n\n| switch | covers | adds |\n|---|---|---|\n",
     );
-    for sw in SWITCHES {
+    for sw in cat.switches() {
         let _ = writeln!(s, "| `{}` | {} | {} |", sw.key, sw.covers.replace('|', "\\|"), sw.adds);
     }
     s.push('\n');
-    for (kind, title) in [
-        (RecordKind::DomainStats, "Domain statistics (`virConnectGetAllDomainStats`)"),
-        (RecordKind::DomainJob, "Domain jobs (`virDomainGetJobStats`)"),
-        (RecordKind::Node, "Node (host)"),
-        (RecordKind::StoragePool, "Storage pools"),
-        (RecordKind::Guest, "Guest (`[collectors.guest]`, off by default: the guest agent, interface addresses)"),
-    ] {
-        table_section(&mut s, kind, title);
+    for kind in cat.kinds.iter().filter(|k| !k.is_event) {
+        table_section(&mut s, kind);
     }
-    s.push_str("\n## Hypervisor-defined statistics (by rule)\n\n| libvirt key | metric | exported by | notes |\n|---|---|---|---|\n");
-    for (key, metric, notes) in RULES {
-        let switch = if key.starts_with("vm.") {
-            "`vm_kvm`"
-        } else if key.starts_with("vcpu.") {
-            "`vcpu_kvm`"
-        } else {
-            "`block_latency`"
-        };
-        let _ = writeln!(s, "| `{key}` | `{metric}` | {switch} | {notes} |");
-    }
-    s.push_str("\n## Descriptive (info) metrics\n\n");
-    s.push_str("| metric | labels |\n|---|---|\n");
-    s.push_str("| `libvirt_domain_info` | `domain`, `uuid`, `virt_type`, `os_type`, `arch`, `machine`, `vcpus`, `max_memory_bytes`, `persistent`, `autostart` |\n");
-    s.push_str("| `libvirt_domain_openstack_info` | `domain`, `uuid`, `instance_name`, `flavor`, `project_name`, `project_uuid`, `user_name`, `user_uuid` (only for domains with Nova metadata) |\n");
-    s.push_str("| `libvirt_node_info` | `model` |\n");
-    s.push_str(
-        "| `libvirt_node_versions_info` | `library_version`, `daemon_version`, `hypervisor`, `hypervisor_version` |\n",
-    );
-    s.push_str("| `libvirt_storage_pool_info` | `pool`, `uuid`, `type`, `state`, `persistent`, `autostart` |\n");
-    s.push_str("| `libvirt_domain_guest_os_info` | `domain`, `uuid`, `os_id`, `os_name`, `os_version`, `kernel_release`, `hostname` (guest agent) |\n");
-    s.push_str("| `libvirt_domain_guest_interface_address_info` | `domain`, `uuid`, `interface`, `mac`, `address`, `prefix`, `family`, `source` (`lease`, `arp`, `agent`); at most `collectors.guest.max_addresses` per domain |\n");
-    s.push_str(
-        "\n`libvirt_domain_info` carries no state: the state has its own gauge (`libvirt_domain_state`), and a state \
-label would start a new series at every state change.\n",
-    );
-    s.push_str("\nJob series exist while a job runs (`type` bounded or unbounded); the last finished job of a domain stays \
-on view with `type` completed, failed or cancelled for `collectors.jobs.completed_retention` after it was first seen.\n");
     s.push_str("\n## Events\n\n| metric | type | labels | help |\n|---|---|---|---|\n");
     s.push_str("| `libvirt_events_total` | counter | `family`, `event`, `type`, `detail` | Every libvirt event received on this host (bounded: label values come from libvirt's enums). |\n");
     s.push_str("| `libvirt_domain_events_total` | counter | `domain`, `uuid`, `event`, `type`, `detail` | Per domain, kept only while the domain exists (dropped 2 minutes after it leaves the domain stats snapshot). |\n");

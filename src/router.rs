@@ -113,16 +113,9 @@ mod tests {
             source: "t",
             snapshot: true,
             records: (0..n)
-                .map(|_| Record {
-                    schema: SCHEMA,
-                    kind: RecordKind::DomainStats,
-                    time: std::time::SystemTime::now(),
-                    host: "h".into(),
-                    libvirt_uri: "u".into(),
-                    pool: None,
-                    event: None,
-                    domain: None,
-                    fields: vec![],
+                .map(|_| {
+                    let identity = Identity { host: "h".into(), uri: "u".into() };
+                    Record::new(&identity, RecordKind::of(&EVENT), std::time::SystemTime::now())
                 })
                 .collect(),
             ttl: None,

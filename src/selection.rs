@@ -13,8 +13,9 @@ use std::sync::RwLock;
 
 use rustc_hash::FxHashMap;
 
-use crate::record::RecordKind;
-use crate::stat_keys::{detail_of, mapping, table, Detail, SampleFilter, DOMAIN_TABLE};
+use crate::record::kind::{Catalog, KindSpec, Switch};
+use crate::record::mapping::mapping;
+use crate::record::samples::SampleFilter;
 
 /// A glob over metric (or label) names: `*` matches any run of characters,
 /// `?` one character, everything else itself.
@@ -109,112 +110,22 @@ impl Glob {
 }
 
 /// The starting point of the selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
-    /// What the dashboards, the alert rules and a capacity planner need.
+    /// What the dashboards, the alert rules and a capacity planner need:
+    /// every switch off.
     Default,
-    /// Every group and every detail the daemon offers.
+    /// Every group and every detail the daemon offers: every switch on.
     Everything,
-}
-
-/// One switch of deep data: its configuration key, what it covers, and the
-/// series it adds (for config.example.toml and docs/metrics.md).
-#[derive(Debug, Clone, Copy)]
-pub struct Switch {
-    pub detail: Detail,
-    pub key: &'static str,
-    pub covers: &'static str,
-    pub adds: &'static str,
-}
-
-/// Every switch. `Detail::Core` has none: it is always exported.
-pub const SWITCHES: &[Switch] = &[
-    Switch {
-        detail: Detail::VcpuKvm,
-        key: "vcpu_kvm",
-        covers: "per-vCPU hypervisor statistics from QEMU's query-stats (`vcpu.<n>.<stat>.sum|cur|max`: exits, halt polling, page faults, TLB flushes...)",
-        adds: "about 45 series per vCPU (KVM, QEMU 7.1+, libvirt 8.9+)",
-    },
-    Switch {
-        detail: Detail::VcpuState,
-        key: "vcpu_state",
-        covers: "per-vCPU state and halted flags (`vcpu.<n>.state`, `vcpu.<n>.halted`)",
-        adds: "1-2 series per vCPU",
-    },
-    Switch {
-        detail: Detail::VmKvm,
-        key: "vm_kvm",
-        covers: "per-domain hypervisor statistics (`vm` group: MMU, TLB, page counts)",
-        adds: "about 16 series per domain (KVM, libvirt 8.9+); the `vm` group is not asked for without it",
-    },
-    Switch {
-        detail: Detail::BackingChain,
-        key: "backing_chain",
-        covers: "every layer of each disk's backing chain (below the top image)",
-        adds: "3 series (allocation, capacity, physical) per backing layer; the chain is not asked for without it",
-    },
-    Switch {
-        detail: Detail::Haltpoll,
-        key: "haltpoll",
-        covers: "guest halt-polling time (`cpu.haltpoll.*`)",
-        adds: "2 series per domain",
-    },
-    Switch {
-        detail: Detail::Perf,
-        key: "perf",
-        covers: "perf event counters enabled on the domain (`perf` group)",
-        adds: "one series per enabled perf event per domain; the `perf` group is not asked for without it",
-    },
-    Switch {
-        detail: Detail::BlockLimits,
-        key: "block_limits",
-        covers: "block device I/O limits (`block.<n>.limits.*`)",
-        adds: "up to 12 series per disk (libvirt 11.4+)",
-    },
-    Switch {
-        detail: Detail::BlockLatency,
-        key: "block_latency",
-        covers: "block latency windows and histograms (`block.<n>.timed_group.*`, `block.<n>.latency_histogram.*`)",
-        adds: "15 series per disk and window, one per histogram bin (libvirt 12+, when configured on the disk)",
-    },
-    Switch {
-        detail: Detail::Resctrl,
-        key: "resctrl",
-        covers: "cache occupancy and memory bandwidth monitors (`cpu.cache.monitor.*`, `memory` group)",
-        adds: "per monitor and cache bank / NUMA node (hosts with Intel RDT and monitors defined); the `memory` group is not asked for without it",
-    },
-    Switch {
-        detail: Detail::Iothread,
-        key: "iothread",
-        covers: "IOThread polling parameters (`iothread` group)",
-        adds: "4 series per IOThread; the `iothread` group is not asked for without it",
-    },
-    Switch {
-        detail: Detail::Dirtyrate,
-        key: "dirtyrate",
-        covers: "memory dirty rate calculations (`dirtyrate` group)",
-        adds: "4 series per domain, plus one per vCPU in dirty-ring mode; the `dirtyrate` group is not asked for without it",
-    },
-    Switch {
-        detail: Detail::NodePerCpu,
-        key: "node_per_cpu",
-        covers: "each host CPU's time by mode (`libvirt_node_logical_cpu_time_seconds_total`)",
-        adds: "5 series per host CPU; also one libvirt call per host CPU per node collection",
-    },
-];
-
-/// Which switches the profile turns on.
-fn profile_detail(profile: Profile, detail: Detail) -> bool {
-    detail == Detail::Core || profile == Profile::Everything
 }
 
 /// What the operator asked for, validated.
 #[derive(Debug, Clone)]
 pub struct SelectionSpec {
     pub profile: Profile,
-    /// Switch overrides (`Some`) over the profile's choice.
-    pub switches: Vec<(Detail, bool)>,
+    /// Switch overrides (by key) over the profile's choice.
+    pub switches: Vec<(String, bool)>,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub drop_labels: Vec<String>,
@@ -232,16 +143,17 @@ impl Default for SelectionSpec {
     }
 }
 
-/// Names never dropped: without them the series of different domains,
-/// pools or histogram buckets would collapse into one.
-const KEPT_LABELS: &[&str] = &["domain", "pool", "le"];
+/// Besides the subjects' own labels (`domain`, `pool`...), names never
+/// dropped: without them histogram buckets would collapse into one.
+const KEPT_LABELS: &[&str] = &["le"];
 
 /// Distinct metric names whose decision is cached at most (names come from
 /// the tables and the libvirt keys, a few hundred on any host).
 const MAX_CACHED: usize = 20_000;
 
 pub struct Selection {
-    enabled: u32,
+    /// Every switch of the catalog, and whether it is on.
+    switches: Vec<(&'static Switch, bool)>,
     include: Vec<Glob>,
     exclude: Vec<Glob>,
     drop_labels: Vec<Glob>,
@@ -251,7 +163,7 @@ pub struct Selection {
 impl std::fmt::Debug for Selection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Selection")
-            .field("details", &self.enabled_details())
+            .field("switches", &self.enabled_switches())
             .field("include", &self.include)
             .field("exclude", &self.exclude)
             .field("drop_labels", &self.drop_labels)
@@ -264,20 +176,28 @@ fn globs(list: &[String]) -> Result<Vec<Glob>, String> {
 }
 
 impl Selection {
-    /// Errors name the list (`include`, `exclude`, `drop_labels`) and the problem.
-    pub fn new(spec: &SelectionSpec) -> Result<Self, (&'static str, String)> {
-        let mut enabled = 0u32;
-        for d in Detail::ALL {
-            let on = spec.switches.iter().rev().find(|(x, _)| *x == d).map(|(_, on)| *on);
-            if on.unwrap_or_else(|| profile_detail(spec.profile, d)) {
-                enabled |= d.bit();
+    /// Errors name the key (`include`, `exclude`, `drop_labels`, or the
+    /// switch) and the problem.
+    pub fn new(spec: &SelectionSpec, catalog: &Catalog) -> Result<Self, (String, String)> {
+        let all = catalog.switches();
+        for (key, _) in &spec.switches {
+            if !all.iter().any(|s| s.key == key) {
+                let known: Vec<&str> = all.iter().map(|s| s.key).collect();
+                return Err((key.clone(), format!("unknown switch; the switches are {}", known.join(", "))));
             }
         }
-        let drop_labels = globs(&spec.drop_labels).map_err(|e| ("drop_labels", e))?;
-        for kept in KEPT_LABELS {
+        let switches = all
+            .into_iter()
+            .map(|s| {
+                let set = spec.switches.iter().rev().find(|(k, _)| k == s.key).map(|(_, on)| *on);
+                (s, set.unwrap_or(spec.profile == Profile::Everything))
+            })
+            .collect();
+        let drop_labels = globs(&spec.drop_labels).map_err(|e| ("drop_labels".to_string(), e))?;
+        for kept in catalog.subject_labels().into_iter().chain(KEPT_LABELS.iter().copied()) {
             if let Some(g) = drop_labels.iter().find(|g| g.matches(kept)) {
                 return Err((
-                    "drop_labels",
+                    "drop_labels".into(),
                     format!(
                         "{:?} would drop the `{kept}` label, which tells series of different objects apart; drop other labels",
                         g.as_str()
@@ -286,26 +206,30 @@ impl Selection {
             }
         }
         Ok(Self {
-            enabled,
-            include: globs(&spec.include).map_err(|e| ("include", e))?,
-            exclude: globs(&spec.exclude).map_err(|e| ("exclude", e))?,
+            switches,
+            include: globs(&spec.include).map_err(|e| ("include".to_string(), e))?,
+            exclude: globs(&spec.exclude).map_err(|e| ("exclude".to_string(), e))?,
             drop_labels,
             decisions: RwLock::default(),
         })
     }
 
     /// Every metric, every label: what tests and benchmarks compare against.
-    pub fn everything() -> Self {
-        Self::new(&SelectionSpec { profile: Profile::Everything, ..Default::default() })
+    pub fn everything(catalog: &Catalog) -> Self {
+        Self::new(&SelectionSpec { profile: Profile::Everything, ..Default::default() }, catalog)
             .unwrap_or_else(|_| unreachable!("the everything profile has no patterns"))
     }
 
-    pub fn enabled(&self, detail: Detail) -> bool {
-        self.enabled & detail.bit() != 0
+    /// Whether metrics behind this switch (`None`: the default profile) are on.
+    pub fn enabled(&self, switch: Option<&'static Switch>) -> bool {
+        match switch {
+            None => true,
+            Some(s) => self.switches.iter().any(|(x, on)| *on && x.is(s)),
+        }
     }
 
-    pub fn enabled_details(&self) -> Vec<&'static str> {
-        SWITCHES.iter().filter(|s| self.enabled(s.detail)).map(|s| s.key).collect()
+    pub fn enabled_switches(&self) -> Vec<&'static str> {
+        self.switches.iter().filter(|(_, on)| *on).map(|(s, _)| s.key).collect()
     }
 
     fn name_passes(&self, name: &str) -> bool {
@@ -313,7 +237,7 @@ impl Selection {
             && !self.exclude.iter().any(|g| g.matches(name))
     }
 
-    /// Whether a metric of this name (its detail switched on) is exported.
+    /// Whether a metric of this name (its switch on) is exported.
     pub fn selects_name(&self, name: &str) -> bool {
         if self.include.is_empty() && self.exclude.is_empty() {
             return true;
@@ -333,9 +257,9 @@ impl Selection {
         v
     }
 
-    /// Whether a sample of this detail and name is exported.
-    pub fn selects(&self, detail: Detail, name: &str) -> bool {
-        self.enabled(detail) && self.selects_name(name)
+    /// Whether a sample behind this switch and of this name is exported.
+    pub fn selects(&self, switch: Option<&'static Switch>, name: &str) -> bool {
+        self.enabled(switch) && self.selects_name(name)
     }
 
     /// Whether series keep this label.
@@ -353,51 +277,52 @@ impl Selection {
             && !self.exclude.iter().any(|g| g.matches_every_name_with_prefix(prefix))
     }
 
-    /// The domain stats groups (libvirt bit mask) some exported metric comes
-    /// from. `group_bit` maps a group name to its bit.
-    pub fn needed_groups(&self, group_bit: impl Fn(&str) -> Option<u32>) -> u32 {
-        let mut mask = group_bit("state").unwrap_or(0);
-        for row in DOMAIN_TABLE {
+    /// The groups of a kind's table (libvirt's stats groups for domain
+    /// stats) that some exported metric comes from.
+    pub fn needed_groups(&self, kind: &KindSpec) -> Vec<&'static str> {
+        let mut groups: Vec<&'static str> = Vec::new();
+        let mut add = |g: &'static str| {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        };
+        for row in kind.table {
             let Some(e) = row.export else { continue };
-            if self.selects(detail_of(RecordKind::DomainStats, row.pattern), e.name) {
-                mask |= group_bit(row.group).unwrap_or(0);
+            if self.selects(row.switch, e.name) {
+                add(row.group);
             }
         }
         // Stats mapped by rule have open-ended names: judged by prefix.
-        if self.enabled(Detail::VmKvm) && self.prefix_may_pass("libvirt_domain_vm_") {
-            mask |= group_bit("vm").unwrap_or(0);
+        for rule in kind.rules {
+            if self.enabled(rule.switch) && self.prefix_may_pass(rule.metric_prefix) {
+                add(rule.group);
+            }
         }
-        if self.enabled(Detail::VcpuKvm) && self.prefix_may_pass("libvirt_domain_vcpu_kvm_") {
-            mask |= group_bit("vcpu").unwrap_or(0);
-        }
-        if self.enabled(Detail::BlockLatency) && self.prefix_may_pass("libvirt_domain_block_latency_") {
-            mask |= group_bit("block").unwrap_or(0);
-        }
-        mask
+        groups
     }
 
     /// Whether a field of a record kind is worth decoding for the metric
     /// sinks: false only for keys that map to a metric this selection does
     /// not export. Keys that feed labels, and keys nobody maps (kept so they
     /// are counted and reported), stay.
-    pub fn wants_key(&self, kind: RecordKind, key: &str) -> bool {
+    pub fn wants_key(&self, kind: &'static KindSpec, key: &str) -> bool {
         let m = mapping(kind, key);
         match &m.export {
-            Some(e) => self.selects(m.detail, &e.name),
+            Some(e) => self.selects(m.switch, &e.name),
             None => true,
         }
     }
 
-    /// Whether any metric of a record kind's table is exported (the node,
-    /// pools and jobs collectors are needed by the metric sinks at all).
-    pub fn exports_any(&self, kind: RecordKind) -> bool {
-        table(kind).iter().any(|r| r.export.is_some_and(|e| self.selects(detail_of(kind, r.pattern), e.name)))
+    /// Whether any metric of a record kind is exported.
+    pub fn exports_any(&self, kind: &KindSpec) -> bool {
+        kind.table.iter().any(|r| r.export.is_some_and(|e| self.selects(r.switch, e.name)))
+            || kind.info.iter().any(|i| self.selects(i.switch, i.name))
     }
 }
 
 impl SampleFilter for Selection {
-    fn selects(&self, detail: Detail, name: &str) -> bool {
-        Selection::selects(self, detail, name)
+    fn selects(&self, switch: Option<&'static Switch>, name: &str) -> bool {
+        Selection::selects(self, switch, name)
     }
 
     fn keeps_label(&self, label: &str) -> bool {
@@ -412,6 +337,8 @@ impl SampleFilter for Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::kind::{gauge, row, Subject, NO_LABELS};
+    use crate::value::Unit;
 
     fn g(p: &str) -> Glob {
         Glob::new(p).unwrap()
@@ -448,65 +375,54 @@ mod tests {
         assert!(!g("*_total").matches_every_name_with_prefix("libvirt_domain_vm_"));
     }
 
+    static DEEP: Switch = Switch { key: "deep", covers: "deep data", adds: "a lot" };
+    static TABLE: &[crate::record::kind::StatSpec] = &[
+        row("a.x", "ga", Unit::Count, NO_LABELS, gauge("t_a_x", 1.0, "a")),
+        row("b.*.y", "gb", Unit::Count, NO_LABELS, gauge("t_b_y", 1.0, "b")).behind(&DEEP),
+    ];
+    static KIND: KindSpec =
+        KindSpec { name: "selection_test", subject: Subject::Domain, table: TABLE, ..KindSpec::EMPTY };
+    const CATALOG: Catalog = Catalog { kinds: &[&KIND] };
+
     fn sel(spec: SelectionSpec) -> Selection {
-        Selection::new(&spec).unwrap()
-    }
-
-    fn bit(name: &str) -> Option<u32> {
-        crate::libvirt::stats::group_by_name(name).map(|g| g.bit)
+        Selection::new(&spec, &CATALOG).unwrap()
     }
 
     #[test]
-    fn default_profile_asks_only_for_the_groups_it_exports() {
+    fn switches_decide_groups_keys_and_names() {
         let d = sel(SelectionSpec::default());
-        let names: Vec<_> = crate::libvirt::stats::group_names(d.needed_groups(bit));
-        assert_eq!(names, vec!["state", "cpu-total", "balloon", "vcpu", "interface", "block"]);
-        assert!(!d.enabled(Detail::BackingChain));
-        let all = Selection::everything();
-        assert_eq!(all.needed_groups(bit), crate::libvirt::stats::ALL_GROUPS.iter().fold(0, |m, g| m | g.bit));
-        // A switch brings its group; excluding all of a group's metrics drops it.
-        let perf = sel(SelectionSpec { switches: vec![(Detail::Perf, true)], ..Default::default() });
-        assert!(crate::libvirt::stats::group_names(perf.needed_groups(bit)).contains(&"perf"));
-        let no_net = sel(SelectionSpec { exclude: vec!["libvirt_domain_interface_*".into()], ..Default::default() });
-        assert!(!crate::libvirt::stats::group_names(no_net.needed_groups(bit)).contains(&"interface"));
-        let only_cpu = sel(SelectionSpec { include: vec!["libvirt_domain_cpu_*".into()], ..Default::default() });
-        assert_eq!(crate::libvirt::stats::group_names(only_cpu.needed_groups(bit)), vec!["state", "cpu-total"]);
-        let vm_off = sel(SelectionSpec {
+        assert_eq!(d.needed_groups(&KIND), vec!["ga"]);
+        assert!(d.wants_key(&KIND, "a.x"));
+        assert!(!d.wants_key(&KIND, "b.3.y"));
+        assert!(d.wants_key(&KIND, "future.key"), "unmapped keys are kept and reported");
+        let all = Selection::everything(&CATALOG);
+        assert_eq!(all.needed_groups(&KIND), vec!["ga", "gb"]);
+        let on = sel(SelectionSpec { switches: vec![("deep".into(), true)], ..Default::default() });
+        assert!(on.enabled(Some(&DEEP)) && on.wants_key(&KIND, "b.0.y"));
+        let off = sel(SelectionSpec {
             profile: Profile::Everything,
-            exclude: vec!["libvirt_domain_vm_*".into()],
+            switches: vec![("deep".into(), false)],
             ..Default::default()
         });
-        assert!(!crate::libvirt::stats::group_names(vm_off.needed_groups(bit)).contains(&"vm"));
+        assert!(!off.enabled(Some(&DEEP)));
+        let no_a = sel(SelectionSpec { exclude: vec!["t_a_*".into()], ..Default::default() });
+        assert!(no_a.needed_groups(&KIND).is_empty());
+        assert!(!no_a.exports_any(&KIND));
+        let e =
+            Selection::new(&SelectionSpec { switches: vec![("nope".into(), true)], ..Default::default() }, &CATALOG)
+                .unwrap_err();
+        assert_eq!(e.0, "nope");
+        assert!(e.1.contains("deep"), "{}", e.1);
     }
 
     #[test]
-    fn keys_of_unselected_metrics_are_not_wanted() {
-        let d = sel(SelectionSpec::default());
-        assert!(d.wants_key(RecordKind::DomainStats, "vcpu.0.time"));
-        assert!(!d.wants_key(RecordKind::DomainStats, "vcpu.0.exits.sum"));
-        assert!(!d.wants_key(RecordKind::DomainStats, "cpu.haltpoll.success.time"));
-        assert!(d.wants_key(RecordKind::DomainStats, "block.0.name"), "labels come from it");
-        assert!(d.wants_key(RecordKind::DomainStats, "future.key"), "unmapped keys are kept and reported");
-        let x =
-            sel(SelectionSpec { exclude: vec!["libvirt_domain_vcpu_time_seconds_total".into()], ..Default::default() });
-        assert!(!x.wants_key(RecordKind::DomainStats, "vcpu.3.time"));
-        assert!(x.wants_key(RecordKind::DomainStats, "vcpu.3.delay"));
-    }
-
-    #[test]
-    fn switches_override_the_profile_and_labels_can_be_dropped() {
-        let s = sel(SelectionSpec {
-            profile: Profile::Everything,
-            switches: vec![(Detail::VcpuKvm, false)],
-            drop_labels: vec!["path".into(), "backing_*".into()],
-            ..Default::default()
-        });
-        assert!(!s.enabled(Detail::VcpuKvm));
-        assert!(s.enabled(Detail::VmKvm));
+    fn labels_can_be_dropped_but_not_the_subjects() {
+        let s = sel(SelectionSpec { drop_labels: vec!["path".into(), "backing_*".into()], ..Default::default() });
         assert!(!s.keeps_label("path"));
         assert!(!s.keeps_label("backing_index"));
         assert!(s.keeps_label("device"));
-        let e = Selection::new(&SelectionSpec { drop_labels: vec!["*".into()], ..Default::default() }).unwrap_err();
+        let e = Selection::new(&SelectionSpec { drop_labels: vec!["*".into()], ..Default::default() }, &CATALOG)
+            .unwrap_err();
         assert_eq!(e.0, "drop_labels");
         assert!(e.1.contains("domain"), "{}", e.1);
     }

@@ -87,3 +87,33 @@ impl MetricType {
         }
     }
 }
+
+/// The unit of a field's value, exactly as libvirt reports it (records are
+/// lossless; sinks convert to base units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    Nanoseconds,
+    Milliseconds,
+    Seconds,
+    /// Seconds since the Unix epoch.
+    UnixSeconds,
+    Bytes,
+    Kibibytes,
+    BytesPerSecond,
+    MebibytesPerSecond,
+    PagesPerSecond,
+    Megahertz,
+    Percent,
+    /// A plain number of things or events.
+    Count,
+    /// A code from a libvirt enum (documented per key).
+    Enum,
+    Boolean,
+    /// Free text or an identifier (names, paths, modes).
+    Text,
+    /// A ratio or factor without dimension.
+    Ratio,
+    /// A key this build has no table entry for: value kept, unit unknown.
+    Unknown,
+}

@@ -20,7 +20,7 @@ use common::compare::compare_named;
 use common::daemon::{self, PrivateDaemon};
 use common::exposition::Scrape;
 use common::{virsh, wait_for};
-use virtpulse::stat_keys::AllSamples;
+use virtpulse::record::samples::AllSamples;
 
 /// A daemon from a root, shut down (guests and all) when dropped.
 struct RootDaemon(PrivateDaemon);

@@ -12,9 +12,9 @@ use common::agent::{bin, Agent, STDOUT};
 use common::guest::{Guest, GuestSpec};
 use common::otlp::{sink_config, Log, Point, Receiver};
 use common::{compare, virsh, wait_for};
-use virtpulse::record::RecordKind;
+use virtpulse::collectors::domain_stats::metrics::DOMAIN_STATS;
 use virtpulse::sinks::otlp::naming::{attribute_key, metric_name};
-use virtpulse::stat_keys::MetricType;
+use virtpulse::value::MetricType;
 
 fn include(names: &[&str]) -> String {
     let list: Vec<String> = names.iter().map(|n| common::agent::toml_str(n)).collect();
@@ -76,7 +76,7 @@ fn grpc_metrics_match_virsh_domstats() {
     for ((prom, labels), (mtype, help, _)) in &expected {
         let (name, unit) = metric_name(prom, *mtype);
         let attrs: Vec<(String, String)> =
-            labels.iter().map(|(k, v)| (attribute_key(RecordKind::DomainStats, k), v.clone())).collect();
+            labels.iter().map(|(k, v)| (attribute_key(&DOMAIN_STATS, k), v.clone())).collect();
         let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let p = point(&points, &name, &attrs);
         assert_eq!(p.unit, unit, "{name}");

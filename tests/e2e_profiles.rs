@@ -14,6 +14,7 @@ use common::compare::{compare_with, has_full_stats};
 use common::exposition::Scrape;
 use common::guest::{Guest, GuestSpec};
 use common::{virsh, wait_for};
+use virtpulse::registry::catalog;
 use virtpulse::selection::{Profile, Selection, SelectionSpec};
 
 const FAST: &str = "[collectors]\ninterval = \"1s\"\n";
@@ -68,7 +69,7 @@ fn check_against_virsh(agent: &Agent, g: &Guest, selection: &Selection) -> (Scra
 #[test]
 fn default_profile_keeps_a_tenant_within_budget_and_everything_is_one_switch_away() {
     let g = tenant("prof");
-    let default = Selection::new(&SelectionSpec::default()).unwrap();
+    let default = Selection::new(&SelectionSpec::default(), &catalog()).unwrap();
     let agent = Agent::start_for(&[&g.name], FAST);
     let (s, problems) = check_against_virsh(&agent, &g, &default);
     assert!(problems.is_empty(), "default profile differs from virsh:\n{}", problems.join("\n"));
@@ -117,7 +118,8 @@ fn default_profile_keeps_a_tenant_within_budget_and_everything_is_one_switch_awa
     assert!(!s.find("libvirt_domain_info", &[("uuid", &g.uuid)])[0].labels.contains_key("state"));
     drop(agent);
 
-    let everything = Selection::new(&SelectionSpec { profile: Profile::Everything, ..Default::default() }).unwrap();
+    let everything =
+        Selection::new(&SelectionSpec { profile: Profile::Everything, ..Default::default() }, &catalog()).unwrap();
     let agent = Agent::start_for(&[&g.name], &format!("{FAST}[metrics]\nprofile = \"everything\"\n"));
     let (s, problems) = check_against_virsh(&agent, &g, &everything);
     assert!(problems.is_empty(), "everything profile differs from virsh:\n{}", problems.join("\n"));
@@ -138,7 +140,7 @@ fn include_exclude_and_drop_labels_shape_what_is_exported_and_asked() {
         drop_labels: vec!["path".into()],
         ..Default::default()
     };
-    let selection = Selection::new(&spec).unwrap();
+    let selection = Selection::new(&spec, &catalog()).unwrap();
     let config = format!(
         "{FAST}[metrics]\ninclude = [\"libvirt_domain_block_*\", \"libvirt_domain_state\", \"libvirt_domain_info\"]\n\
          exclude = [\"*_time_seconds_total\"]\ndrop_labels = [\"path\"]\n"

@@ -17,36 +17,50 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("util", &[]),
     ("value", &[]),
     ("filter", &[]),
+    // The Prometheus text format (the sink and the admin endpoint write it).
+    ("exposition", &["value"]),
     // The FFI: knows nothing but the vocabulary.
     ("libvirt", &["util", "value"]),
-    // The record model, and the agent's own telemetry, which components
-    // report into through a trait.
+    // The record model and the catalog's vocabulary (kinds, tables,
+    // switches), and the agent's own telemetry, which components report
+    // into through a trait.
     ("record", &["util", "value"]),
-    ("selfmon", &["util", "value"]),
-    ("stat_keys", &["record", "value"]),
-    // What to export (libvirt stats groups are part of its vocabulary).
-    ("selection", &["libvirt", "record", "stat_keys", "value"]),
-    // Configuration: pure data and its validation.
-    ("config", &["filter", "libvirt", "selection", "stat_keys", "util", "value"]),
+    ("selfmon", &["exposition", "util", "value"]),
+    // TLS, basic auth and the health endpoints of the HTTP listeners.
+    ("web", &["selfmon"]),
+    // What to export, over the catalog.
+    ("selection", &["record", "value"]),
+    // Configuration: the loader and the agent's own sections; components
+    // bring theirs through a trait.
+    ("config", &["filter", "record", "selection", "util", "value"]),
     ("router", &["record", "selfmon", "util"]),
-    ("collectors", &["filter", "libvirt", "record", "router", "selection", "selfmon", "stat_keys", "util", "value"]),
-    // Events tell collectors what happened through the collectors' trait.
-    ("events", &["collectors", "filter", "libvirt", "record", "router", "selfmon", "stat_keys", "util", "value"]),
+    // Events: libvirt's callbacks into records, and typed events for the
+    // collectors' listeners.
+    ("events", &["filter", "libvirt", "record", "router", "selfmon", "util", "value"]),
+    (
+        "collectors",
+        &["config", "events", "filter", "libvirt", "record", "router", "selection", "selfmon", "util", "value"],
+    ),
     // Sinks see records, never libvirt, collectors or events.
-    ("sinks", &["config", "record", "router", "selection", "selfmon", "stat_keys", "util", "value"]),
+    ("sinks", &["config", "exposition", "record", "router", "selection", "selfmon", "util", "value", "web"]),
     ("health", &["libvirt", "selfmon", "util"]),
-    ("reference", &["collectors", "events", "record", "selection", "selfmon", "sinks", "stat_keys", "value"]),
+    ("admin", &["config", "exposition", "selfmon", "web"]),
+    // The one list of collectors and sinks.
+    ("registry", &["collectors", "config", "events", "record", "selfmon", "sinks"]),
+    ("reference", &["record", "registry", "sinks"]),
     // The composition root and the fuzzing harnesses may use everything.
     ("app", &["*"]),
     ("fuzzing", &["*"]),
 ];
 
+/// Every production source file: test modules kept in files of their own
+/// are named `tests.rs` (declared `#[cfg(test)] mod tests;`) and left out.
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
             rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
+        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests.rs") {
             out.push(path);
         }
     }
@@ -176,6 +190,91 @@ fn imports_follow_the_declared_layers() {
         }
     }
     assert!(problems.is_empty(), "layering broken:\n  {}", problems.join("\n  "));
+}
+
+/// The collectors under src/collectors/ that have a folder of their own.
+fn collector_folders(src: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(src.join("collectors"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Whether `code` names collector `c` (`collectors::c`, or `super::c`
+/// from inside another collector's folder).
+fn names_collector(code: &str, c: &str, inside_collectors: bool) -> bool {
+    let hit = |pat: &str| {
+        code.match_indices(pat).any(|(i, _)| {
+            let after = code[i + pat.len()..].chars().next();
+            !after.is_some_and(is_ident)
+        })
+    };
+    hit(&format!("collectors::{c}")) || (inside_collectors && hit(&format!("super::super::{c}")))
+}
+
+#[test]
+fn collectors_stay_in_their_folders_and_only_the_registry_names_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let collectors = collector_folders(&src);
+    assert!(collectors.len() >= 5, "{collectors:?}");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).unwrap();
+        let code = production_code(&std::fs::read_to_string(file).unwrap());
+        let own = rel
+            .strip_prefix("collectors")
+            .ok()
+            .and_then(|r| r.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .filter(|c| collectors.contains(c));
+        for c in &collectors {
+            if own.as_deref() == Some(c.as_str()) || !names_collector(&code, c, own.is_some()) {
+                continue;
+            }
+            let allowed = rel == Path::new("registry.rs") || rel.starts_with("fuzzing");
+            if !allowed {
+                problems.push(format!(
+                    "src/{} names the {c} collector: collectors never import each other, and only src/registry.rs names a collector",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn unsafe_code_lives_in_src_libvirt_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut problems = Vec::new();
+    for file in &files {
+        if file.starts_with(src.join("libvirt")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        // Comments stripped (test code too: there is no reason for unsafe in tests either).
+        let code: String = text.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+        let found = code.match_indices("unsafe").any(|(i, _)| {
+            let before = code[..i].chars().next_back();
+            let after = code[i + "unsafe".len()..].chars().next();
+            !before.is_some_and(is_ident) && !after.is_some_and(is_ident) && before != Some('"')
+        });
+        if found {
+            problems.push(format!(
+                "src/{} uses `unsafe`: only src/libvirt may",
+                file.strip_prefix(&src).unwrap().display()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]

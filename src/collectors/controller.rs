@@ -30,11 +30,7 @@ impl Schedule {
 }
 
 /// Runs one collection under the deadline and records its outcome.
-pub async fn run_once<C: Collector>(
-    c: &mut C,
-    sched: &Schedule,
-    stats: &CollectorStats,
-) -> Option<crate::record::Batch> {
+pub async fn run_once(c: &mut dyn Collector, sched: &Schedule, stats: &CollectorStats) -> Option<crate::record::Batch> {
     let started = Instant::now();
     let result = tokio::time::timeout(sched.timeout, c.collect()).await;
     let elapsed = started.elapsed();
@@ -130,19 +126,26 @@ async fn coalesce(
     }
 }
 
-/// Fault injection for the watchdog test: `VIRTPULSE_TEST_WEDGE_COLLECTOR=<name>`
-/// makes that collector's loop block its thread after the first cycle.
-/// Without the variable (always, in production) nothing changes.
+/// Fault injection for the watchdog test (tests/systemd.rs), in debug
+/// builds only: `VIRTPULSE_TEST_WEDGE_COLLECTOR=<name>` makes that
+/// collector's loop block its thread after the first cycle. Release builds
+/// (what ships) have no such hook.
+#[cfg(debug_assertions)]
 fn wedge_requested(name: &str) -> bool {
     std::env::var("VIRTPULSE_TEST_WEDGE_COLLECTOR").is_ok_and(|v| v == name)
+}
+
+#[cfg(not(debug_assertions))]
+fn wedge_requested(_: &str) -> bool {
+    false
 }
 
 /// How soon a cycle that found no connection is tried again.
 const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs forever (until the task is aborted).
-pub async fn run<C: Collector>(
-    mut c: C,
+pub async fn run(
+    mut c: Box<dyn Collector>,
     sched: Schedule,
     tracker: CallTracker,
     stats: Arc<CollectorStats>,
@@ -185,7 +188,7 @@ pub async fn run<C: Collector>(
             continue;
         }
         let not_connected = stats.outcomes(CycleOutcome::NotConnected);
-        if let Some(batch) = run_once(&mut c, &sched, &stats).await {
+        if let Some(batch) = run_once(c.as_mut(), &sched, &stats).await {
             router.route(batch);
         }
         if stats.outcomes(CycleOutcome::NotConnected) > not_connected {
@@ -217,9 +220,9 @@ mod tests {
             "counting"
         }
 
-        async fn collect(&mut self) -> Result<Batch, CollectError> {
+        fn collect(&mut self) -> crate::collectors::BoxFuture<'_, Result<Batch, CollectError>> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Ok(Batch { source: "counting", snapshot: true, ..Default::default() })
+            Box::pin(async { Ok(Batch { source: "counting", snapshot: true, ..Default::default() }) })
         }
     }
 
@@ -233,7 +236,7 @@ mod tests {
         let wake = Wake::default();
         let stats = CollectorStats::new("counting", sched.interval);
         let task = tokio::spawn(run(
-            Counting(n.clone()),
+            Box::new(Counting(n.clone())),
             sched,
             CallTracker::default(),
             stats,
@@ -263,7 +266,7 @@ mod tests {
         let stats = CollectorStats::new("counting", sched.interval);
         let wake = Wake::counted(stats.clone());
         let task = tokio::spawn(run(
-            Counting(n.clone()),
+            Box::new(Counting(n.clone())),
             sched,
             CallTracker::default(),
             stats.clone(),

@@ -1,11 +1,13 @@
-//! Collectors poll libvirt on a fixed schedule. Each one is driven by the
-//! same controller (see `controller`), makes its libvirt calls on blocking
+//! Collectors poll libvirt on a schedule. Each lives in a folder of its own
+//! (its configuration, its metric catalog, its code) and describes itself
+//! through a `CollectorFactory`; `crate::registry` lists the factories, and
+//! the agent loops over that list. Every collector is driven by the same
+//! controller (see `controller`), makes its libvirt calls on blocking
 //! threads (see `blocking`), and hands a `Batch` of records to the router.
 
 pub mod blocking;
 pub mod connection;
 pub mod controller;
-pub mod domain_info;
 pub mod domain_stats;
 pub mod guest;
 pub mod jobs;
@@ -14,18 +16,27 @@ pub mod pools;
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::config::{typed, AnyConfig, LibvirtConfig, SectionConfig, SectionSpec};
+use crate::events::Listener;
 use crate::filter::DomainFilter;
-use crate::libvirt::events::RawEvent;
+use crate::libvirt::manager::ManagerOptions;
 use crate::libvirt::{ConnectionManager, LibvirtError};
+use crate::record::kind::KindSpec;
 use crate::record::Batch;
-use crate::selfmon::{CollectorStats, Registry};
+use crate::selection::Selection;
+use crate::selfmon::{CollectorStats, MetricDesc, Registry};
 use blocking::CallTracker;
+use controller::{Schedule, Wake};
 
 pub use crate::record::Identity;
 
-/// What every collector needs besides its own settings.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What every collector needs at run time besides its own settings.
 #[derive(Clone)]
 pub struct CollectorContext {
     pub manager: Arc<ConnectionManager>,
@@ -61,18 +72,135 @@ impl From<LibvirtError> for CollectError {
     }
 }
 
-/// How the event stream tells a collector what happened: collectors own
-/// this trait and decide what an event means to them (collect now, re-read
-/// a domain's XML, read a job); the events module only calls it.
-pub trait EventListener: Send + Sync {
-    /// Called for every event, in order, on the events task: must not block.
-    fn on_event(&self, ev: &RawEvent);
-}
-
 pub trait Collector: Send {
     fn name(&self) -> &'static str;
     /// One collection. The controller bounds it with a deadline by dropping
     /// the future; libvirt calls already running go on in the background and
     /// are tracked as stuck until they return.
-    fn collect(&mut self) -> impl Future<Output = Result<Batch, CollectError>> + Send;
+    fn collect(&mut self) -> BoxFuture<'_, Result<Batch, CollectError>>;
+}
+
+/// Who reads the records: decides what a collector asks of libvirt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consumers {
+    /// A sink exports metrics (Prometheus, OTLP metrics).
+    pub metrics: bool,
+    /// A sink reads whole records (stdout, Kafka metric records): every
+    /// configured group is asked for and every field kept.
+    pub records: bool,
+}
+
+/// What a collector's factory is given to build it.
+pub struct BuildContext {
+    pub ctx: CollectorContext,
+    pub schedule: Schedule,
+    /// Starts a collection now (events use it through the listener).
+    pub wake: Wake,
+    pub selection: Arc<Selection>,
+    pub consumers: Consumers,
+    libvirt: LibvirtConfig,
+    /// A connection the collector asked for besides the shared one.
+    own_connection: Option<Arc<ConnectionManager>>,
+}
+
+impl BuildContext {
+    pub fn new(
+        ctx: CollectorContext,
+        schedule: Schedule,
+        wake: Wake,
+        selection: Arc<Selection>,
+        consumers: Consumers,
+        libvirt: LibvirtConfig,
+    ) -> Self {
+        Self { ctx, schedule, wake, selection, consumers, libvirt, own_connection: None }
+    }
+
+    /// A read-write connection of the collector's own (the guest agent is
+    /// refused on read-only ones); the rest of the agent stays read-only.
+    pub fn use_read_write_connection(&mut self) {
+        let manager = ConnectionManager::new(ManagerOptions { read_only: false, ..manager_options(&self.libvirt) });
+        self.ctx.manager = manager.clone();
+        self.own_connection = Some(manager);
+    }
+
+    pub fn own_connection(&self) -> Option<Arc<ConnectionManager>> {
+        self.own_connection.clone()
+    }
+}
+
+/// The shared connection's settings.
+pub fn manager_options(cfg: &LibvirtConfig) -> ManagerOptions {
+    ManagerOptions {
+        uri: cfg.uri.clone(),
+        read_only: cfg.read_only,
+        keepalive_interval: cfg.keepalive_interval,
+        keepalive_count: cfg.keepalive_count,
+        min_backoff: cfg.reconnect_min_backoff,
+        max_backoff: cfg.reconnect_max_backoff,
+    }
+}
+
+/// A collector, ready to run.
+pub struct Built {
+    pub collector: Box<dyn Collector>,
+    /// What tells it about events, if it reacts to them.
+    pub listener: Option<Arc<dyn Listener>>,
+}
+
+/// A collector as its folder declares it. Implemented once per collector;
+/// `CollectorFactory` is what the registry lists.
+pub trait CollectorPlugin: Sync + 'static {
+    type Config: SectionConfig;
+    /// The `[collectors.<name>]` section, the `collector` label, the
+    /// records' source.
+    const NAME: &'static str;
+    /// Whether it runs when the file says nothing.
+    const ENABLED: bool = true;
+    /// Its own default interval (`None`: `[collectors] interval`).
+    const INTERVAL: Option<Duration> = None;
+    /// The kinds of record it makes.
+    const KINDS: &'static [&'static KindSpec];
+    /// Its own self-metrics (docs/metrics.md lists them).
+    const METRICS: &'static [MetricDesc] = &[];
+
+    fn build(&self, config: &Self::Config, ctx: &mut BuildContext) -> anyhow::Result<Built>;
+}
+
+/// What the registry and the agent see of a collector.
+pub trait CollectorFactory: Sync {
+    fn name(&self) -> &'static str;
+    fn section(&self) -> &dyn SectionSpec;
+    fn kinds(&self) -> &'static [&'static KindSpec];
+    fn metrics(&self) -> &'static [MetricDesc];
+    fn build(&self, config: &AnyConfig, ctx: &mut BuildContext) -> anyhow::Result<Built>;
+}
+
+/// Puts a plugin in the registry: `&Factory(jobs::Jobs)`.
+pub struct Factory<P: CollectorPlugin>(pub P);
+
+impl<P: CollectorPlugin> Factory<P> {
+    const SECTION: crate::config::section::Section<P::Config> =
+        crate::config::section::Section::new(P::NAME, P::ENABLED, P::INTERVAL);
+}
+
+impl<P: CollectorPlugin> CollectorFactory for Factory<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn section(&self) -> &dyn SectionSpec {
+        &Self::SECTION
+    }
+
+    fn kinds(&self) -> &'static [&'static KindSpec] {
+        P::KINDS
+    }
+
+    fn metrics(&self) -> &'static [MetricDesc] {
+        P::METRICS
+    }
+
+    fn build(&self, config: &AnyConfig, ctx: &mut BuildContext) -> anyhow::Result<Built> {
+        self.0.build(&typed::<P::Config>(config), ctx)
+    }
 }

@@ -11,6 +11,7 @@
 pub mod names;
 pub mod normalize;
 mod stats;
+pub mod typed;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -20,12 +21,12 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::collectors::EventListener;
 use crate::filter::DomainFilter;
 use crate::libvirt::events::{EventSink, Family, RawEvent};
 use crate::libvirt::stats::FLAG_NOWAIT;
 use crate::libvirt::typed_params::KeyInterner;
 use crate::libvirt::{ConnectionManager, Session};
+use crate::record::kind::KindSpec;
 use crate::record::Batch;
 use crate::record::Identity;
 use crate::router::Router;
@@ -33,6 +34,7 @@ use crate::util::throttle::LogOnce;
 use crate::value::TypedValue;
 use normalize::{to_record, Stamp};
 pub use stats::{EventStats, METRICS};
+pub use typed::{Event, Listener};
 
 pub const SOURCE: &str = "events";
 
@@ -43,6 +45,8 @@ pub struct Settings {
     pub queue_capacity: usize,
     pub qemu_monitor: bool,
     pub resync: bool,
+    /// The kind whose table gives the units of job statistics.
+    pub job_kind: Option<&'static KindSpec>,
 }
 
 /// A random id for this agent run, so event ids stay unique across restarts.
@@ -139,13 +143,14 @@ pub fn start(
     settings: Settings,
     manager: Arc<ConnectionManager>,
     router: Arc<Router>,
-    listeners: Vec<Arc<dyn EventListener>>,
+    listeners: Vec<Arc<dyn Listener>>,
     identity: Identity,
     filter: Arc<DomainFilter>,
     stats: Arc<EventStats>,
 ) -> EventTasks {
     let (tx, mut rx) = mpsc::channel::<RawEvent>(settings.queue_capacity.max(1));
     let sink = make_sink(tx, stats.clone());
+    let job_kind = settings.job_kind;
     let settings = Arc::new(settings);
 
     let registrar = {
@@ -213,11 +218,12 @@ pub fn start(
                 let delay = ev.at.elapsed().as_nanos() as u64;
                 stats.delay_ns_total.fetch_add(delay, Ordering::Relaxed);
                 stats.delay_ns_max.fetch_max(delay, Ordering::Relaxed);
+                let typed = Event::of(&ev);
                 for l in &listeners {
-                    l.on_event(&ev);
+                    l.on_event(&typed);
                 }
                 seq += 1;
-                records.push(to_record(ev, Stamp { identity: &identity, run_id: &run, seq }));
+                records.push(to_record(ev, Stamp { identity: &identity, run_id: &run, seq, job_kind }));
             }
             stats.processed.fetch_add(n as u64, Ordering::Relaxed);
             if !records.is_empty() {

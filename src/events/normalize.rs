@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use super::names;
 use crate::libvirt::events::{Family, RawEvent};
-use crate::record::{EventInfo, Field, Identity, ObjectRef, Record, RecordKind, Unit};
-use crate::stat_keys::unit_of;
+use crate::record::kind::KindSpec;
+use crate::record::mapping::unit_of;
+use crate::record::{EventInfo, Field, Identity, ObjectRef, Record, RecordKind, Unit, EVENT};
 use crate::value::TypedValue;
 
 fn int(ev: &RawEvent, key: &str) -> Option<i64> {
@@ -49,7 +50,7 @@ pub fn namer(family: Family, event: &str, key: &str) -> Option<fn(i64) -> String
     Some(f)
 }
 
-fn unit(ev: &RawEvent, key: &str, value: &TypedValue) -> Unit {
+fn unit(ev: &RawEvent, key: &str, value: &TypedValue, job_kind: Option<&'static KindSpec>) -> Unit {
     if matches!(value, TypedValue::String(_)) {
         return Unit::Text;
     }
@@ -59,7 +60,7 @@ fn unit(ev: &RawEvent, key: &str, value: &TypedValue) -> Unit {
         ("block_threshold", "threshold" | "excess") => Unit::Bytes,
         ("migration_iteration", "iteration") | ("qemu_monitor", "micros") => Unit::Count,
         ("qemu_monitor", "seconds") => Unit::UnixSeconds,
-        ("job_completed", k) => unit_of(RecordKind::DomainJob, k, value),
+        ("job_completed", k) => job_kind.map(|j| unit_of(j, k, value)).unwrap_or(Unit::Unknown),
         ("tunable", _) => Unit::Unknown,
         (
             _,
@@ -112,6 +113,9 @@ pub struct Stamp<'a> {
     pub identity: &'a Identity,
     pub run_id: &'a str,
     pub seq: u64,
+    /// The kind whose table gives the units of job statistics
+    /// (`job_completed` carries a finished job's).
+    pub job_kind: Option<&'static KindSpec>,
 }
 
 pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
@@ -126,7 +130,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
                 value: TypedValue::String(f(code).into()),
             });
         } else {
-            fields.push(Field { key: key.clone(), unit: unit(&ev, key, value), value: value.clone() });
+            fields.push(Field { key: key.clone(), unit: unit(&ev, key, value, stamp.job_kind), value: value.clone() });
         }
     }
     let is_domain = matches!(ev.family, Family::Domain | Family::QemuMonitor);
@@ -149,7 +153,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
             object,
         }),
         fields,
-        ..Record::new(stamp.identity, RecordKind::Event, ev.time)
+        ..Record::new(stamp.identity, RecordKind::of(&EVENT), ev.time)
     }
 }
 
@@ -172,7 +176,7 @@ mod tests {
     }
 
     fn stamp<'a>(identity: &'a Identity) -> Stamp<'a> {
-        Stamp { identity, run_id: "r", seq: 7 }
+        Stamp { identity, run_id: "r", seq: 7, job_kind: Some(&crate::collectors::jobs::metrics::DOMAIN_JOB) }
     }
 
     fn here() -> Identity {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod event_loop;
 pub mod events;
 pub mod guest;
+pub mod heap;
 
 pub mod jobs;
 pub mod manager;

@@ -1,14 +1,13 @@
 //! Sinks turn batches of records into output. They know records, never
-//! libvirt, and each drains its own bounded queue from the router.
+//! libvirt or collectors, and each drains its own bounded queue from the
+//! router.
 //!
-//! Every sink is built the same way (Vector's sinks, the OpenTelemetry
-//! Collector's exporter factories): a `SinkFactory` made from its
-//! configuration starts it with a `SinkContext` and its queue, and hands
-//! back a `Running` sink that reports on it and shuts it down. `configured`
-//! lists the enabled ones; the composition root loops over that list.
+//! Every sink describes itself the same way (Vector's sinks, the
+//! OpenTelemetry Collector's exporter factories): a `SinkPlugin` with its
+//! configuration type and checks, what it consumes, and `start` that hands
+//! back a `Running` sink which reports on it and shuts it down.
+//! `crate::registry` lists them; the composition root loops over that list.
 
-pub mod codes;
-pub mod info;
 pub mod kafka;
 pub mod otlp;
 pub mod prometheus;
@@ -19,10 +18,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::SinksConfig;
+use crate::config::{typed, AnyConfig, SectionConfig, SectionSpec};
+use crate::record::kind::Catalog;
 use crate::router::SinkQueue;
 use crate::selection::Selection;
-use crate::selfmon::{Probe, Registry, Report};
+use crate::selfmon::{MetricDesc, Probe, Registry, Report};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -37,19 +37,31 @@ pub struct SinkContext {
     pub libvirt_uri: String,
     /// Answers health checks (the Prometheus sink's /healthz and /readyz).
     pub probe: Arc<dyn Probe>,
+    /// Every kind of record the agent can make.
+    pub catalog: Catalog,
+    /// Gives freed heap pages back to the kernel, between live blocks too
+    /// (glibc only returns the top of the heap by itself): sinks call it
+    /// after dropping a large snapshot (`libvirt::heap::trim`).
+    pub release_memory: fn(),
 }
 
-/// Starts a sink draining its queue. Fails on what will not fix itself (a
-/// port in use, bad client properties); an unreachable destination is the
-/// sink's to wait for.
-pub type StartFn = Box<dyn FnOnce(SinkQueue, SinkContext) -> BoxFuture<'static, anyhow::Result<Running>> + Send>;
+/// What the start-up checks may know besides a sink's own configuration.
+#[derive(Debug, Clone)]
+pub struct CheckContext {
+    pub hostname: String,
+    pub libvirt_uri: String,
+}
 
-/// A configured sink, not yet running.
-pub struct SinkFactory {
-    pub name: &'static str,
-    /// Batches its queue from the router holds.
-    pub queue_capacity: usize,
-    pub start: StartFn,
+/// What a sink reads, as it declares it from its configuration. The agent
+/// asks libvirt only for what some sink consumes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Consumes {
+    /// Metric snapshots, turned into series (Prometheus, OTLP metrics).
+    pub metrics: bool,
+    /// Whole records of the collectors, every field (stdout, Kafka metric records).
+    pub records: bool,
+    /// Events, delivered at least once (Kafka's spool).
+    pub durable_events: bool,
 }
 
 /// A running sink.
@@ -64,21 +76,97 @@ pub struct Running {
     pub stop: Box<dyn FnOnce(Duration) -> BoxFuture<'static, ()> + Send>,
 }
 
-/// The enabled sinks, in a fixed order. `web_security`: the Prometheus
-/// endpoint's TLS and basic auth, loaded by the caller's checks.
-pub fn configured(cfg: &SinksConfig, web_security: Option<Arc<prometheus::web::Security>>) -> Vec<SinkFactory> {
-    let mut sinks = Vec::new();
-    if cfg.prometheus.enabled {
-        sinks.push(prometheus::factory(cfg.prometheus.clone(), web_security));
+/// A sink as its module declares it. `SinkFactory` is what the registry lists.
+pub trait SinkPlugin: Sync + 'static {
+    type Config: SectionConfig;
+    /// The `[sinks.<name>]` section and the `sink` label.
+    const NAME: &'static str;
+    /// Whether it runs when the file says nothing.
+    const ENABLED: bool = false;
+    /// Its own self-metrics (docs/metrics.md lists them).
+    const METRICS: &'static [MetricDesc] = &[];
+
+    /// Batches its queue from the router holds.
+    fn queue_capacity(&self, cfg: &Self::Config) -> usize;
+    fn consumes(&self, cfg: &Self::Config) -> Consumes;
+    /// Whether it serves `/healthz`, `/readyz` and the agent's own metrics
+    /// (then the admin listener is not needed).
+    fn serves_health(&self, _cfg: &Self::Config) -> bool {
+        false
     }
-    if cfg.stdout.enabled {
-        sinks.push(stdout::factory(cfg.stdout.queue_capacity));
+    /// Checks only the sink can make, short of connecting anywhere
+    /// (`--check-config` and the start run them): TLS files, client
+    /// properties, environment.
+    fn check(&self, _cfg: &Self::Config, _ctx: &CheckContext) -> Result<(), String> {
+        Ok(())
     }
-    if cfg.kafka.enabled {
-        sinks.push(kafka::factory(cfg.kafka.clone()));
+    /// Starts it draining `queue`. Fails on what will not fix itself (a
+    /// port in use, bad client properties); an unreachable destination is
+    /// the sink's to wait for.
+    fn start(
+        &self,
+        cfg: Self::Config,
+        queue: SinkQueue,
+        ctx: SinkContext,
+    ) -> BoxFuture<'static, anyhow::Result<Running>>;
+}
+
+/// What the registry and the agent see of a sink.
+pub trait SinkFactory: Sync {
+    fn name(&self) -> &'static str;
+    fn section(&self) -> &dyn SectionSpec;
+    fn metrics(&self) -> &'static [MetricDesc];
+    fn queue_capacity(&self, cfg: &AnyConfig) -> usize;
+    fn consumes(&self, cfg: &AnyConfig) -> Consumes;
+    fn serves_health(&self, cfg: &AnyConfig) -> bool;
+    fn check(&self, cfg: &AnyConfig, ctx: &CheckContext) -> Result<(), String>;
+    fn start(&self, cfg: &AnyConfig, queue: SinkQueue, ctx: SinkContext)
+        -> BoxFuture<'static, anyhow::Result<Running>>;
+}
+
+/// Puts a plugin in the registry: `&Factory(kafka::KafkaPlugin)`.
+pub struct Factory<P: SinkPlugin>(pub P);
+
+impl<P: SinkPlugin> Factory<P> {
+    const SECTION: crate::config::section::Section<P::Config> =
+        crate::config::section::Section::new(P::NAME, P::ENABLED, None);
+}
+
+impl<P: SinkPlugin> SinkFactory for Factory<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
     }
-    if cfg.otlp.enabled {
-        sinks.push(otlp::factory(cfg.otlp.clone()));
+
+    fn section(&self) -> &dyn SectionSpec {
+        &Self::SECTION
     }
-    sinks
+
+    fn metrics(&self) -> &'static [MetricDesc] {
+        P::METRICS
+    }
+
+    fn queue_capacity(&self, cfg: &AnyConfig) -> usize {
+        self.0.queue_capacity(&typed::<P::Config>(cfg))
+    }
+
+    fn consumes(&self, cfg: &AnyConfig) -> Consumes {
+        self.0.consumes(&typed::<P::Config>(cfg))
+    }
+
+    fn serves_health(&self, cfg: &AnyConfig) -> bool {
+        self.0.serves_health(&typed::<P::Config>(cfg))
+    }
+
+    fn check(&self, cfg: &AnyConfig, ctx: &CheckContext) -> Result<(), String> {
+        self.0.check(&typed::<P::Config>(cfg), ctx).map_err(|e| format!("sinks.{}: {e}", P::NAME))
+    }
+
+    fn start(
+        &self,
+        cfg: &AnyConfig,
+        queue: SinkQueue,
+        ctx: SinkContext,
+    ) -> BoxFuture<'static, anyhow::Result<Running>> {
+        self.0.start(typed::<P::Config>(cfg), queue, ctx)
+    }
 }

@@ -1,6 +1,5 @@
 //! Small pieces every layer may use; they depend on nothing of the agent's.
 
 pub mod clock;
-pub mod heap;
 pub mod internal_errors;
 pub mod throttle;

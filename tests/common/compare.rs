@@ -6,8 +6,11 @@ use std::time::SystemTime;
 use super::exposition::Scrape;
 use super::guest::Guest;
 use super::virsh;
-use virtpulse::record::{DomainRef, Field, Record, RecordKind, SCHEMA};
-use virtpulse::stat_keys::{self, AllSamples, MetricType, SampleFilter, SampleStats};
+use virtpulse::collectors::domain_stats::metrics::DOMAIN_STATS;
+use virtpulse::record::mapping::unit_of;
+use virtpulse::record::samples::{for_each_sample, AllSamples, SampleFilter, SampleStats};
+use virtpulse::record::{DomainRef, Field, Identity, Record, RecordKind};
+use virtpulse::value::MetricType;
 
 pub type SeriesKey = (String, BTreeMap<String, String>);
 
@@ -28,26 +31,21 @@ pub fn expected_with(
     stats: &BTreeMap<String, String>,
     filter: &dyn SampleFilter,
 ) -> BTreeMap<SeriesKey, (MetricType, String, f64)> {
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
     let record = Record {
-        schema: SCHEMA,
-        kind: RecordKind::DomainStats,
-        time: SystemTime::now(),
-        host: "h".into(),
-        libvirt_uri: "qemu:///system".into(),
-        pool: None,
-        event: None,
         domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
         fields: stats
             .iter()
             .map(|(k, v)| {
                 let value = virsh::typed(v);
-                Field { key: k.as_str().into(), unit: stat_keys::unit_of(RecordKind::DomainStats, k, &value), value }
+                Field { key: k.as_str().into(), unit: unit_of(&DOMAIN_STATS, k, &value), value }
             })
             .collect(),
+        ..Record::new(&identity, RecordKind::of(&DOMAIN_STATS), SystemTime::now())
     };
     let mut st = SampleStats::default();
     let mut out = BTreeMap::new();
-    stat_keys::for_each_sample(&record, filter, &mut st, |s| {
+    for_each_sample(&record, filter, &mut st, |s| {
         let mut labels: BTreeMap<String, String> =
             s.labels().into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v)).collect();
         labels.insert("domain".into(), name.into());

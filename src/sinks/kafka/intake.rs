@@ -8,7 +8,7 @@ use super::message::{to_message, Topics};
 use super::producer::Mailbox;
 use super::spool::Spool;
 use super::stats::{DropCause, KafkaStats};
-use crate::record::{Batch, RecordKind};
+use crate::record::Batch;
 use crate::router::SinkQueue;
 
 /// Batches taken at once before the spool write (group commit).
@@ -43,14 +43,14 @@ impl Intake {
         let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut snapshots = Vec::new();
         for batch in group {
-            let has_events = batch.records.iter().any(|r| r.kind == RecordKind::Event);
+            let has_events = batch.records.iter().any(|r| r.kind.is_event);
             if has_events {
-                for r in batch.records.iter().filter(|r| r.kind == RecordKind::Event) {
+                for r in batch.records.iter().filter(|r| r.kind.is_event) {
                     let m = to_message(r, &self.topics, self.cloudevents);
                     encoded.push((m.time_ms, m.encode()));
                 }
             }
-            if self.metrics && batch.records.iter().any(|r| r.kind != RecordKind::Event) {
+            if self.metrics && batch.records.iter().any(|r| !r.kind.is_event) {
                 snapshots.push(batch);
             }
         }

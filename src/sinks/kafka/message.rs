@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use crate::record::{Record, RecordKind, SCHEMA};
+use crate::record::{Record, SCHEMA};
 
 /// Where records go.
 #[derive(Debug, Clone)]
@@ -12,6 +12,8 @@ pub struct Topics {
     pub metrics: String,
     /// `<events>.<family>` and `<metrics>.<kind>` instead of one topic each.
     pub per_family: bool,
+    /// The kinds of metric records (topic names when `per_family`).
+    pub kinds: Vec<&'static str>,
 }
 
 impl Topics {
@@ -19,7 +21,7 @@ impl Topics {
         match (&r.event, self.per_family) {
             (Some(ev), true) => format!("{}.{}", self.events, ev.family),
             (Some(_), false) => self.events.clone(),
-            (None, true) => format!("{}.{}", self.metrics, kind_name(r.kind)),
+            (None, true) => format!("{}.{}", self.metrics, r.kind.name()),
             (None, false) => self.metrics.clone(),
         }
     }
@@ -31,19 +33,8 @@ impl Topics {
         }
         let families = ["domain", "network", "storage_pool", "node_device", "secret", "qemu_monitor"];
         let mut v: Vec<String> = families.iter().map(|f| format!("{}.{f}", self.events)).collect();
-        v.extend(RecordKind::ALL.iter().map(|k| format!("{}.{}", self.metrics, kind_name(*k))));
+        v.extend(self.kinds.iter().map(|k| format!("{}.{k}", self.metrics)));
         v
-    }
-}
-
-pub fn kind_name(k: RecordKind) -> &'static str {
-    match k {
-        RecordKind::DomainStats => "domain_stats",
-        RecordKind::DomainJob => "domain_job",
-        RecordKind::Node => "node",
-        RecordKind::StoragePool => "storage_pool",
-        RecordKind::Guest => "guest",
-        RecordKind::Event => "event",
     }
 }
 
@@ -64,7 +55,7 @@ pub struct Message {
 pub fn to_message(r: &Record, topics: &Topics, cloudevents: bool) -> Message {
     let key = r.domain.as_ref().map(|d| d.uuid.to_string()).unwrap_or_else(|| r.host.to_string());
     let time_ms = r.time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let kind = kind_name(r.kind);
+    let kind = r.kind.name();
     let mut headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("virtpulse_schema".to_string(), SCHEMA.to_string()),
@@ -167,18 +158,14 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DomainRef, EventInfo};
+    use crate::record::{DomainRef, EventInfo, Identity, RecordKind, EVENT};
     use std::time::{Duration, SystemTime};
 
     fn event() -> Record {
+        let identity = Identity { host: "hv1".into(), uri: "qemu:///system".into() };
+        let time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::Event,
-            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            host: "hv1".into(),
-            libvirt_uri: "qemu:///system".into(),
             domain: Some(DomainRef { name: "vm".into(), uuid: "u-1".into(), info: None }),
-            pool: None,
             event: Some(EventInfo {
                 family: "domain",
                 name: "lifecycle",
@@ -188,12 +175,17 @@ mod tests {
                 id: "run-7".into(),
                 object: None,
             }),
-            fields: vec![],
+            ..Record::new(&identity, RecordKind::of(&EVENT), time)
         }
     }
 
     fn topics(per_family: bool) -> Topics {
-        Topics { events: "libvirt.events".into(), metrics: "libvirt.metrics".into(), per_family }
+        Topics {
+            events: "libvirt.events".into(),
+            metrics: "libvirt.metrics".into(),
+            per_family,
+            kinds: crate::registry::catalog().kinds.iter().filter(|k| !k.is_event).map(|k| k.name).collect(),
+        }
     }
 
     #[test]
@@ -217,7 +209,7 @@ mod tests {
         let mut r = event();
         r.event = None;
         r.domain = None;
-        r.kind = RecordKind::Node;
+        r.kind = RecordKind::of(&crate::collectors::node::metrics::NODE);
         r.time = SystemTime::now();
         let m = to_message(&r, &topics(true), true);
         assert_eq!((m.key.as_str(), m.topic.as_str()), ("hv1", "libvirt.metrics.node"));

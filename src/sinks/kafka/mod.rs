@@ -23,8 +23,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 
-use crate::config::{KafkaConfig, SpoolSync};
+pub mod config;
+
 use crate::router::SinkQueue;
+use crate::sinks::{BoxFuture, Consumes, Running, SinkPlugin};
+pub use config::KafkaConfig;
 use message::Topics;
 use producer::{client_config, describe_config_error, Mailbox, SinkContext};
 use spool::{Spool, SpoolConfig, SyncPolicy};
@@ -33,8 +36,15 @@ use stats::{DropCause, KafkaStats};
 /// How long the start-up check waits for the brokers.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn topics(cfg: &KafkaConfig) -> Topics {
-    Topics { events: cfg.events_topic.clone(), metrics: cfg.metrics_topic.clone(), per_family: cfg.topic_per_family }
+/// Where records go; `kinds` are the kinds of metric records (topic names
+/// when `topic_per_family`).
+fn topics(cfg: &KafkaConfig, kinds: &[&'static str]) -> Topics {
+    Topics {
+        events: cfg.events_topic.clone(),
+        metrics: cfg.metrics_topic.clone(),
+        per_family: cfg.topic_per_family,
+        kinds: kinds.to_vec(),
+    }
 }
 
 fn client_id(host: &str) -> String {
@@ -44,9 +54,6 @@ fn client_id(host: &str) -> String {
 /// Validates what only librdkafka can (property names and values) without
 /// connecting: for `--check-config` and before start. The error names the key.
 pub fn check(cfg: &KafkaConfig) -> Result<(), String> {
-    if !cfg.enabled {
-        return Ok(());
-    }
     let c = client_config(cfg, "virtpulse-check")?;
     c.create::<BaseProducer>().map(|_| ()).map_err(|e| describe_config_error(&e))
 }
@@ -66,38 +73,54 @@ impl KafkaSink {
     }
 }
 
-/// The Kafka sink as configured.
-pub fn factory(cfg: KafkaConfig) -> crate::sinks::SinkFactory {
-    use crate::sinks::SinkFactory;
-    SinkFactory {
-        name: "kafka",
-        queue_capacity: cfg.queue_capacity,
-        start: Box::new(move |queue, ctx| {
-            Box::pin(async move {
-                let k = &cfg;
-                let sink = start(k, &ctx.hostname, queue, tokio::runtime::Handle::current())?;
-                tracing::info!(brokers = %k.brokers.join(","), events_topic = %k.events_topic, spool = %k.spool_dir.display(), "Kafka sink started");
-                let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
-                Ok(crate::sinks::Running {
-                    name: "kafka",
-                    report: Some(report),
-                    stop_within: k.shutdown_timeout + Duration::from_secs(2),
-                    // The sender gives messages in flight up to shutdown_timeout itself.
-                    stop: Box::new(move |deadline| {
-                        Box::pin(async move {
-                            if tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || sink.join()))
-                                .await
-                                .is_err()
-                            {
-                                tracing::warn!(
-                                    "the Kafka sink did not stop in time; undelivered events stay in the spool"
-                                );
-                            }
-                        })
-                    }),
-                })
+/// The Kafka sink in the registry.
+pub struct KafkaPlugin;
+
+impl SinkPlugin for KafkaPlugin {
+    type Config = KafkaConfig;
+    const NAME: &'static str = "kafka";
+    const METRICS: &'static [crate::selfmon::MetricDesc] = stats::METRICS;
+
+    fn queue_capacity(&self, cfg: &KafkaConfig) -> usize {
+        cfg.queue_capacity
+    }
+
+    fn consumes(&self, cfg: &KafkaConfig) -> Consumes {
+        Consumes { metrics: false, records: cfg.metrics, durable_events: true }
+    }
+
+    fn check(&self, cfg: &KafkaConfig, _: &crate::sinks::CheckContext) -> Result<(), String> {
+        check(cfg)
+    }
+
+    fn start(
+        &self,
+        cfg: KafkaConfig,
+        queue: SinkQueue,
+        ctx: crate::sinks::SinkContext,
+    ) -> BoxFuture<'static, anyhow::Result<Running>> {
+        Box::pin(async move {
+            let kinds: Vec<&'static str> = ctx.catalog.kinds.iter().filter(|k| !k.is_event).map(|k| k.name).collect();
+            let sink = start(&cfg, &ctx.hostname, &kinds, queue, tokio::runtime::Handle::current())?;
+            tracing::info!(brokers = %cfg.brokers.join(","), events_topic = %cfg.events_topic, spool = %cfg.spool_dir.display(), "Kafka sink started");
+            let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
+            Ok(Running {
+                name: "kafka",
+                report: Some(report),
+                stop_within: cfg.shutdown_timeout + Duration::from_secs(2),
+                // The sender gives messages in flight up to shutdown_timeout itself.
+                stop: Box::new(move |deadline| {
+                    Box::pin(async move {
+                        if tokio::time::timeout(deadline, tokio::task::spawn_blocking(move || sink.join()))
+                            .await
+                            .is_err()
+                        {
+                            tracing::warn!("the Kafka sink did not stop in time; undelivered events stay in the spool");
+                        }
+                    })
+                }),
             })
-        }),
+        })
     }
 }
 
@@ -107,6 +130,7 @@ pub fn factory(cfg: KafkaConfig) -> crate::sinks::SinkFactory {
 pub fn start(
     cfg: &KafkaConfig,
     host: &str,
+    kinds: &[&'static str],
     queue: SinkQueue,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<KafkaSink> {
@@ -115,11 +139,7 @@ pub fn start(
         dir: cfg.spool_dir.clone(),
         max_bytes: cfg.spool_max_bytes.0,
         max_age: cfg.spool_max_age,
-        sync: match cfg.spool_sync {
-            SpoolSync::Always => SyncPolicy::Always,
-            SpoolSync::Interval => SyncPolicy::Interval(cfg.spool_sync_interval),
-            SpoolSync::Never => SyncPolicy::Never,
-        },
+        sync: SyncPolicy::new(cfg.spool_sync, cfg.spool_sync_interval),
     };
     let (spool, recovery) = Spool::open(spool_cfg).map_err(|e| {
         anyhow::anyhow!(
@@ -150,6 +170,7 @@ pub fn start(
     let producer = make_producer().map_err(|e| anyhow::anyhow!(describe_config_error(&e)))?;
 
     let probe_cfg = cfg.clone();
+    let probe_topics = topics(cfg, kinds);
     let probe_client = client.clone();
     let sink_stats = queue.stats.clone();
     let intake = intake::Intake {
@@ -157,7 +178,7 @@ pub fn start(
         spool: spool.clone(),
         mailbox: mailbox.clone(),
         stats: stats.clone(),
-        topics: topics(cfg),
+        topics: topics(cfg, kinds),
         cloudevents: cfg.cloudevents,
         metrics: cfg.metrics,
     };
@@ -168,7 +189,7 @@ pub fn start(
         mailbox,
         stats: stats.clone(),
         sink_stats,
-        topics: topics(cfg),
+        topics: topics(cfg, kinds),
         cloudevents: cfg.cloudevents,
         max_in_flight: cfg.max_in_flight,
         shutdown_timeout: cfg.shutdown_timeout,
@@ -185,7 +206,7 @@ pub fn start(
     std::thread::Builder::new().name("kafka-probe".into()).spawn(move || {
         let mut wait = Duration::from_secs(5);
         let mut reported = false;
-        while !probe(&probe_cfg, &probe_client, &runtime, !reported) {
+        while !probe(&probe_cfg, &probe_topics, &probe_client, &runtime, !reported) {
             reported = true;
             std::thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(60));
@@ -197,7 +218,13 @@ pub fn start(
 /// Checks that the brokers answer and the topics exist (creating them when
 /// configured); says plainly what is wrong if not (at error level the first
 /// time, then at debug). Returns true once all is well.
-fn probe(cfg: &KafkaConfig, client: &ClientConfig, runtime: &tokio::runtime::Handle, first: bool) -> bool {
+fn probe(
+    cfg: &KafkaConfig,
+    topics: &Topics,
+    client: &ClientConfig,
+    runtime: &tokio::runtime::Handle,
+    first: bool,
+) -> bool {
     macro_rules! problem {
         ($($t:tt)*) => {{
             if first {
@@ -223,7 +250,7 @@ fn probe(cfg: &KafkaConfig, client: &ClientConfig, runtime: &tokio::runtime::Han
         ),
     };
     let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
-    let wanted = topics(cfg).all();
+    let wanted = topics.all();
     let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(&t.as_str())).collect();
     if missing.is_empty() {
         tracing::info!(sink = "kafka", brokers = %brokers, "Kafka brokers reachable; topics present");

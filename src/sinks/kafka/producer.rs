@@ -11,9 +11,9 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
+use super::config::is_secret_property;
+use super::config::KafkaConfig;
 use super::stats::KafkaStats;
-use crate::config::kafka::is_secret_property;
-use crate::config::KafkaConfig;
 
 /// What a message was, handed back with its delivery report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

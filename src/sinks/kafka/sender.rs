@@ -15,7 +15,7 @@ use super::message::{to_message, Message, Topics};
 use super::producer::{is_permanent, Delivery, Mailbox, Sent, SinkContext};
 use super::spool::Spool;
 use super::stats::{DropCause, KafkaStats, RestartReason, Stream};
-use crate::record::{Batch, RecordKind};
+use crate::record::Batch;
 use crate::selfmon::SinkStats;
 
 const TICK: Duration = Duration::from_secs(1);
@@ -321,7 +321,7 @@ impl Sender {
             std::mem::take(&mut m.metrics).into_values().collect()
         };
         for batch in batches {
-            let records: Vec<_> = batch.records.iter().filter(|r| r.kind != RecordKind::Event).collect();
+            let records: Vec<_> = batch.records.iter().filter(|r| !r.kind.is_event).collect();
             for (i, r) in records.iter().enumerate() {
                 let msg = to_message(r, &self.topics, self.cloudevents);
                 let record = BaseRecord::with_opaque_to(&msg.topic, Box::new(Sent::Metric))

@@ -30,6 +30,26 @@ const MAX_SEQ: u64 = 1 << 62;
 /// The file holding the persisted low water (`u64 | crc32`, little endian).
 pub const LOW_WATER_FILE: &str = "low-water";
 
+/// How appended frames reach the disk, as configured (`spool_sync`); with
+/// `spool_sync_interval` it makes the `SyncPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Always,
+    Interval,
+    Never,
+}
+
+impl SyncPolicy {
+    pub fn new(mode: SyncMode, interval: Duration) -> Self {
+        match mode {
+            SyncMode::Always => SyncPolicy::Always,
+            SyncMode::Interval => SyncPolicy::Interval(interval),
+            SyncMode::Never => SyncPolicy::Never,
+        }
+    }
+}
+
 /// When appended frames are forced to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncPolicy {

@@ -124,17 +124,13 @@ pub fn log_record(r: &Record, observed: SystemTime) -> Option<LogRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DomainRef, Field, RecordKind, Unit, SCHEMA};
+    use crate::record::{DomainRef, Field, Identity, RecordKind, Unit, EVENT};
 
     fn event(name: &'static str, kind: &str, detail: &str, fields: Vec<(&str, TypedValue)>) -> Record {
+        let identity = Identity { host: "h".into(), uri: "u".into() };
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5);
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::Event,
-            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5),
-            host: "h".into(),
-            libvirt_uri: "u".into(),
             domain: Some(DomainRef { name: "vm1".into(), uuid: "u-1".into(), info: None }),
-            pool: None,
             event: Some(EventInfo {
                 family: "domain",
                 name,
@@ -145,6 +141,7 @@ mod tests {
                 object: None,
             }),
             fields: fields.into_iter().map(|(k, v)| Field { key: k.into(), value: v, unit: Unit::Unknown }).collect(),
+            ..Record::new(&identity, RecordKind::of(&EVENT), time)
         }
     }
 

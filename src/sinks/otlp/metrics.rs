@@ -23,11 +23,11 @@ use super::wire::{
     len_field_len, put_bytes, put_double, put_fixed64, put_len_header, put_str_nonempty, put_string_attribute,
     put_varint_field, str_nonempty_len, varint_field_len,
 };
+use crate::record::info::info_metrics;
+use crate::record::samples::{for_each_identity, for_each_sample, SampleFilter, SampleStats};
 use crate::record::{Record, RecordKind};
 use crate::selection::Selection;
-use crate::sinks::codes::{job_operation_name, job_type_name};
-use crate::sinks::info::info_metrics;
-use crate::stat_keys::{for_each_sample, MetricType, SampleFilter, SampleStats};
+use crate::value::MetricType;
 
 pub fn unix_nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
@@ -63,7 +63,7 @@ struct Names {
 
 impl Names {
     fn attribute_key(&mut self, kind: RecordKind, label: &'static str) -> &str {
-        self.attribute_keys.entry((kind, label)).or_insert_with(|| attribute_key(kind, label))
+        self.attribute_keys.entry((kind, label)).or_insert_with(|| attribute_key(kind.spec(), label))
     }
 }
 
@@ -173,17 +173,8 @@ impl Assembler<'_> {
 
     /// The identity attributes of a record, encoded once for all its points.
     fn identity(&mut self, r: &Record, filter: &dyn SampleFilter) -> Vec<u8> {
-        let labels: Vec<(&'static str, &str)> = match (r.kind, &r.domain, &r.pool) {
-            (RecordKind::DomainStats, Some(d), _) => vec![("domain", &d.name), ("uuid", &d.uuid)],
-            (RecordKind::DomainJob, Some(d), _) => vec![
-                ("domain", &d.name),
-                ("uuid", &d.uuid),
-                ("type", job_type_name(r.field("type").and_then(|v| v.as_u64()))),
-                ("operation", job_operation_name(r.field("operation").and_then(|v| v.as_u64()))),
-            ],
-            (RecordKind::StoragePool, _, Some(p)) => vec![("pool", &p.name), ("uuid", &p.uuid)],
-            _ => Vec::new(),
-        };
+        let mut labels: Vec<(&'static str, &str)> = Vec::with_capacity(4);
+        for_each_identity(r, |k, v| labels.push((k, v)));
         let mut out = Vec::new();
         for (k, v) in labels {
             if !filter.drops_labels() || filter.keeps_label(k) {
@@ -247,22 +238,25 @@ impl MetricBuilder {
 
     fn start_of(&mut self, r: &Record) -> u64 {
         let now = unix_nanos(r.time);
-        let (scope, marker, backdate_ms) = match r.kind {
-            RecordKind::DomainStats => {
-                let uuid = r.domain.as_ref().map(|d| &*d.uuid).unwrap_or("");
-                (format!("d/{uuid}"), r.field("cpu.time").and_then(|v| v.as_f64()).unwrap_or(0.0), 0.0)
+        let kind = r.kind.spec();
+        if kind.is_event {
+            return now;
+        }
+        // One start per subject (and the kind's scope keys: a job's operation).
+        let mut scope = String::from(kind.name);
+        for_each_identity(r, |k, v| {
+            if k == "uuid" {
+                scope.push('/');
+                scope.push_str(v);
             }
-            RecordKind::DomainJob => {
-                let uuid = r.domain.as_ref().map(|d| &*d.uuid).unwrap_or("");
-                let op = r.field("operation").and_then(|v| v.as_u64()).unwrap_or(0);
-                let elapsed = r.field("time_elapsed").and_then(|v| v.as_f64()).unwrap_or(0.0);
-                (format!("j/{uuid}/{op}"), elapsed, elapsed)
-            }
-            RecordKind::Node => ("n".to_string(), 0.0, 0.0),
-            RecordKind::Guest => (format!("g/{}", r.domain.as_ref().map(|d| &*d.uuid).unwrap_or("")), 0.0, 0.0),
-            RecordKind::StoragePool => (format!("p/{}", r.pool.as_ref().map(|p| &*p.uuid).unwrap_or("")), 0.0, 0.0),
-            RecordKind::Event => return now,
-        };
+        });
+        for key in kind.counter_start.scope_keys {
+            scope.push('/');
+            scope.push_str(&r.field(key).and_then(|v| v.as_u64()).unwrap_or(0).to_string());
+        }
+        let number = |key: Option<&str>| key.and_then(|k| r.field(k)).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let marker = number(kind.counter_start.marker);
+        let backdate_ms = number(kind.counter_start.backdate_ms);
         let generation = self.generation;
         let fresh = Start { nanos: now.saturating_sub((backdate_ms * 1e6) as u64), marker, generation };
         let s = self.starts.entry(scope).or_insert(fresh);
@@ -293,7 +287,7 @@ impl MetricBuilder {
         resource: &Resource,
     ) -> Vec<Built> {
         self.generation += 1;
-        let records: Vec<&Record> = records.into_iter().filter(|r| r.kind != RecordKind::Event).collect();
+        let records: Vec<&Record> = records.into_iter().filter(|r| !r.kind.is_event).collect();
         let starts: Vec<u64> = records.iter().map(|r| self.start_of(r)).collect();
         let generation = self.generation;
         self.starts.retain(|_, s| s.generation == generation);
@@ -350,7 +344,8 @@ impl MetricBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DomainInfo, DomainRef, Field, Unit, SCHEMA};
+    use crate::collectors::domain_stats::metrics::DOMAIN_STATS;
+    use crate::record::{DomainInfo, DomainRef, Field, Identity, Unit};
     use crate::value::TypedValue;
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -359,20 +354,15 @@ mod tests {
     use std::time::Duration;
 
     fn rec(uuid: &str, secs: u64, fields: Vec<(&str, TypedValue)>) -> Record {
+        let identity = Identity { host: "h".into(), uri: "u".into() };
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::DomainStats,
-            time: UNIX_EPOCH + Duration::from_secs(secs),
-            host: "h".into(),
-            libvirt_uri: "u".into(),
-            pool: None,
-            event: None,
             domain: Some(DomainRef {
                 name: format!("vm-{uuid}").into(),
                 uuid: uuid.into(),
                 info: Some(Arc::new(DomainInfo { vcpus: Some(2), ..Default::default() })),
             }),
             fields: fields.into_iter().map(|(k, v)| Field { key: k.into(), value: v, unit: Unit::Unknown }).collect(),
+            ..Record::new(&identity, RecordKind::of(&DOMAIN_STATS), UNIX_EPOCH + Duration::from_secs(secs))
         }
     }
 
@@ -413,7 +403,7 @@ mod tests {
 
     #[test]
     fn counters_are_cumulative_sums_that_restart_with_the_domain() {
-        let mut b = MetricBuilder::new(1000, Arc::new(Selection::everything()));
+        let mut b = MetricBuilder::new(1000, Arc::new(Selection::everything(&crate::registry::catalog())));
         let fields = |cpu: u64| {
             vec![
                 ("state.state", TypedValue::Int(1)),
@@ -453,7 +443,7 @@ mod tests {
 
     #[test]
     fn cardinality_limit_and_duplicates_are_counted() {
-        let mut b = MetricBuilder::new(3, Arc::new(Selection::everything()));
+        let mut b = MetricBuilder::new(3, Arc::new(Selection::everything(&crate::registry::catalog())));
         let recs: Vec<Record> =
             (0..5).map(|i| rec(&i.to_string(), 1, vec![("cpu.time", TypedValue::ULLong(1))])).collect();
         let built = b.build(&recs);
@@ -472,7 +462,7 @@ mod tests {
             drop_labels: vec!["uuid".into(), "arch".into()],
             ..Default::default()
         };
-        let mut b = MetricBuilder::new(1000, Arc::new(Selection::new(&spec).unwrap()));
+        let mut b = MetricBuilder::new(1000, Arc::new(Selection::new(&spec, &crate::registry::catalog()).unwrap()));
         let built = b.build(&[rec(
             "a",
             1,
@@ -502,7 +492,7 @@ mod tests {
 
     #[test]
     fn requests_are_split_by_points_and_decode_like_one() {
-        let mut b = MetricBuilder::new(1_000_000, Arc::new(Selection::everything()));
+        let mut b = MetricBuilder::new(1_000_000, Arc::new(Selection::everything(&crate::registry::catalog())));
         let recs: Vec<Record> = (0..50)
             .map(|i| {
                 rec(

@@ -8,6 +8,7 @@
 //! due (newer data supersedes it); the logs exporter retries with
 //! exponential backoff while the queue, bounded, drops its oldest records.
 
+pub mod config;
 pub mod logs;
 pub mod metrics;
 pub mod naming;
@@ -28,9 +29,10 @@ use prost::Message;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::config::otlp::{OtlpConfig, OtlpSettings};
 use crate::record::Batch;
 use crate::router::SinkQueue;
+use crate::sinks::{BoxFuture, Consumes, Running, SinkContext, SinkPlugin};
+pub use config::{OtlpConfig, OtlpSettings};
 use metrics::MetricBuilder;
 use resource::ResourceBuilder;
 use stats::{DropReason, ExportResult, OtlpStats, Signal};
@@ -86,6 +88,8 @@ struct Shared {
     max_backoff: Duration,
     /// Set when the router closed the queue: flush and stop.
     closing: watch::Sender<bool>,
+    /// Gives freed heap pages back to the kernel (see `SinkContext`).
+    release_memory: fn(),
 }
 
 pub struct OtlpSink {
@@ -115,44 +119,64 @@ fn scope() -> InstrumentationScope {
 /// environment, TLS material, headers, resource attributes); errors name
 /// the setting or variable. `--check-config` runs it.
 pub fn check(cfg: &OtlpConfig, host: &str, uri: &str) -> Result<(), String> {
-    if !cfg.enabled {
-        return Ok(());
-    }
     if let Some(ca) = &cfg.ca_file {
-        std::fs::metadata(ca).map_err(|e| format!("sinks.otlp.ca_file: cannot read {}: {e}", ca.display()))?;
+        std::fs::metadata(ca).map_err(|e| format!("ca_file: cannot read {}: {e}", ca.display()))?;
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let settings = cfg.settings(&env).map_err(|e| format!("sinks.otlp: {e}"))?;
-    Transport::new(&settings).map_err(|e| format!("sinks.otlp: {e}"))?;
-    ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| format!("sinks.otlp: {e}"))?;
+    let settings = cfg.settings(&env).map_err(|e| e.to_string())?;
+    Transport::new(&settings).map_err(|e| e.to_string())?;
+    ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| e.to_string())?;
     Ok(())
 }
 
-/// The OTLP sink as configured.
-pub fn factory(cfg: OtlpConfig) -> crate::sinks::SinkFactory {
-    use crate::sinks::SinkFactory;
-    SinkFactory {
-        name: "otlp",
-        queue_capacity: cfg.queue_capacity,
-        start: Box::new(move |queue, ctx| {
-            Box::pin(async move {
-                let sink = start(&cfg, &ctx.hostname, &ctx.libvirt_uri, ctx.selection.clone(), queue)?;
-                let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
-                Ok(crate::sinks::Running {
-                    name: "otlp",
-                    report: Some(report),
-                    stop_within: cfg.shutdown_timeout + Duration::from_secs(2),
-                    // The exporters bound their own last flush by shutdown_timeout.
-                    stop: Box::new(move |deadline| {
-                        Box::pin(async move {
-                            if tokio::time::timeout(deadline, sink.join()).await.is_err() {
-                                tracing::warn!("the OTLP sink did not stop in time");
-                            }
-                        })
-                    }),
-                })
+/// The OTLP sink in the registry.
+pub struct OtlpPlugin;
+
+impl SinkPlugin for OtlpPlugin {
+    type Config = OtlpConfig;
+    const NAME: &'static str = "otlp";
+    const METRICS: &'static [crate::selfmon::MetricDesc] = stats::METRICS;
+
+    fn queue_capacity(&self, cfg: &OtlpConfig) -> usize {
+        cfg.queue_capacity
+    }
+
+    fn consumes(&self, cfg: &OtlpConfig) -> Consumes {
+        Consumes { metrics: cfg.metrics, records: false, durable_events: false }
+    }
+
+    fn check(&self, cfg: &OtlpConfig, ctx: &crate::sinks::CheckContext) -> Result<(), String> {
+        // The transport needs a runtime to exist (it connects lazily).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime for the checks: {e}"))?;
+        rt.block_on(async { check(cfg, &ctx.hostname, &ctx.libvirt_uri) })
+    }
+
+    fn start(
+        &self,
+        cfg: OtlpConfig,
+        queue: SinkQueue,
+        ctx: SinkContext,
+    ) -> BoxFuture<'static, anyhow::Result<Running>> {
+        Box::pin(async move {
+            let sink = start(&cfg, &ctx.hostname, &ctx.libvirt_uri, ctx.selection.clone(), queue, ctx.release_memory)?;
+            let report: Arc<dyn crate::selfmon::Report> = sink.stats.clone();
+            Ok(Running {
+                name: "otlp",
+                report: Some(report),
+                stop_within: cfg.shutdown_timeout + Duration::from_secs(2),
+                // The exporters bound their own last flush by shutdown_timeout.
+                stop: Box::new(move |deadline| {
+                    Box::pin(async move {
+                        if tokio::time::timeout(deadline, sink.join()).await.is_err() {
+                            tracing::warn!("the OTLP sink did not stop in time");
+                        }
+                    })
+                }),
             })
-        }),
+        })
     }
 }
 
@@ -163,6 +187,7 @@ pub fn start(
     uri: &str,
     selection: Arc<crate::selection::Selection>,
     queue: SinkQueue,
+    release_memory: fn(),
 ) -> anyhow::Result<OtlpSink> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let settings = cfg.settings(&env).map_err(|e| anyhow::anyhow!("sinks.otlp: {e}"))?;
@@ -186,6 +211,7 @@ pub fn start(
         log_batch: cfg.log_batch_size,
         max_backoff: cfg.max_retry_backoff,
         closing,
+        release_memory,
     });
     tracing::info!(
         protocol = ?shared.settings.protocol,
@@ -352,8 +378,8 @@ async fn metrics_cycle(shared: &Arc<Shared>, due: Instant, closing: &mut watch::
     let rest: u64 = requests.map(|(_, p)| p).sum();
     shared.stats.dropped(Signal::Metrics, DropReason::Superseded, rest);
     if large {
-        // The requests are gone: their pages go back (see util::heap).
-        let _ = tokio::task::spawn_blocking(crate::util::heap::trim).await;
+        // The requests are gone: their pages go back.
+        let _ = tokio::task::spawn_blocking(shared.release_memory).await;
     }
 }
 

@@ -7,8 +7,8 @@
 //! OTLP -> Prometheus translation (as done by the Collector's Prometheus
 //! exporters) gives back exactly the Prometheus sink's names.
 
-use crate::record::RecordKind;
-use crate::stat_keys::MetricType;
+use crate::record::KindSpec;
+use crate::value::MetricType;
 
 /// Unit suffixes of Prometheus names and their UCUM units, longest first.
 const UNIT_SUFFIXES: &[(&str, &str)] = &[
@@ -80,24 +80,27 @@ pub fn metric_name(prometheus: &str, mtype: MetricType) -> (String, &'static str
     (base.replace('_', "."), unit)
 }
 
-/// The OTLP attribute key for a Prometheus label of a record kind.
-pub fn attribute_key(kind: RecordKind, label: &str) -> String {
-    match (kind, label) {
-        (RecordKind::DomainStats | RecordKind::DomainJob | RecordKind::Guest, "domain") => "libvirt.domain.name".into(),
-        (RecordKind::DomainStats | RecordKind::DomainJob | RecordKind::Guest, "uuid") => "libvirt.domain.uuid".into(),
-        (RecordKind::Guest, l) => format!("libvirt.guest.{l}"),
-        (RecordKind::DomainJob, l) => format!("libvirt.job.{l}"),
-        (RecordKind::StoragePool, "pool") => "libvirt.pool.name".into(),
-        (RecordKind::StoragePool, l) => format!("libvirt.pool.{l}"),
-        (RecordKind::Node, l) => format!("libvirt.node.{l}"),
-        (RecordKind::DomainStats | RecordKind::Event, l) => format!("libvirt.domain.{l}"),
+/// The OTLP attribute key for a Prometheus label of a record kind: the
+/// subject's name and uuid under its own prefix (`libvirt.domain.name`),
+/// every other label under the kind's namespace (`libvirt.job.operation`).
+pub fn attribute_key(kind: &KindSpec, label: &str) -> String {
+    if let Some(prefix) = kind.subject.otlp() {
+        if kind.subject.name_label() == Some(label) {
+            return format!("{prefix}.name");
+        }
+        if label == "uuid" {
+            return format!("{prefix}.uuid");
+        }
     }
+    format!("{}.{label}", kind.otlp_namespace)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stat_keys::{table, RULES};
+    use crate::collectors::domain_stats::metrics::DOMAIN_STATS;
+    use crate::collectors::jobs::metrics::DOMAIN_JOB;
+    use crate::collectors::pools::metrics::STORAGE_POOL;
 
     /// The OTLP -> Prometheus name translation of the OpenTelemetry
     /// compatibility spec (units to suffixes, `_total` for monotonic sums).
@@ -124,8 +127,8 @@ mod tests {
     #[test]
     fn every_metric_round_trips_to_its_prometheus_name() {
         let mut names = Vec::new();
-        for kind in RecordKind::ALL {
-            for spec in table(kind) {
+        for kind in crate::registry::catalog().kinds {
+            for spec in kind.table {
                 if let Some(e) = spec.export {
                     names.push((e.name.to_string(), e.mtype));
                 }
@@ -133,7 +136,7 @@ mod tests {
         }
         names.push(("libvirt_domain_vm_remote_tlb_flush_total".into(), MetricType::Counter));
         names.push(("libvirt_domain_vcpu_kvm_halt_poll_success_seconds_total".into(), MetricType::Counter));
-        assert!(names.len() > 100 && !RULES.is_empty());
+        assert!(names.len() > 100 && !DOMAIN_STATS.rules.is_empty());
         for (prom, mtype) in names {
             let (otel, unit) = metric_name(&prom, mtype);
             assert!(!otel.contains('_') || otel.split('.').all(|p| !p.is_empty()), "{otel}");
@@ -171,9 +174,11 @@ mod tests {
         for (prom, t, name, unit) in cases {
             assert_eq!(metric_name(prom, t), (name.to_string(), unit), "{prom}");
         }
-        assert_eq!(attribute_key(RecordKind::DomainStats, "domain"), "libvirt.domain.name");
-        assert_eq!(attribute_key(RecordKind::DomainStats, "interface"), "libvirt.domain.interface");
-        assert_eq!(attribute_key(RecordKind::DomainJob, "operation"), "libvirt.job.operation");
-        assert_eq!(attribute_key(RecordKind::StoragePool, "uuid"), "libvirt.pool.uuid");
+        assert_eq!(attribute_key(&DOMAIN_STATS, "domain"), "libvirt.domain.name");
+        assert_eq!(attribute_key(&DOMAIN_STATS, "interface"), "libvirt.domain.interface");
+        assert_eq!(attribute_key(&DOMAIN_JOB, "operation"), "libvirt.job.operation");
+        assert_eq!(attribute_key(&DOMAIN_JOB, "domain"), "libvirt.domain.name");
+        assert_eq!(attribute_key(&STORAGE_POOL, "uuid"), "libvirt.pool.uuid");
+        assert_eq!(attribute_key(&STORAGE_POOL, "pool"), "libvirt.pool.name");
     }
 }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::config::otlp::parse_key_values;
-use crate::record::{Record, RecordKind};
+use super::config::parse_key_values;
+use crate::record::info::version_string;
+use crate::record::{Record, Subject};
 
 /// A string attribute.
 pub fn kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
@@ -64,10 +65,10 @@ impl ResourceBuilder {
 
     /// Learns the hypervisor and daemon versions from a node record.
     pub fn observe(&mut self, r: &Record) -> bool {
-        if r.kind != RecordKind::Node {
+        if r.kind.subject != Subject::Host {
             return false;
         }
-        let version = |k: &str| r.field(k).and_then(|v| v.as_u64()).map(crate::sinks::codes::version_string);
+        let version = |k: &str| r.field(k).and_then(|v| v.as_u64()).map(version_string);
         let mut changed = false;
         let mut set = |k: &str, v: Option<String>| {
             if let Some(v) = v.filter(|v| !v.is_empty()) {

@@ -18,7 +18,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::config::otlp::{OtlpCompression, OtlpProtocol, OtlpSettings};
+use super::config::{OtlpCompression, OtlpProtocol, OtlpSettings};
 
 /// Why an export failed.
 #[derive(Debug, Clone)]
@@ -366,7 +366,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::otlp::OtlpConfig;
+    use crate::sinks::otlp::config::OtlpConfig;
     use axum::http::StatusCode;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsPartialSuccess;
 

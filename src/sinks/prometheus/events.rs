@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::render::{Families, FamilyWriter, RenderStats};
-use super::text::escape_label_value;
-use crate::record::{Record, RecordKind};
-use crate::stat_keys::{MetricType, SampleFilter};
+use crate::exposition::text::escape_label_value;
+use crate::exposition::{Families, FamilyWriter, RenderStats};
+use crate::record::samples::SampleFilter;
+use crate::record::Record;
+use crate::value::MetricType;
 
 /// How long a vanished domain's event series stay.
 pub const GRACE: Duration = Duration::from_secs(120);
@@ -54,7 +55,7 @@ fn last_of(name: &str, kind: &str, detail: &str) -> Option<&'static str> {
 impl EventCounters {
     /// Counts event records (resync records describe state, not events).
     pub fn count(&mut self, records: &[Record]) {
-        for r in records.iter().filter(|r| r.kind == RecordKind::Event) {
+        for r in records.iter().filter(|r| r.kind.is_event) {
             let Some(e) = &r.event else { continue };
             if e.name == "resync" {
                 continue;

@@ -3,13 +3,11 @@
 //! prepared text and the agent's own metrics: it never waits on libvirt.
 
 pub mod body;
+pub mod config;
 pub mod events;
 pub mod gzip;
 pub mod plan;
-pub mod render;
 pub mod selfmetrics;
-pub mod text;
-pub mod web;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -25,20 +23,21 @@ use axum::routing::get;
 use bytes::Bytes;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
+use crate::exposition::text::write_header;
+pub use crate::exposition::CONTENT_TYPE;
+use crate::exposition::{Families, Family};
 use crate::record::Batch;
 use crate::router::SinkQueue;
 use crate::selection::Selection;
 use crate::selfmon::Probe;
 use crate::selfmon::Registry;
+use crate::sinks::{BoxFuture, Consumes, Running, SinkContext, SinkPlugin};
 use crate::util::clock::process_millis;
 use body::{Chunks, Frames, Output};
 pub use body::{Encoding, Written};
+pub use config::PrometheusConfig;
 use plan::SourcePlan;
-use render::{Families, Family};
 use selfmetrics::SinkFacts;
-use text::write_header;
-
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Bytes of exposition text written before a chunk goes to the client.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -49,7 +48,7 @@ const RENDER_SLOTS: usize = 4;
 const RENDER_WAIT: Duration = Duration::from_secs(10);
 
 /// Snapshots of at least this many records give their memory back to the
-/// kernel once replaced (see `libvirt::heap::trim`).
+/// kernel once replaced (see `SinkContext::release_memory`).
 const TRIM_AFTER_RECORDS: usize = 50;
 
 /// How long after a gzip scrape new snapshots are still compressed ahead:
@@ -94,6 +93,8 @@ pub struct Exporter {
     /// When a scrape last asked for gzip (process milliseconds + 1; 0:
     /// never): snapshots are compressed ahead only while someone does.
     gzip_asked: Arc<AtomicU64>,
+    /// Gives freed heap pages back to the kernel (see `SinkContext`).
+    release_memory: fn(),
 }
 
 /// The read lock, or an error for the caller to answer with (a panic while
@@ -110,6 +111,7 @@ impl Exporter {
             prerender_max: 0,
             render_slots: Arc::new(tokio::sync::Semaphore::new(RENDER_SLOTS)),
             gzip_asked: Arc::default(),
+            release_memory: || {},
         }
     }
 
@@ -219,7 +221,8 @@ impl Exporter {
             series_limit: self.max_series,
             over_limit_total: inner.over_limit_total,
         };
-        let mut own = selfmetrics::render(&self.registry, facts);
+        let mut own = crate::selfmon::render::render(&self.registry);
+        selfmetrics::add_facts(&mut own, facts);
         let mut counted = Families::new();
         inner.events.render(&mut counted, &*self.selection);
         // Event counters are metrics about libvirt: the selection applies.
@@ -328,7 +331,7 @@ pub async fn run_sink(exporter: Exporter, mut queue: SinkQueue) {
             e.apply(batch);
             // The previous snapshot is gone now: its pages go back too.
             if large {
-                crate::util::heap::trim();
+                (e.release_memory)();
             }
         })
         .await
@@ -407,107 +410,96 @@ async fn metrics(State(exporter): State<Exporter>, headers: axum::http::HeaderMa
     }
 }
 
-/// Liveness: 200 while every loop turns (what the systemd watchdog checks).
-async fn healthz(health: Arc<dyn Probe>) -> Response {
-    match health.liveness() {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
-    }
-}
-
-/// Readiness: 200 when connected to libvirt with fresh collections; the
-/// body tells the state of every part either way.
-async fn readyz(health: Arc<dyn Probe>) -> Response {
-    let (ready, body) = health.readiness();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
-}
-
 pub fn router(exporter: Exporter, path: &str, health: Arc<dyn Probe>) -> axum::Router {
     let landing = format!(
         "<html><head><title>virtpulse</title></head><body><h1>virtpulse</h1><p><a href=\"{path}\">Metrics</a></p></body></html>\n"
     );
-    axum::Router::new()
+    let router = axum::Router::new()
         .route(path, get(metrics))
-        .route(
-            "/healthz",
-            get({
-                let h = health.clone();
-                move || healthz(h.clone())
-            }),
-        )
-        .route("/readyz", get(move || readyz(health.clone())))
-        .route("/", get(move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], landing) }))
+        .route("/", get(move || async move { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], landing) }));
+    crate::web::with_health(router, health)
         // The fastest level: a large body compresses 3-4x faster than at the
         // default level for a body about 10% larger.
         .layer(CompressionLayer::new().gzip(true).no_br().no_deflate().no_zstd().quality(CompressionLevel::Fastest))
         .with_state(exporter)
 }
 
-/// The Prometheus sink as configured. `security`: TLS and basic auth from
-/// `web_config_file`, loaded by the start-up checks.
-pub fn factory(
-    cfg: crate::config::PrometheusConfig,
-    security: Option<Arc<web::Security>>,
-) -> crate::sinks::SinkFactory {
-    use crate::sinks::SinkFactory;
-    SinkFactory {
-        name: "prometheus",
-        queue_capacity: cfg.queue_capacity,
-        start: Box::new(move |queue, ctx| {
-            Box::pin(async move {
-                use anyhow::Context;
-                let p = &cfg;
-                let addr: SocketAddr = p
-                    .listen
-                    .parse()
-                    .with_context(|| format!("sinks.prometheus.listen {:?} is not an address", p.listen))?;
-                let listener = bind(addr).await.with_context(|| {
-                    format!("cannot listen on {addr} (sinks.prometheus.listen): is another exporter using the port?")
-                })?;
-                let exporter = Exporter::new(ctx.registry.clone(), ctx.selection.clone(), p.max_series)
-                    .prerender_up_to(usize::try_from(p.prerender_max_bytes.0).unwrap_or(usize::MAX));
-                let intake = tokio::spawn(run_sink(exporter.clone(), queue));
-                let mut app = router(exporter, &p.path, ctx.probe.clone());
-                if let Some(sec) = &security {
-                    app = app.layer(axum::middleware::from_fn_with_state(sec.clone(), web::guard));
-                }
-                let tls = security.as_ref().and_then(|s| s.tls.clone());
-                let basic_auth = security.as_ref().is_some_and(|s| s.requires_auth());
-                tracing::info!(%addr, path = %p.path, tls = tls.is_some(), basic_auth, "serving Prometheus metrics");
-                let stop = Arc::new(tokio::sync::Notify::new());
-                let stopped = {
-                    let stop = stop.clone();
-                    async move { stop.notified().await }
-                };
-                let server = tokio::spawn(async move {
-                    match tls {
-                        Some(acceptor) => web::serve_tls(listener, app, acceptor, stopped).await,
-                        None => {
-                            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                                tracing::error!(error = %e, "HTTP server failed");
-                            }
-                        }
-                    }
-                });
-                Ok(crate::sinks::Running {
-                    name: "prometheus",
-                    report: None,
-                    stop_within: Duration::from_secs(5),
-                    // Scrapes under way finish; the intake ends with its queue.
-                    stop: Box::new(move |deadline| {
-                        Box::pin(async move {
-                            stop.notify_one();
-                            let _ = tokio::time::timeout(deadline, async move {
-                                let _ = server.await;
-                                let _ = intake.await;
-                            })
-                            .await;
+/// The endpoint's TLS and basic auth, if configured.
+fn security(cfg: &PrometheusConfig) -> Result<Option<Arc<crate::web::Security>>, String> {
+    match &cfg.web_config_file {
+        Some(f) => {
+            crate::web::Security::load(f).map(|s| Some(Arc::new(s))).map_err(|e| format!("web_config_file: {e}"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The Prometheus sink in the registry (on by default).
+pub struct PrometheusPlugin;
+
+impl SinkPlugin for PrometheusPlugin {
+    type Config = PrometheusConfig;
+    const NAME: &'static str = "prometheus";
+    const ENABLED: bool = true;
+    const METRICS: &'static [crate::selfmon::MetricDesc] = selfmetrics::METRICS;
+
+    fn queue_capacity(&self, cfg: &PrometheusConfig) -> usize {
+        cfg.queue_capacity
+    }
+
+    fn consumes(&self, _: &PrometheusConfig) -> Consumes {
+        Consumes { metrics: true, records: false, durable_events: false }
+    }
+
+    fn serves_health(&self, _: &PrometheusConfig) -> bool {
+        true
+    }
+
+    fn check(&self, cfg: &PrometheusConfig, _: &crate::sinks::CheckContext) -> Result<(), String> {
+        security(cfg).map(drop)
+    }
+
+    fn start(
+        &self,
+        cfg: PrometheusConfig,
+        queue: SinkQueue,
+        ctx: SinkContext,
+    ) -> BoxFuture<'static, anyhow::Result<Running>> {
+        Box::pin(async move {
+            use anyhow::Context;
+            let security = security(&cfg).map_err(|e| anyhow::anyhow!("sinks.prometheus.{e}"))?;
+            let addr: SocketAddr = cfg
+                .listen
+                .parse()
+                .with_context(|| format!("sinks.prometheus.listen {:?} is not an address", cfg.listen))?;
+            let listener = bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} (sinks.prometheus.listen): is another exporter using the port?")
+            })?;
+            let mut exporter = Exporter::new(ctx.registry.clone(), ctx.selection.clone(), cfg.max_series)
+                .prerender_up_to(usize::try_from(cfg.prerender_max_bytes.0).unwrap_or(usize::MAX));
+            exporter.release_memory = ctx.release_memory;
+            let intake = tokio::spawn(run_sink(exporter.clone(), queue));
+            let app = router(exporter, &cfg.path, ctx.probe.clone());
+            let tls = security.as_ref().is_some_and(|s| s.tls.is_some());
+            let basic_auth = security.as_ref().is_some_and(|s| s.requires_auth());
+            tracing::info!(%addr, path = %cfg.path, tls, basic_auth, "serving Prometheus metrics");
+            let server = crate::web::Server::start(listener, app, security);
+            Ok(Running {
+                name: "prometheus",
+                report: None,
+                stop_within: Duration::from_secs(5),
+                // Scrapes under way finish; the intake ends with its queue.
+                stop: Box::new(move |deadline| {
+                    Box::pin(async move {
+                        let _ = tokio::time::timeout(deadline, async move {
+                            server.stop().await;
+                            let _ = intake.await;
                         })
-                    }),
-                })
+                        .await;
+                    })
+                }),
             })
-        }),
+        })
     }
 }
 
@@ -519,19 +511,14 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{DomainInfo, DomainRef, Field, Record, RecordKind, Unit, SCHEMA};
+    use crate::collectors::domain_stats::metrics::DOMAIN_STATS;
+    use crate::record::{DomainInfo, DomainRef, Field, Identity, Record, RecordKind, Unit};
     use crate::selection::{Profile, SelectionSpec};
     use crate::value::TypedValue;
 
     fn domain(i: usize, fields: &[(&str, TypedValue)]) -> Record {
+        let identity = Identity { host: "h".into(), uri: "u".into() };
         Record {
-            schema: SCHEMA,
-            kind: RecordKind::DomainStats,
-            time: std::time::SystemTime::now(),
-            host: "h".into(),
-            libvirt_uri: "u".into(),
-            pool: None,
-            event: None,
             domain: Some(DomainRef {
                 name: format!("we\"ird-{i}").into(),
                 uuid: format!("uuid-{i}").into(),
@@ -541,6 +528,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| Field { key: (*k).into(), value: v.clone(), unit: Unit::Unknown })
                 .collect(),
+            ..Record::new(&identity, RecordKind::of(&DOMAIN_STATS), std::time::SystemTime::now())
         }
     }
 
@@ -565,7 +553,11 @@ mod tests {
     }
 
     fn exporter(spec: SelectionSpec, max_series: u64) -> Exporter {
-        Exporter::new(Registry::new(), Arc::new(Selection::new(&spec).unwrap()), max_series)
+        Exporter::new(
+            Registry::new(),
+            Arc::new(Selection::new(&spec, &crate::registry::catalog()).unwrap()),
+            max_series,
+        )
     }
 
     fn batch(source: &'static str, records: Vec<Record>) -> Arc<Batch> {
@@ -643,7 +635,8 @@ mod tests {
         let first = dropped(&text);
         assert!(first > 0.0);
         // Another source gets only what is left: nothing.
-        let node = Record { kind: RecordKind::Node, domain: None, ..domain(9, &[("info.cpus", TypedValue::UInt(4))]) };
+        let node_kind = RecordKind::of(&crate::collectors::node::metrics::NODE);
+        let node = Record { kind: node_kind, domain: None, ..domain(9, &[("info.cpus", TypedValue::UInt(4))]) };
         e.apply(batch("node", vec![node]));
         let text = e.encode();
         assert_eq!(series(&text, "libvirt_").len(), 10, "{text}");

@@ -10,14 +10,15 @@ use std::sync::{Arc, OnceLock};
 use rustc_hash::{FxHashMap, FxHasher};
 
 use super::gzip::{self, Piece};
-use super::text::{end_sample, escape_label_value, push_label, write_header, write_sample};
-use crate::record::{Batch, Record, RecordKind};
-use crate::selection::Selection;
-use crate::sinks::codes::{job_operation_name, job_type_name};
-use crate::sinks::info::info_metrics;
-use crate::stat_keys::{
-    for_each_label, for_each_sample, scaled, MappedExport, MetricType, Sample, SampleFilter, SampleStats, MAX_LABELS,
+use crate::exposition::text::{end_sample, escape_label_value, push_label, write_header, write_sample};
+use crate::record::info::info_metrics;
+use crate::record::mapping::MappedExport;
+use crate::record::samples::{
+    for_each_identity, for_each_label, for_each_sample, scaled, Sample, SampleFilter, SampleStats, MAX_LABELS, NO_FIELD,
 };
+use crate::record::{Batch, Record};
+use crate::selection::Selection;
+use crate::value::MetricType;
 use flate2::Compress;
 
 /// One series whose line is written at scrape time (16 bytes: a host's
@@ -36,7 +37,7 @@ struct PlanSample {
 
 /// No sibling fields at all.
 const NO_SIBLINGS: u16 = u16::MAX;
-const ALL_MISSING: [u32; MAX_LABELS] = [crate::stat_keys::NO_FIELD; MAX_LABELS];
+const ALL_MISSING: [u32; MAX_LABELS] = [NO_FIELD; MAX_LABELS];
 
 #[derive(Debug)]
 pub struct PlanFamily {
@@ -93,32 +94,11 @@ fn record_at(batch: &Batch, i: usize) -> Option<&Record> {
 
 /// Labels shared by every series of a record, in exposition form.
 fn identity_prefix(r: &Record, filter: &dyn SampleFilter) -> Option<String> {
-    let labels: Vec<(&str, &str)> = match r.kind {
-        RecordKind::DomainStats | RecordKind::Guest => {
-            let d = r.domain.as_ref()?;
-            vec![("domain", &d.name), ("uuid", &d.uuid)]
-        }
-        RecordKind::DomainJob => {
-            let d = r.domain.as_ref()?;
-            vec![
-                ("domain", &d.name),
-                ("uuid", &d.uuid),
-                ("type", job_type_name(r.field("type").and_then(|v| v.as_u64()))),
-                ("operation", job_operation_name(r.field("operation").and_then(|v| v.as_u64()))),
-            ]
-        }
-        RecordKind::StoragePool => {
-            let p = r.pool.as_ref()?;
-            vec![("pool", &p.name), ("uuid", &p.uuid)]
-        }
-        RecordKind::Node => Vec::new(),
-        // Events are counted (see `events`), not rendered as samples.
-        RecordKind::Event => return None,
-    };
     let mut p = String::with_capacity(96);
-    for (k, v) in labels {
+    // Events are counted (see `events`), not rendered as samples.
+    let any = for_each_identity(r, |k, v| {
         if filter.drops_labels() && !filter.keeps_label(k) {
-            continue;
+            return;
         }
         if !p.is_empty() {
             p.push(',');
@@ -127,6 +107,9 @@ fn identity_prefix(r: &Record, filter: &dyn SampleFilter) -> Option<String> {
         p.push_str("=\"");
         escape_label_value(&mut p, v);
         p.push('"');
+    });
+    if !any {
+        return None;
     }
     Some(p)
 }
@@ -229,7 +212,7 @@ impl Planner<'_> {
             h.write(v.as_bytes());
             h.write_u8(0xfe);
         });
-        let siblings = if s.siblings.iter().all(|f| *f == crate::stat_keys::NO_FIELD) {
+        let siblings = if s.siblings.iter().all(|f| *f == NO_FIELD) {
             NO_SIBLINGS
         } else {
             let mine = &self.siblings[self.record_base..];
