@@ -18,12 +18,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const HEADER: usize = 24;
-/// A frame larger than this is corruption, not a message.
-const MAX_FRAME: usize = 64 << 20;
+mod frame;
+mod recovery;
+mod segment;
+
+use frame::{decode_frame, HEADER, MAX_FRAME};
+pub use frame::{encode_frame, Entry};
+pub use recovery::Recovery;
+pub use segment::segment_name;
+use segment::{sync_dir, Segment};
+
 /// Highest seq the spool takes: far beyond any real count of events (a
 /// million a second for 146,000 years), far below overflow.
 const MAX_SEQ: u64 = 1 << 62;
@@ -78,15 +85,6 @@ impl SpoolConfig {
     }
 }
 
-/// One spooled message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub seq: u64,
-    /// When the record was made (Unix milliseconds), for age bounds and latency.
-    pub time_ms: u64,
-    pub payload: Vec<u8>,
-}
-
 /// Why spooled records were thrown away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -121,27 +119,6 @@ impl Dropped {
     pub fn total(&self) -> u64 {
         self.size + self.age + self.corrupt
     }
-}
-
-#[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    first_seq: u64,
-    /// One past the last frame's seq (`first_seq` when empty).
-    end_seq: u64,
-    bytes: u64,
-    newest_ms: u64,
-}
-
-/// What opening the spool found.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// Unacknowledged records waiting to be sent again.
-    pub pending: u64,
-    /// Records lost to damaged files (torn tails are not counted: they were
-    /// never acknowledged to anyone as written).
-    pub corrupt: u64,
-    pub segments: usize,
 }
 
 pub struct Spool {
@@ -179,153 +156,7 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The file name of the segment whose first record is `first_seq`.
-pub fn segment_name(first_seq: u64) -> String {
-    format!("{first_seq:020}.seg")
-}
-
-/// Appends one frame (see the module doc) to `buf`.
-pub fn encode_frame(buf: &mut Vec<u8>, seq: u64, time_ms: u64, payload: &[u8]) {
-    let len = (HEADER + payload.len()) as u32;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    crc.update(&time_ms.to_le_bytes());
-    crc.update(payload);
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc.finalize().to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&time_ms.to_le_bytes());
-    buf.extend_from_slice(payload);
-}
-
-/// Decodes the frame at the start of `data`: `None` if it is torn or damaged.
-fn decode_frame(data: &[u8]) -> Option<(Entry, usize)> {
-    if data.len() < HEADER {
-        return None;
-    }
-    let len = u32::from_le_bytes(data[0..4].try_into().ok()?) as usize;
-    if !(HEADER..=MAX_FRAME).contains(&len) || data.len() < len {
-        return None;
-    }
-    let crc = u32::from_le_bytes(data[4..8].try_into().ok()?);
-    if crc32fast::hash(&data[8..len]) != crc {
-        return None;
-    }
-    let seq = u64::from_le_bytes(data[8..16].try_into().ok()?);
-    let time_ms = u64::from_le_bytes(data[16..24].try_into().ok()?);
-    Some((Entry { seq, time_ms, payload: data[HEADER..len].to_vec() }, len))
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl Spool {
-    /// Opens (creating) the spool directory and recovers what it holds.
-    pub fn open(cfg: SpoolConfig) -> io::Result<(Spool, Recovery)> {
-        fs::create_dir_all(&cfg.dir)?;
-        let mut names: Vec<(u64, PathBuf)> = fs::read_dir(&cfg.dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let p = e.path();
-                let stem = p.file_name()?.to_str()?.strip_suffix(".seg")?.to_string();
-                Some((stem.parse().ok()?, p))
-            })
-            .collect();
-        names.sort();
-        let mut recovery = Recovery::default();
-        let mut segments = VecDeque::new();
-        let mut next_seq = 0u64;
-        let count = names.len();
-        for (i, (first_seq, path)) in names.into_iter().enumerate() {
-            let data = fs::read(&path)?;
-            let mut off = 0;
-            let mut seg = Segment { path: path.clone(), first_seq, end_seq: first_seq, bytes: 0, newest_ms: 0 };
-            while off < data.len() {
-                match decode_frame(&data[off..]) {
-                    // Seqs stop at MAX_SEQ: a segment named near u64::MAX
-                    // (found by the `spool` fuzz target) would overflow.
-                    Some((e, len)) if e.seq == seg.end_seq && seg.end_seq < MAX_SEQ => {
-                        seg.end_seq += 1;
-                        seg.newest_ms = seg.newest_ms.max(e.time_ms);
-                        off += len;
-                    }
-                    _ => break,
-                }
-            }
-            if off < data.len() {
-                if i + 1 < count {
-                    // Damage inside an older segment: what follows it there is
-                    // lost (counted from the gap it leaves below).
-                    tracing::error!(file = %path.display(), offset = off, "damaged spool segment; the rest of it is skipped");
-                }
-                OpenOptions::new().write(true).open(&path)?.set_len(off as u64)?;
-            }
-            seg.bytes = off as u64;
-            if seg.end_seq == seg.first_seq {
-                fs::remove_file(&path)?;
-                continue;
-            }
-            next_seq = next_seq.max(seg.end_seq);
-            segments.push_back(seg);
-        }
-        let stored = Self::read_low_water(&cfg.dir).unwrap_or(0);
-        next_seq = next_seq.max(stored);
-        let first = segments.front().map(|s| s.first_seq).unwrap_or(next_seq);
-        let low_water = stored.max(first).min(next_seq);
-        // Records lost to damage leave gaps between segments: they count as
-        // lost and as settled, so the low water can pass them.
-        let mut gaps = BTreeMap::new();
-        // (The low water is persisted before segments are deleted, so records
-        // between it and the first segment were lost, not delivered.)
-        if !segments.is_empty() {
-            recovery.corrupt += first.saturating_sub(stored);
-        }
-        // Segments can overlap (a damaged name inside an older one's range,
-        // found by the `spool` fuzz target): a gap starts where everything
-        // before it ends, not where the previous segment does.
-        let mut covered = 0u64;
-        for (a, b) in segments.iter().zip(segments.iter().skip(1)) {
-            covered = covered.max(a.end_seq);
-            let gap = covered.max(low_water)..b.first_seq;
-            if gap.start < gap.end {
-                recovery.corrupt += gap.end - gap.start;
-                gaps.insert(gap.start, gap.end);
-            }
-        }
-        recovery.segments = segments.len();
-        let mut spool = Spool {
-            cfg,
-            segments,
-            writer: None,
-            next_seq,
-            low_water,
-            acked: BTreeSet::new(),
-            gaps,
-            cursor: low_water,
-            cursor_pos: None,
-            reader: None,
-            unsynced: false,
-            last_sync: Instant::now(),
-            persisted_low_water: stored,
-            dropped: Dropped { corrupt: recovery.corrupt, ..Default::default() },
-            recent_drops: VecDeque::new(),
-        };
-        spool.advance_low_water();
-        recovery.pending = spool.pending();
-        spool.persist_low_water()?;
-        spool.delete_acknowledged_segments()?;
-        Ok((spool, recovery))
-    }
-
-    fn read_low_water(dir: &Path) -> Option<u64> {
-        let data = fs::read(dir.join(LOW_WATER_FILE)).ok()?;
-        let v = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
-        let crc = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
-        // A low water past MAX_SEQ is as damaged as a bad checksum.
-        (crc32fast::hash(&data[0..8]) == crc && v <= MAX_SEQ).then_some(v)
-    }
-
     /// Appends messages (time in Unix ms, payload) as one write; returns the
     /// seq of the first. Applies the sync policy, then the size bound.
     pub fn append<'a>(&mut self, items: impl IntoIterator<Item = (u64, &'a [u8])>) -> io::Result<u64> {
@@ -693,6 +524,7 @@ impl Spool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn cfg(dir: &Path, max_bytes: u64) -> SpoolConfig {
         SpoolConfig { dir: dir.to_path_buf(), max_bytes, max_age: Duration::from_secs(3600), sync: SyncPolicy::Never }
