@@ -17,12 +17,12 @@ use crate::web::{Security, Server};
 
 /// Whether the listener runs: as configured, else when no sink serves
 /// these endpoints.
-pub fn wanted(cfg: &AdminConfig, a_sink_serves_health: bool) -> bool {
+pub(crate) fn wanted(cfg: &AdminConfig, a_sink_serves_health: bool) -> bool {
     cfg.enabled.unwrap_or(!a_sink_serves_health)
 }
 
 /// The listener's TLS and basic auth, if configured.
-pub fn security(cfg: &AdminConfig) -> Result<Option<Arc<Security>>, String> {
+pub(crate) fn security(cfg: &AdminConfig) -> Result<Option<Arc<Security>>, String> {
     match &cfg.web_config_file {
         Some(f) => Security::load(f).map(|s| Some(Arc::new(s))).map_err(|e| format!("admin.web_config_file: {e}")),
         None => Ok(None),
@@ -41,7 +41,7 @@ async fn own_metrics(registry: Arc<Registry>) -> impl axum::response::IntoRespon
 }
 
 /// Starts the listener.
-pub async fn start(cfg: &AdminConfig, registry: Arc<Registry>, probe: Arc<dyn Probe>) -> anyhow::Result<Server> {
+pub(crate) async fn start(cfg: &AdminConfig, registry: Arc<Registry>, probe: Arc<dyn Probe>) -> anyhow::Result<Server> {
     let security = security(cfg).map_err(|e| anyhow::anyhow!(e))?;
     let addr: SocketAddr =
         cfg.listen.parse().with_context(|| format!("admin.listen {:?} is not an address", cfg.listen))?;

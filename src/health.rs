@@ -25,18 +25,18 @@ const GRACE: Duration = Duration::from_secs(10);
 /// The event loop heartbeat timer fires every second.
 const EVENT_LOOP_MAX_SILENCE: Duration = Duration::from_secs(15);
 
-pub struct Health {
+pub(crate) struct Health {
     registry: Arc<Registry>,
     manager: Arc<ConnectionManager>,
 }
 
 impl Health {
-    pub fn new(registry: Arc<Registry>, manager: Arc<ConnectionManager>) -> Arc<Self> {
+    pub(crate) fn new(registry: Arc<Registry>, manager: Arc<ConnectionManager>) -> Arc<Self> {
         Arc::new(Self { registry, manager })
     }
 
     /// `Err` names what is stuck.
-    pub fn liveness(&self) -> Result<(), String> {
+    pub(crate) fn liveness(&self) -> Result<(), String> {
         for c in self.registry.collectors() {
             let quiet = c.since_beat();
             let allowed = c.interval * 2 + GRACE;
@@ -57,7 +57,7 @@ impl Health {
     }
 
     /// (ready, the state of every part, as JSON for `/readyz`).
-    pub fn readiness(&self) -> (bool, Value) {
+    pub(crate) fn readiness(&self) -> (bool, Value) {
         let alive = self.liveness();
         let libvirt_up = self.manager.is_up();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

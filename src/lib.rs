@@ -7,30 +7,31 @@
 // `unsafe` lives in src/libvirt only (it allows it back); every unsafe
 // operation there sits in its own block with a SAFETY comment.
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod collectors;
 pub mod config;
 pub mod events;
-pub mod exposition;
-pub mod filter;
+pub(crate) mod exposition;
+pub(crate) mod filter;
 /// Harnesses for the fuzz crate (`fuzz/`), and the replay of its corpus in
 /// the unit tests; not in the shipped binary.
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod health;
+pub(crate) mod health;
 pub mod libvirt;
 pub mod record;
 pub mod reference;
 pub mod registry;
-pub mod router;
+pub(crate) mod router;
 pub mod selection;
 pub mod selfmon;
 pub mod sinks;
-pub mod util;
+pub(crate) mod util;
 pub mod value;
-pub mod web;
+pub(crate) mod web;

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebConfig {
+pub(crate) struct WebConfig {
     #[serde(default)]
     pub tls_server_config: Option<TlsServerConfig>,
     #[serde(default)]
@@ -31,7 +31,7 @@ pub struct WebConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsServerConfig {
+pub(crate) struct TlsServerConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     #[serde(default)]
@@ -52,7 +52,7 @@ pub struct TlsServerConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HttpServerConfig {
+pub(crate) struct HttpServerConfig {
     #[serde(default)]
     pub http2: Option<bool>,
     #[serde(default)]
@@ -60,7 +60,7 @@ pub struct HttpServerConfig {
 }
 
 /// What the server enforces, built once from the file.
-pub struct Security {
+pub(crate) struct Security {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     users: BTreeMap<String, String>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -91,7 +91,7 @@ fn usable_bcrypt(hash: &str) -> Result<(), String> {
 }
 
 /// bcrypt checks at once at most.
-pub const CONCURRENT_CHECKS: usize = 2;
+pub(crate) const CONCURRENT_CHECKS: usize = 2;
 
 /// TLS versions as an order: 12 or 13.
 fn tls_version(v: &str) -> Result<u8, String> {
@@ -172,7 +172,7 @@ fn tls_acceptor(t: &TlsServerConfig) -> Result<tokio_rustls::TlsAcceptor, String
 
 impl Security {
     /// Reads and checks the file; errors say what is wrong and where.
-    pub fn load(path: &Path) -> Result<Security, String> {
+    pub(crate) fn load(path: &Path) -> Result<Security, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::from_yaml(&text, &path.display().to_string())
     }
@@ -180,7 +180,7 @@ impl Security {
     /// Parses and checks the text of a web config file; `source` (the
     /// file's path) starts every error message. TLS files named in it are
     /// read from the disk.
-    pub fn from_yaml(text: &str, source: &str) -> Result<Security, String> {
+    pub(crate) fn from_yaml(text: &str, source: &str) -> Result<Security, String> {
         let cfg: WebConfig = serde_yaml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
         let tls = cfg
             .tls_server_config
@@ -215,13 +215,13 @@ impl Security {
         })
     }
 
-    pub fn requires_auth(&self) -> bool {
+    pub(crate) fn requires_auth(&self) -> bool {
         !self.users.is_empty()
     }
 
     /// Whether the request carries a credential that passed before (no
     /// bcrypt needed): `Some(true)`; `None` when it must be checked.
-    pub fn known(&self, headers: &HeaderMap) -> Option<bool> {
+    pub(crate) fn known(&self, headers: &HeaderMap) -> Option<bool> {
         if self.users.is_empty() {
             return Some(true);
         }
@@ -230,7 +230,7 @@ impl Security {
     }
 
     /// Checks an `Authorization: Basic ...` header against the users.
-    pub fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         if let Some(known) = self.known(headers) {
             return known;
         }
@@ -253,7 +253,7 @@ impl Security {
         ok
     }
 
-    pub fn add_headers(&self, resp: &mut Response) {
+    pub(crate) fn add_headers(&self, resp: &mut Response) {
         for (k, v) in &self.headers {
             resp.headers_mut().insert(k.clone(), v.clone());
         }
@@ -262,7 +262,7 @@ impl Security {
 
 /// axum middleware: 401 without valid credentials, configured headers on
 /// every answer.
-pub async fn guard(
+pub(crate) async fn guard(
     axum::extract::State(sec): axum::extract::State<Arc<Security>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -299,7 +299,7 @@ pub async fn guard(
 
 /// Serves `app` over TLS until `shutdown` completes. A client that does
 /// not finish the handshake in 10 s (or speaks plain HTTP) is dropped.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -338,7 +338,7 @@ pub async fn serve_tls(
 }
 
 /// Liveness: 200 while every loop turns (what the systemd watchdog checks).
-pub async fn healthz(health: Arc<dyn crate::selfmon::Probe>) -> Response {
+pub(crate) async fn healthz(health: Arc<dyn crate::selfmon::Probe>) -> Response {
     match health.liveness() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")).into_response(),
@@ -347,14 +347,14 @@ pub async fn healthz(health: Arc<dyn crate::selfmon::Probe>) -> Response {
 
 /// Readiness: 200 when connected to libvirt with fresh collections; the
 /// body tells the state of every part either way.
-pub async fn readyz(health: Arc<dyn crate::selfmon::Probe>) -> Response {
+pub(crate) async fn readyz(health: Arc<dyn crate::selfmon::Probe>) -> Response {
     let (ready, body) = health.readiness();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, [(header::CONTENT_TYPE, "application/json")], format!("{body}\n")).into_response()
 }
 
 /// `/healthz` and `/readyz` on a router.
-pub fn with_health<S: Clone + Send + Sync + 'static>(
+pub(crate) fn with_health<S: Clone + Send + Sync + 'static>(
     router: axum::Router<S>,
     health: Arc<dyn crate::selfmon::Probe>,
 ) -> axum::Router<S> {
@@ -370,14 +370,18 @@ pub fn with_health<S: Clone + Send + Sync + 'static>(
 }
 
 /// A server running until `stop` is notified.
-pub struct Server {
+pub(crate) struct Server {
     stop: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
     /// Serves `app` on `listener`, behind `security` (TLS, basic auth) if given.
-    pub fn start(listener: tokio::net::TcpListener, mut app: axum::Router, security: Option<Arc<Security>>) -> Self {
+    pub(crate) fn start(
+        listener: tokio::net::TcpListener,
+        mut app: axum::Router,
+        security: Option<Arc<Security>>,
+    ) -> Self {
         if let Some(sec) = &security {
             app = app.layer(axum::middleware::from_fn_with_state(sec.clone(), guard));
         }
@@ -401,7 +405,7 @@ impl Server {
     }
 
     /// Stops accepting; requests under way finish.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.notify_one();
         let _ = self.task.await;
     }

@@ -76,26 +76,27 @@ impl CallTracker {
 /// one (a hung QEMU) keeps it marked until the call returns; later cycles
 /// skip it instead of piling more stuck calls onto it.
 #[derive(Clone, Default, Debug)]
-pub struct BusySet(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct BusySet(Arc<Mutex<HashSet<String>>>);
 
 impl BusySet {
     /// Marks `uuid` until the mark is dropped; `None` when it is marked already.
-    pub fn mark(&self, uuid: String) -> Option<BusyMark> {
+    pub(crate) fn mark(&self, uuid: String) -> Option<BusyMark> {
         let fresh = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(uuid.clone());
         fresh.then(|| BusyMark { set: self.clone(), uuid })
     }
 
-    pub fn contains(&self, uuid: &str) -> bool {
+    pub(crate) fn contains(&self, uuid: &str) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(uuid)
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 }
 
 /// Clears its object's busy mark when the call ends (or is abandoned).
-pub struct BusyMark {
+pub(crate) struct BusyMark {
     set: BusySet,
     uuid: String,
 }

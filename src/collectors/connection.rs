@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::libvirt::ConnectionManager;
 use crate::selfmon::{find, MetricDesc, MetricWriter, Report};
 
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::gauge("libvirt_up", "1 if the agent is connected to libvirt, else 0."),
     MetricDesc::counter("virtpulse_libvirt_connects_total", "Successful libvirt connections (the first included)."),
     MetricDesc::counter("virtpulse_libvirt_connect_failures_total", "Failed libvirt connection attempts."),
@@ -15,7 +15,7 @@ pub const METRICS: &[MetricDesc] = &[
 
 /// The shared connection's report, or with `Some(collector)` that of a
 /// collector's own connection (labelled `connection="<collector>"`).
-pub struct ConnectionReport(pub Arc<ConnectionManager>, pub Option<&'static str>);
+pub(crate) struct ConnectionReport(pub Arc<ConnectionManager>, pub Option<&'static str>);
 
 impl Report for ConnectionReport {
     fn metrics(&self, out: &mut dyn MetricWriter) {

@@ -30,7 +30,11 @@ impl Schedule {
 }
 
 /// Runs one collection under the deadline and records its outcome.
-pub async fn run_once(c: &mut dyn Collector, sched: &Schedule, stats: &CollectorStats) -> Option<crate::record::Batch> {
+pub(crate) async fn run_once(
+    c: &mut dyn Collector,
+    sched: &Schedule,
+    stats: &CollectorStats,
+) -> Option<crate::record::Batch> {
     let started = Instant::now();
     let result = tokio::time::timeout(sched.timeout, c.collect()).await;
     let elapsed = started.elapsed();
@@ -144,7 +148,7 @@ fn wedge_requested(_: &str) -> bool {
 const NOT_CONNECTED_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs forever (until the task is aborted).
-pub async fn run(
+pub(crate) async fn run(
     mut c: Box<dyn Collector>,
     sched: Schedule,
     tracker: CallTracker,

@@ -5,14 +5,14 @@
 //! controller (see `controller`), makes its libvirt calls on blocking
 //! threads (see `blocking`), and hands a `Batch` of records to the router.
 
-pub mod blocking;
-pub mod connection;
-pub mod controller;
+pub(crate) mod blocking;
+pub(crate) mod connection;
+pub(crate) mod controller;
 pub mod domain_stats;
-pub mod guest;
-pub mod jobs;
-pub mod node;
-pub mod pools;
+pub(crate) mod guest;
+pub(crate) mod jobs;
+pub(crate) mod node;
+pub(crate) mod pools;
 
 use std::fmt;
 use std::future::Future;

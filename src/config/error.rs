@@ -32,7 +32,7 @@ pub(crate) struct Origins {
 }
 
 impl Origins {
-    pub fn of(&self, key: &str) -> String {
+    pub(crate) fn of(&self, key: &str) -> String {
         // An env var overriding `a.b` also explains errors reported at `a.b.c`.
         self.env
             .iter()
@@ -44,7 +44,7 @@ impl Origins {
             .unwrap_or_else(|| self.file.clone())
     }
 
-    pub fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError { source: self.of(key), key: key.to_string(), message: message.into() }
     }
 }

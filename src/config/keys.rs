@@ -10,7 +10,7 @@ use super::error::{ConfigError, Origins};
 pub const ENV_PREFIX: &str = "VIRTPULSE_";
 
 /// `VIRTPULSE_` variables that are not configuration keys.
-pub const NON_KEY_VARS: &[&str] = &[
+pub(crate) const NON_KEY_VARS: &[&str] = &[
     // Fault injection for the watchdog test in debug builds (see
     // collectors::controller).
     "VIRTPULSE_TEST_WEDGE_COLLECTOR",
@@ -86,7 +86,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The candidate closest to `wanted`, when one is reasonably close.
-pub fn nearest<'a>(wanted: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(wanted: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let squash = |v: &str| v.replace('_', "").to_ascii_lowercase();
     candidates
         .map(|c| {
@@ -100,7 +100,7 @@ pub fn nearest<'a>(wanted: &str, candidates: impl Iterator<Item = &'a str>) -> O
 }
 
 /// The valid variable closest to `var`, when one is reasonably close.
-pub fn nearest_var(tree: &KeyTree, var: &str) -> Option<String> {
+pub(crate) fn nearest_var(tree: &KeyTree, var: &str) -> Option<String> {
     let vars: Vec<String> = tree.leaves.keys().map(|k| env_var_of(k)).collect();
     nearest(&var.to_ascii_uppercase(), vars.iter().map(String::as_str)).map(str::to_string)
 }

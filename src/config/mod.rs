@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub mod core;
-pub mod error;
-pub mod keys;
-pub mod section;
+pub(crate) mod core;
+pub(crate) mod error;
+pub(crate) mod keys;
+pub(crate) mod section;
 
 pub use self::core::{
     AdminConfig, AgentConfig, CollectorCommon, CollectorDefaults, DomainsConfig, EventsConfig, LibvirtConfig,

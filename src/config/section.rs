@@ -76,7 +76,7 @@ pub trait SectionSpec: Sync {
 }
 
 /// `SectionSpec` for a typed section.
-pub struct Section<C> {
+pub(crate) struct Section<C> {
     pub name: &'static str,
     pub enabled: bool,
     pub interval: Option<Duration>,
@@ -84,7 +84,7 @@ pub struct Section<C> {
 }
 
 impl<C> Section<C> {
-    pub const fn new(name: &'static str, enabled: bool, interval: Option<Duration>) -> Self {
+    pub(crate) const fn new(name: &'static str, enabled: bool, interval: Option<Duration>) -> Self {
         Self { name, enabled, interval, _config: std::marker::PhantomData }
     }
 }
@@ -139,11 +139,11 @@ impl<C: SectionConfig> SectionSpec for Section<C> {
 
 // Shared value types and checks.
 
-pub const HOUR: Duration = Duration::from_secs(3600);
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// `Err` when `value` is past `max`.
-pub fn at_most(key: &str, value: Option<Duration>, max: Duration) -> Result<(), KeyError> {
+pub(crate) fn at_most(key: &str, value: Option<Duration>, max: Duration) -> Result<(), KeyError> {
     match value {
         Some(v) if v > max => Err(KeyError::new(key, format!("must be at most {}", humantime::format_duration(max)))),
         _ => Ok(()),
@@ -151,7 +151,7 @@ pub fn at_most(key: &str, value: Option<Duration>, max: Duration) -> Result<(), 
 }
 
 /// `Err` when a count is past `max`.
-pub fn count_at_most(key: &str, value: u64, max: u64) -> Result<(), KeyError> {
+pub(crate) fn count_at_most(key: &str, value: u64, max: u64) -> Result<(), KeyError> {
     if value > max {
         return Err(KeyError::new(key, format!("must be at most {max}")));
     }
@@ -160,7 +160,7 @@ pub fn count_at_most(key: &str, value: u64, max: u64) -> Result<(), KeyError> {
 
 /// A list of strings, or one comma-separated string (handy in environment
 /// variables).
-pub fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {

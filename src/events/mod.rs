@@ -8,10 +8,10 @@
 //! (re)connect, all callbacks are registered again and one `resync` record
 //! per domain tells consumers the state the agent finds.
 
-pub mod names;
+pub(crate) mod names;
 pub mod normalize;
 mod stats;
-pub mod typed;
+pub(crate) mod typed;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

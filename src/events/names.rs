@@ -11,7 +11,7 @@ fn pick(table: &[&'static str], code: i64) -> String {
         .unwrap_or_else(|| format!("unknown_{code}"))
 }
 
-pub const LIFECYCLE: &[&str] =
+pub(crate) const LIFECYCLE: &[&str] =
     &["defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown", "pmsuspended", "crashed"];
 
 /// Lifecycle detail names, indexed by lifecycle event code.
@@ -38,93 +38,93 @@ const LIFECYCLE_DETAILS: &[&[&str]] = &[
     &["panicked", "crashloaded"],
 ];
 
-pub fn lifecycle(event: i64) -> String {
+pub(crate) fn lifecycle(event: i64) -> String {
     pick(LIFECYCLE, event)
 }
 
-pub fn lifecycle_detail(event: i64, detail: i64) -> String {
+pub(crate) fn lifecycle_detail(event: i64, detail: i64) -> String {
     match usize::try_from(event).ok().and_then(|i| LIFECYCLE_DETAILS.get(i)) {
         Some(t) => pick(t, detail),
         None => format!("unknown_{detail}"),
     }
 }
 
-pub fn watchdog_action(c: i64) -> String {
+pub(crate) fn watchdog_action(c: i64) -> String {
     pick(&["none", "pause", "reset", "poweroff", "shutdown", "debug", "inject_nmi"], c)
 }
 
-pub fn io_error_action(c: i64) -> String {
+pub(crate) fn io_error_action(c: i64) -> String {
     pick(&["none", "pause", "report"], c)
 }
 
-pub fn graphics_phase(c: i64) -> String {
+pub(crate) fn graphics_phase(c: i64) -> String {
     pick(&["connect", "initialize", "disconnect"], c)
 }
 
-pub fn graphics_family(c: i64) -> String {
+pub(crate) fn graphics_family(c: i64) -> String {
     pick(&["ipv4", "ipv6", "unix"], c)
 }
 
-pub fn block_job_type(c: i64) -> String {
+pub(crate) fn block_job_type(c: i64) -> String {
     pick(&["unknown", "pull", "copy", "commit", "active_commit", "backup"], c)
 }
 
-pub fn block_job_status(c: i64) -> String {
+pub(crate) fn block_job_status(c: i64) -> String {
     pick(&["completed", "failed", "canceled", "ready"], c)
 }
 
-pub fn disk_change_reason(c: i64) -> String {
+pub(crate) fn disk_change_reason(c: i64) -> String {
     pick(&["missing_on_start", "dropped_missing_on_start"], c)
 }
 
-pub fn tray_change_reason(c: i64) -> String {
+pub(crate) fn tray_change_reason(c: i64) -> String {
     pick(&["open", "close"], c)
 }
 
 /// Agent and channel lifecycle share their codes.
-pub fn channel_state(c: i64) -> String {
+pub(crate) fn channel_state(c: i64) -> String {
     pick(&["unknown", "connected", "disconnected"], c)
 }
 
-pub fn channel_reason(c: i64) -> String {
+pub(crate) fn channel_reason(c: i64) -> String {
     pick(&["unknown", "domain_started", "channel"], c)
 }
 
-pub fn metadata_type(c: i64) -> String {
+pub(crate) fn metadata_type(c: i64) -> String {
     pick(&["description", "title", "element"], c)
 }
 
-pub fn memory_failure_recipient(c: i64) -> String {
+pub(crate) fn memory_failure_recipient(c: i64) -> String {
     pick(&["hypervisor", "guest"], c)
 }
 
-pub fn memory_failure_action(c: i64) -> String {
+pub(crate) fn memory_failure_action(c: i64) -> String {
     pick(&["ignore", "inject", "fatal", "reset"], c)
 }
 
-pub fn network_lifecycle(c: i64) -> String {
+pub(crate) fn network_lifecycle(c: i64) -> String {
     pick(&["defined", "undefined", "started", "stopped"], c)
 }
 
-pub fn pool_lifecycle(c: i64) -> String {
+pub(crate) fn pool_lifecycle(c: i64) -> String {
     pick(&["defined", "undefined", "started", "stopped", "created", "deleted"], c)
 }
 
-pub fn nodedev_lifecycle(c: i64) -> String {
+pub(crate) fn nodedev_lifecycle(c: i64) -> String {
     pick(&["created", "deleted", "defined", "undefined"], c)
 }
 
-pub fn secret_lifecycle(c: i64) -> String {
+pub(crate) fn secret_lifecycle(c: i64) -> String {
     pick(&["defined", "undefined"], c)
 }
 
 /// `virDomainState`, for resync records.
-pub fn domain_state(c: i64) -> String {
+pub(crate) fn domain_state(c: i64) -> String {
     pick(crate::record::DOMAIN_STATES, c)
 }
 
 /// The reason enum that goes with a `virDomainState`.
-pub fn domain_state_reason(state: i64, reason: i64) -> String {
+pub(crate) fn domain_state_reason(state: i64, reason: i64) -> String {
     let table: &[&str] = match state {
         1 => &[
             "unknown",

@@ -1,7 +1,7 @@
 //! Metric families written as text at once: the agent's own metrics and the
 //! event counters, rendered per scrape (records go through `plan`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use rustc_hash::FxHasher;
@@ -10,19 +10,17 @@ use super::text::write_sample;
 use crate::value::MetricType;
 
 #[derive(Debug, Clone)]
-pub struct Family {
+pub(crate) struct Family {
     pub help: String,
     pub mtype: MetricType,
     /// Sample lines, already in exposition format.
     pub body: String,
 }
 
-pub type Families = BTreeMap<String, Family>;
+pub(crate) type Families = BTreeMap<String, Family>;
 
 #[derive(Debug, Default)]
-pub struct RenderStats {
-    pub unmapped: BTreeSet<String>,
-    pub wrong_type: BTreeSet<String>,
+pub(crate) struct RenderStats {
     /// Samples dropped because they would have duplicated a series or
     /// reused a family name with another type (both break a scrape).
     pub conflicts: u64,
@@ -30,7 +28,7 @@ pub struct RenderStats {
 }
 
 /// Adds one sample to its family, refusing duplicates and type clashes.
-pub struct FamilyWriter<'a> {
+pub(crate) struct FamilyWriter<'a> {
     families: &'a mut Families,
     stats: &'a mut RenderStats,
     /// Hashes of the series written so far (a 64-bit collision, which would
@@ -39,16 +37,16 @@ pub struct FamilyWriter<'a> {
 }
 
 impl<'a> FamilyWriter<'a> {
-    pub fn new(families: &'a mut Families, stats: &'a mut RenderStats) -> Self {
+    pub(crate) fn new(families: &'a mut Families, stats: &'a mut RenderStats) -> Self {
         Self { families, stats, seen: HashSet::default() }
     }
 
-    pub fn add(&mut self, name: &str, mtype: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn add(&mut self, name: &str, mtype: MetricType, help: &str, labels: &[(&str, &str)], value: f64) {
         self.add_with_prefix(name, mtype, help, "", labels, value);
     }
 
     /// `prefix`: labels already in exposition form (see `write_sample`).
-    pub fn add_with_prefix(
+    pub(crate) fn add_with_prefix(
         &mut self,
         name: &str,
         mtype: MetricType,
@@ -87,7 +85,7 @@ impl<'a> FamilyWriter<'a> {
 
 impl FamilyWriter<'_> {
     /// A histogram: `buckets` are (upper bound, cumulative count), without +Inf.
-    pub fn add_histogram(
+    pub(crate) fn add_histogram(
         &mut self,
         name: &str,
         help: &str,

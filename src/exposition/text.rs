@@ -2,7 +2,7 @@
 
 /// Label values: backslash, double quote and line feed are escaped; every
 /// other character (UTF-8 included) is written as is.
-pub fn escape_label_value(out: &mut String, v: &str) {
+pub(crate) fn escape_label_value(out: &mut String, v: &str) {
     if memchr::memchr3(b'\\', b'"', b'\n', v.as_bytes()).is_none() {
         out.push_str(v);
         return;
@@ -18,7 +18,7 @@ pub fn escape_label_value(out: &mut String, v: &str) {
 }
 
 /// HELP text: backslash and line feed are escaped.
-pub fn escape_help(out: &mut String, v: &str) {
+pub(crate) fn escape_help(out: &mut String, v: &str) {
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -28,7 +28,7 @@ pub fn escape_help(out: &mut String, v: &str) {
     }
 }
 
-pub fn write_value(out: &mut String, v: f64) {
+pub(crate) fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN");
     } else if v.is_infinite() {
@@ -46,7 +46,7 @@ pub fn write_value(out: &mut String, v: f64) {
 /// Writes `name{k="v",...} value\n`.
 /// `prefix` holds labels already in exposition form (`a="x",b="y"`), for
 /// labels shared by many samples (a domain's name and UUID).
-pub fn write_sample<'a>(
+pub(crate) fn write_sample<'a>(
     out: &mut String,
     name: &str,
     prefix: &str,
@@ -67,7 +67,7 @@ pub fn write_sample<'a>(
 }
 
 /// Writes `{k="v"` or `,k="v"`: one label of a sample being written.
-pub fn push_label(out: &mut String, first: &mut bool, k: &str, v: &str) {
+pub(crate) fn push_label(out: &mut String, first: &mut bool, k: &str, v: &str) {
     out.push(if *first { '{' } else { ',' });
     *first = false;
     out.push_str(k);
@@ -77,7 +77,7 @@ pub fn push_label(out: &mut String, first: &mut bool, k: &str, v: &str) {
 }
 
 /// Closes the labels (if any were written) and writes the value.
-pub fn end_sample(out: &mut String, no_labels: bool, value: f64) {
+pub(crate) fn end_sample(out: &mut String, no_labels: bool, value: f64) {
     if !no_labels {
         out.push('}');
     }
@@ -86,7 +86,7 @@ pub fn end_sample(out: &mut String, no_labels: bool, value: f64) {
     out.push('\n');
 }
 
-pub fn write_header(out: &mut String, name: &str, help: &str, mtype: &str) {
+pub(crate) fn write_header(out: &mut String, name: &str, help: &str, mtype: &str) {
     out.push_str("# HELP ");
     out.push_str(name);
     out.push(' ');

@@ -109,7 +109,7 @@ pub(crate) unsafe fn domain_name(dom: sys::virDomainPtr) -> String {
 }
 
 /// The canonical UUID string (8-4-4-4-12 lower-case hex digits).
-pub fn format_uuid(raw: &[u8; 16]) -> String {
+pub(crate) fn format_uuid(raw: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(36);
     for (i, b) in raw.iter().enumerate() {

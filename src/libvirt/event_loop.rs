@@ -26,7 +26,7 @@ unsafe extern "C" fn heartbeat(_timer: std::ffi::c_int, _opaque: *mut c_void) {
 
 /// How long ago libvirt's event loop thread last ran its 1 s heartbeat
 /// timer (`None` before the loop started).
-pub fn heartbeat_age() -> Option<Duration> {
+pub(crate) fn heartbeat_age() -> Option<Duration> {
     let beat = HEARTBEAT_MS.load(Ordering::Relaxed);
     (beat > 0).then(|| Duration::from_millis(crate::util::clock::process_millis().saturating_sub(beat)))
 }
@@ -36,7 +36,7 @@ pub fn heartbeat_age() -> Option<Duration> {
 unsafe extern "C" fn quiet_error_handler(_user: *mut c_void, _err: sys::virErrorPtr) {}
 
 /// Initialises libvirt and starts the event loop thread. Idempotent.
-pub fn init() -> Result<()> {
+pub(crate) fn init() -> Result<()> {
     INIT.get_or_init(|| {
         // SAFETY: plain libvirt initialisation calls, made once per process.
         unsafe {
@@ -73,7 +73,7 @@ unsafe extern "C" fn wake(_timer: std::ffi::c_int, _opaque: *mut c_void) {}
 /// Stops the event loop thread: sets the flag and adds an immediate timer so
 /// a loop blocked in poll wakes up and sees it. Waits at most `max`; returns
 /// whether the thread ended. Connections should be closed first.
-pub fn stop(max: Duration) -> bool {
+pub(crate) fn stop(max: Duration) -> bool {
     if INIT.get().is_none() {
         return true;
     }

@@ -14,12 +14,12 @@ use super::error::{LibvirtError, Result};
 use super::typed_params::{decode, DecodedParams, KeyInterner};
 
 /// `virDomainGuestInfoTypes` bits.
-pub const INFO_USERS: u32 = sys::VIR_DOMAIN_GUEST_INFO_USERS;
-pub const INFO_OS: u32 = sys::VIR_DOMAIN_GUEST_INFO_OS;
-pub const INFO_HOSTNAME: u32 = sys::VIR_DOMAIN_GUEST_INFO_HOSTNAME;
-pub const INFO_FILESYSTEM: u32 = sys::VIR_DOMAIN_GUEST_INFO_FILESYSTEM;
+pub(crate) const INFO_USERS: u32 = sys::VIR_DOMAIN_GUEST_INFO_USERS;
+pub(crate) const INFO_OS: u32 = sys::VIR_DOMAIN_GUEST_INFO_OS;
+pub(crate) const INFO_HOSTNAME: u32 = sys::VIR_DOMAIN_GUEST_INFO_HOSTNAME;
+pub(crate) const INFO_FILESYSTEM: u32 = sys::VIR_DOMAIN_GUEST_INFO_FILESYSTEM;
 /// libvirt 11.2 and later.
-pub const INFO_LOAD: u32 = sys::VIR_DOMAIN_GUEST_INFO_LOAD;
+pub(crate) const INFO_LOAD: u32 = sys::VIR_DOMAIN_GUEST_INFO_LOAD;
 
 /// Where interface addresses come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

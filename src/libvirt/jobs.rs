@@ -10,13 +10,13 @@ use super::error::{LibvirtError, Result};
 use super::typed_params::{decode, DecodedParams, KeyInterner};
 
 /// Stats of the most recently completed job instead of the running one.
-pub const FLAG_COMPLETED: u32 = sys::VIR_DOMAIN_JOB_STATS_COMPLETED;
+pub(crate) const FLAG_COMPLETED: u32 = sys::VIR_DOMAIN_JOB_STATS_COMPLETED;
 /// Leave completed stats in place for other readers (`virsh domjobinfo
 /// --completed`, Nova): a monitoring agent must not consume them.
-pub const FLAG_KEEP_COMPLETED: u32 = sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
+pub(crate) const FLAG_KEEP_COMPLETED: u32 = sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED;
 
 /// `virDomainJobType` 0: no job.
-pub const JOB_NONE: i32 = 0;
+pub(crate) const JOB_NONE: i32 = 0;
 
 #[derive(Debug, Clone)]
 pub struct JobStats {

@@ -3,17 +3,17 @@
 #![allow(unsafe_code)]
 
 pub mod connection;
-pub mod domain;
-pub mod error;
-pub mod event_loop;
+pub(crate) mod domain;
+pub(crate) mod error;
+pub(crate) mod event_loop;
 pub mod events;
-pub mod guest;
+pub(crate) mod guest;
 pub mod heap;
 
-pub mod jobs;
-pub mod manager;
-pub mod node;
-pub mod pools;
+pub(crate) mod jobs;
+pub(crate) mod manager;
+pub(crate) mod node;
+pub(crate) mod pools;
 pub mod stats;
 pub mod typed_params;
 

@@ -24,7 +24,7 @@ pub struct NodeInfo {
 }
 
 /// All CPUs, for `node_cpu_stats`; all cells, for `node_memory_stats`.
-pub const ALL: i32 = -1;
+pub(crate) const ALL: i32 = -1;
 
 /// Versions as libvirt encodes them: major * 1,000,000 + minor * 1,000 + micro.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,11 +178,11 @@ impl Connection {
     }
 }
 
-pub use sys::{
+pub(crate) use sys::{
     VIR_CONNECT_LIST_DOMAINS_OTHER as LIST_OTHER, VIR_CONNECT_LIST_DOMAINS_PAUSED as LIST_PAUSED,
     VIR_CONNECT_LIST_DOMAINS_PERSISTENT as LIST_PERSISTENT, VIR_CONNECT_LIST_DOMAINS_RUNNING as LIST_RUNNING,
     VIR_CONNECT_LIST_DOMAINS_SHUTOFF as LIST_SHUTOFF, VIR_CONNECT_LIST_DOMAINS_TRANSIENT as LIST_TRANSIENT,
 };
 
 /// Filter for active domains in `list_all_domains`.
-pub const LIST_ACTIVE: u32 = sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;
+pub(crate) const LIST_ACTIVE: u32 = sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE;

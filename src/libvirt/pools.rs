@@ -27,7 +27,7 @@ pub struct PoolInfo {
     pub available: u64,
 }
 
-pub const POOL_RUNNING: i32 = sys::VIR_STORAGE_POOL_RUNNING as i32;
+pub(crate) const POOL_RUNNING: i32 = sys::VIR_STORAGE_POOL_RUNNING as i32;
 
 impl StoragePool {
     pub fn name(&self) -> String {

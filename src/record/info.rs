@@ -8,11 +8,11 @@ use super::{DomainInfo, Record};
 use crate::value::TypedValue;
 
 /// Called once per info metric: name, help, labels (identity included).
-pub type InfoEmit<'e> = dyn FnMut(&'static str, &'static str, &[(&'static str, &str)]) + 'e;
+pub(crate) type InfoEmit<'e> = dyn FnMut(&'static str, &'static str, &[(&'static str, &str)]) + 'e;
 
 /// libvirt's packed version number (major * 1,000,000 + minor * 1,000 +
 /// release) as text.
-pub fn version_string(v: u64) -> String {
+pub(crate) fn version_string(v: u64) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
 
@@ -85,7 +85,7 @@ fn label_values(spec: &InfoSpec, r: &Record, scope: &str) -> Vec<String> {
 
 /// Emits the info metrics of one record that `filter` selects, without the
 /// labels it drops.
-pub fn info_metrics(r: &Record, filter: &dyn SampleFilter, emit: &mut InfoEmit) {
+pub(crate) fn info_metrics(r: &Record, filter: &dyn SampleFilter, emit: &mut InfoEmit) {
     let kind = r.kind.spec();
     if kind.info.is_empty() {
         return;

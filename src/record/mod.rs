@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Serialize, Serializer};
 
-pub mod info;
+pub(crate) mod info;
 pub mod kind;
 pub mod mapping;
 pub mod samples;

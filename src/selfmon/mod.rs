@@ -4,7 +4,7 @@
 //! This module knows no component: adding one touches neither it nor
 //! `health`.
 
-pub mod render;
+pub(crate) mod render;
 mod stats;
 
 use std::sync::{Arc, Mutex};

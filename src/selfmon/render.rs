@@ -6,7 +6,7 @@ use super::{find, MetricDesc, MetricWriter, Registry};
 use crate::exposition::{Families, FamilyWriter, RenderStats};
 
 /// The metrics rendered here besides the components'.
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::gauge(
         "virtpulse_build_info",
         "Agent version (value is always 1).",
@@ -76,7 +76,7 @@ fn proc_stat() -> Option<ProcStat> {
     })
 }
 
-pub fn render(registry: &Registry) -> Families {
+pub(crate) fn render(registry: &Registry) -> Families {
     let mut fams = Families::new();
     let mut stats = RenderStats::default();
     let mut w = Writer(FamilyWriter::new(&mut fams, &mut stats));

@@ -11,7 +11,7 @@
 pub mod kafka;
 pub mod otlp;
 pub mod prometheus;
-pub mod stdout;
+pub(crate) mod stdout;
 
 use std::future::Future;
 use std::pin::Pin;

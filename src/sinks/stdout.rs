@@ -9,7 +9,7 @@ use crate::config::section::count_at_most;
 use crate::config::{KeyError, SectionConfig, SectionContext};
 use crate::router::SinkQueue;
 
-pub fn spawn(mut queue: SinkQueue) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub(crate) fn spawn(mut queue: SinkQueue) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("sink-stdout".into()).spawn(move || {
         let stdout = std::io::stdout();
         let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -36,7 +36,7 @@ pub fn spawn(mut queue: SinkQueue) -> std::io::Result<std::thread::JoinHandle<()
 /// `[sinks.stdout]` (besides `enabled`).
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct StdoutConfig {
+pub(crate) struct StdoutConfig {
     pub queue_capacity: usize,
 }
 
@@ -57,7 +57,7 @@ impl SectionConfig for StdoutConfig {
 }
 
 /// The stdout sink in the registry.
-pub struct StdoutPlugin;
+pub(crate) struct StdoutPlugin;
 
 impl SinkPlugin for StdoutPlugin {
     type Config = StdoutConfig;

@@ -11,13 +11,13 @@ use std::time::Duration;
 use crate::util::throttle::Throttle;
 
 /// Places that catch panics; their series exist (at 0) from the start.
-pub const PLACES: &[&str] = &["event_callback"];
+pub(crate) const PLACES: &[&str] = &["event_callback"];
 
 static COUNTS: Mutex<BTreeMap<&'static str, u64>> = Mutex::new(BTreeMap::new());
 static LOGGED: Throttle = Throttle::new(Duration::from_secs(60));
 
 /// Counts and logs a panic caught at `place`.
-pub fn record(place: &'static str, panic: &(dyn Any + Send)) {
+pub(crate) fn record(place: &'static str, panic: &(dyn Any + Send)) {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -37,7 +37,7 @@ pub fn record(place: &'static str, panic: &(dyn Any + Send)) {
 }
 
 /// Panics caught so far, per place (every known place listed).
-pub fn counts() -> Vec<(&'static str, u64)> {
+pub(crate) fn counts() -> Vec<(&'static str, u64)> {
     let counts = COUNTS.lock().map(|c| c.clone()).unwrap_or_default();
     let mut out: BTreeMap<&'static str, u64> = PLACES.iter().map(|p| (*p, 0)).collect();
     out.extend(counts);

@@ -1,5 +1,5 @@
 //! Small pieces every layer may use; they depend on nothing of the agent's.
 
-pub mod clock;
-pub mod internal_errors;
-pub mod throttle;
+pub(crate) mod clock;
+pub(crate) mod internal_errors;
+pub(crate) mod throttle;

@@ -11,19 +11,19 @@ const MAX_KEYS: usize = 1024;
 
 /// Lets a warning through the first time, then at most once per `every`,
 /// saying how many were held back in between.
-pub struct Throttle {
+pub(crate) struct Throttle {
     every: Duration,
     seen: Mutex<BTreeMap<String, (Instant, u64)>>,
 }
 
 impl Throttle {
-    pub const fn new(every: Duration) -> Self {
+    pub(crate) const fn new(every: Duration) -> Self {
         Self { every, seen: Mutex::new(BTreeMap::new()) }
     }
 
     /// `Some(held_back)` when the warning for `key` may be logged now (with
     /// the number suppressed since it last was); `None` when it is held back.
-    pub fn allow(&self, key: &str) -> Option<u64> {
+    pub(crate) fn allow(&self, key: &str) -> Option<u64> {
         let Ok(mut seen) = self.seen.lock() else { return Some(0) };
         let now = Instant::now();
         if let Some((last, held)) = seen.get_mut(key) {
@@ -44,7 +44,8 @@ impl Throttle {
     }
 
     /// Forgets `key`: its next warning shows at once (the problem ended).
-    pub fn reset(&self, key: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn reset(&self, key: &str) -> bool {
         self.seen.lock().map(|mut s| s.remove(key).is_some()).unwrap_or(false)
     }
 }
@@ -53,13 +54,13 @@ impl Throttle {
 /// connection), so each shows once. Bounded: past `MAX_KEYS` distinct keys
 /// it starts over, so a message shows once more, never more often.
 #[derive(Debug, Default)]
-pub struct LogOnce {
+pub(crate) struct LogOnce {
     seen: std::collections::HashSet<String>,
 }
 
 impl LogOnce {
     /// True the first time `key` is seen.
-    pub fn first(&mut self, key: &str) -> bool {
+    pub(crate) fn first(&mut self, key: &str) -> bool {
         if self.seen.contains(key) {
             return false;
         }
@@ -70,7 +71,7 @@ impl LogOnce {
         true
     }
 
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         self.seen.clear();
     }
 }

@@ -56,7 +56,7 @@ fn nova(metadata: roxmltree::Node) -> Option<OpenStackInfo> {
 
 /// Extracts what the info metric and records carry. Missing elements stay
 /// `None`; malformed XML is an error (the caller keeps the old entry).
-pub fn parse_domain_xml(xml: &str) -> Result<DomainInfo, String> {
+pub(crate) fn parse_domain_xml(xml: &str) -> Result<DomainInfo, String> {
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
     let root = doc.root_element();
     if root.tag_name().name() != "domain" {

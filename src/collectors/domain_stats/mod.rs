@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub mod config;
-pub mod info;
+pub(crate) mod config;
+pub(crate) mod info;
 pub mod metrics;
 
 use super::blocking::BusySet;

@@ -9,7 +9,7 @@ use crate::config::{KeyError, SectionConfig, SectionContext};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GuestConfig {
+pub(crate) struct GuestConfig {
     /// Ask the QEMU guest agent (filesystems, OS, users, load, addresses).
     /// libvirt allows it only on a read-write connection: this collector
     /// then opens its own (docs/operations.md "Guest data").
@@ -42,7 +42,7 @@ impl Default for GuestConfig {
 
 impl GuestConfig {
     /// How long one guest's calls may take within a guest cycle.
-    pub fn call_timeout(&self, timeout: Duration) -> Duration {
+    pub(crate) fn call_timeout(&self, timeout: Duration) -> Duration {
         self.call_timeout.unwrap_or(timeout * 3 / 4).min(timeout)
     }
 }

@@ -36,7 +36,7 @@ static TABLE: &[StatSpec] = &[
 ];
 
 /// What one domain's guest reports (guest agent, interface addresses).
-pub static GUEST: KindSpec = KindSpec {
+pub(crate) static GUEST: KindSpec = KindSpec {
     name: "guest",
     title: "Guest (`[collectors.guest]`, off by default: the guest agent, interface addresses)",
     subject: Subject::Domain,

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::blocking::BusySet;
-pub mod config;
-pub mod metrics;
+pub(crate) mod config;
+pub(crate) mod metrics;
 
 use super::{BoxFuture, BuildContext, Built, CollectError, Collector, CollectorContext, CollectorPlugin};
 use crate::libvirt::guest::{AddressSource, Interface, INFO_FILESYSTEM, INFO_HOSTNAME, INFO_LOAD, INFO_OS, INFO_USERS};
@@ -35,10 +35,10 @@ use crate::value::TypedValue;
 use config::GuestConfig;
 use metrics::GUEST;
 
-pub const SOURCE: &str = "guest";
+pub(crate) const SOURCE: &str = "guest";
 
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Ask the guest agent (the connection must be read-write).
     pub agent: bool,
     /// Interface addresses: leases and ARP, plus the agent with `agent`.
@@ -54,7 +54,7 @@ pub struct Settings {
 
 /// What the collector cut or could not get, for `virtpulse_guest_*`.
 #[derive(Debug, Default)]
-pub struct GuestReport {
+pub(crate) struct GuestReport {
     skipped_busy: AtomicU64,
     timeouts: AtomicU64,
     agent_errors: AtomicU64,
@@ -80,7 +80,7 @@ impl Cut {
     }
 }
 
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::counter(
         "virtpulse_guest_skipped_total",
         "Domains left out of a guest cycle because their previous guest-agent call had not returned (a hung or absent agent).",
@@ -168,14 +168,14 @@ fn bounded(s: &str, max: usize) -> (&str, bool) {
 
 /// How much of what a guest says is kept.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     pub max_filesystems: usize,
     pub max_addresses: usize,
     pub max_string_bytes: usize,
 }
 
 /// Counts of what the bounds cut, by `Cut`.
-pub type Cuts = [u64; 3];
+pub(crate) type Cuts = [u64; 3];
 
 fn bounded_field(key: String, value: TypedValue, bounds: &Bounds, cuts: &mut Cuts) -> (String, TypedValue) {
     let value = match value {
@@ -194,7 +194,7 @@ fn bounded_field(key: String, value: TypedValue, bounds: &Bounds, cuts: &mut Cut
 }
 
 /// The guest-info parameters worth keeping, bounded.
-pub fn keep_info(
+pub(crate) fn keep_info(
     params: impl IntoIterator<Item = (Arc<str>, TypedValue)>,
     bounds: &Bounds,
     out: &mut Vec<(String, TypedValue)>,
@@ -218,7 +218,7 @@ pub fn keep_info(
 
 /// One source's interface addresses as `addr.<k>.*` fields, `k` counting
 /// on from earlier sources, at most `max_addresses` in all.
-pub fn keep_addresses(
+pub(crate) fn keep_addresses(
     source: AddressSource,
     ifaces: Vec<Interface>,
     k: &mut usize,
@@ -302,7 +302,7 @@ fn read_guest(dom: &Domain, settings: &Settings, cuts: &mut Cuts) -> GuestRead {
     out
 }
 
-pub struct GuestCollector {
+pub(crate) struct GuestCollector {
     ctx: CollectorContext,
     settings: Arc<Settings>,
     report: Arc<GuestReport>,
@@ -312,7 +312,7 @@ pub struct GuestCollector {
 }
 
 impl GuestCollector {
-    pub fn new(ctx: CollectorContext, settings: Settings) -> Self {
+    pub(crate) fn new(ctx: CollectorContext, settings: Settings) -> Self {
         let report = Arc::new(GuestReport::default());
         ctx.registry.add_report(report.clone());
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.calls_in_flight.max(1)));
@@ -423,7 +423,7 @@ impl GuestCollector {
 }
 
 /// The guest collector in the registry (off by default).
-pub struct GuestPlugin;
+pub(crate) struct GuestPlugin;
 
 impl CollectorPlugin for GuestPlugin {
     type Config = GuestConfig;

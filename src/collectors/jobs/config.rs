@@ -9,7 +9,7 @@ use crate::config::{KeyError, SectionConfig, SectionContext};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct JobsConfig {
+pub(crate) struct JobsConfig {
     /// How long a completed job stays on view in Prometheus after it was first seen.
     #[serde(with = "humantime_serde")]
     pub completed_retention: Duration,
@@ -27,7 +27,7 @@ impl Default for JobsConfig {
 
 impl JobsConfig {
     /// How often a domain without a running job is read.
-    pub fn idle_interval(&self, interval: Duration) -> Duration {
+    pub(crate) fn idle_interval(&self, interval: Duration) -> Duration {
         self.idle_interval.unwrap_or(interval * 6)
     }
 }

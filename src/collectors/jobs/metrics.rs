@@ -8,10 +8,10 @@ use crate::record::kind::{
 use crate::value::Unit::*;
 
 /// `virDomainJobType`, by code.
-pub const JOB_TYPES: &[&str] = &["none", "bounded", "unbounded", "completed", "failed", "cancelled"];
+pub(crate) const JOB_TYPES: &[&str] = &["none", "bounded", "unbounded", "completed", "failed", "cancelled"];
 
 /// `virDomainJobOperation`, by code.
-pub const JOB_OPERATIONS: &[&str] = &[
+pub(crate) const JOB_OPERATIONS: &[&str] = &[
     "unknown",
     "start",
     "save",
@@ -67,7 +67,7 @@ static TABLE: &[StatSpec] = &[
 ];
 
 /// One domain's running or last completed job.
-pub static DOMAIN_JOB: KindSpec = KindSpec {
+pub(crate) static DOMAIN_JOB: KindSpec = KindSpec {
     name: "domain_job",
     title: "Domain jobs (`virDomainGetJobStats`)",
     subject: Subject::Domain,

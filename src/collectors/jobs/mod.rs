@@ -25,8 +25,8 @@ use rustc_hash::FxHasher;
 
 use super::blocking::BusySet;
 use super::controller::Wake;
-pub mod config;
-pub mod metrics;
+pub(crate) mod config;
+pub(crate) mod metrics;
 
 use super::{BoxFuture, BuildContext, Built, CollectError, Collector, CollectorContext, CollectorPlugin};
 use crate::events::typed::{DomainId, Event, Listener};
@@ -41,7 +41,7 @@ use crate::value::TypedValue;
 use config::JobsConfig;
 use metrics::DOMAIN_JOB;
 
-pub const SOURCE: &str = "jobs";
+pub(crate) const SOURCE: &str = "jobs";
 
 /// What one domain had to say.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ struct DomainRead {
 
 /// A completed job as the `job_completed` event told it.
 #[derive(Debug, Clone)]
-pub struct CompletedEvent {
+pub(crate) struct CompletedEvent {
     pub name: String,
     pub uuid: String,
     pub params: Vec<(std::sync::Arc<str>, TypedValue)>,
@@ -74,7 +74,7 @@ pub struct CompletedEvent {
 
 /// What the events subsystem tells this collector.
 #[derive(Debug, Default)]
-pub struct JobNews {
+pub(crate) struct JobNews {
     /// `job_completed` events: their statistics are the completed job's, so
     /// they are reported at once, without asking libvirt (which may still be
     /// busy with the domain).
@@ -85,9 +85,9 @@ pub struct JobNews {
 }
 
 /// Events at most held between two cycles (a storm cannot grow it).
-pub const MAX_NEWS: usize = 10_000;
+pub(crate) const MAX_NEWS: usize = 10_000;
 
-pub type JobInbox = Arc<Mutex<JobNews>>;
+pub(crate) type JobInbox = Arc<Mutex<JobNews>>;
 
 /// Turns events into news for the jobs collector: completed jobs straight
 /// from `job_completed`, domains to read now after a migration iteration or
@@ -160,7 +160,7 @@ struct Completed {
 /// Job reads run at once at most (each is one or two calls for one domain).
 const PARALLEL_READS: usize = 4;
 
-pub struct JobsCollector {
+pub(crate) struct JobsCollector {
     ctx: CollectorContext,
     retention: Duration,
     /// How often a domain without a running job is read.
@@ -261,7 +261,12 @@ fn read_domain(dom: &crate::libvirt::Domain, active: bool, read_completed: bool)
 }
 
 impl JobsCollector {
-    pub fn new(ctx: CollectorContext, retention: Duration, read_deadline: Duration, idle_interval: Duration) -> Self {
+    pub(crate) fn new(
+        ctx: CollectorContext,
+        retention: Duration,
+        read_deadline: Duration,
+        idle_interval: Duration,
+    ) -> Self {
         Self {
             ctx,
             retention,
@@ -282,7 +287,7 @@ impl JobsCollector {
     }
 
     /// What tells this collector about job events; `wake` starts its cycle.
-    pub fn listener(&self, wake: Wake) -> Arc<dyn Listener> {
+    pub(crate) fn listener(&self, wake: Wake) -> Arc<dyn Listener> {
         Arc::new(JobsListener { inbox: self.inbox.clone(), wake })
     }
 
@@ -578,7 +583,7 @@ impl JobsCollector {
 }
 
 /// The jobs collector in the registry.
-pub struct JobsPlugin;
+pub(crate) struct JobsPlugin;
 
 impl CollectorPlugin for JobsPlugin {
     type Config = JobsConfig;

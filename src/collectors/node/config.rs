@@ -7,7 +7,7 @@ use crate::config::{KeyError, SectionConfig, SectionContext};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
+pub(crate) struct NodeConfig {
     /// Also read each CPU's counters (one libvirt call per CPU). Default:
     /// when the metrics export them (`metrics.node_per_cpu`); `true` also
     /// exports them unless `metrics.node_per_cpu = false`.

@@ -7,7 +7,7 @@ use crate::record::kind::{
 };
 use crate::value::Unit::*;
 
-pub static NODE_PER_CPU: Switch = Switch {
+pub(crate) static NODE_PER_CPU: Switch = Switch {
     key: "node_per_cpu",
     covers: "each host CPU's time by mode (`libvirt_node_logical_cpu_time_seconds_total`)",
     adds: "5 series per host CPU; also one libvirt call per host CPU per node collection",
@@ -75,7 +75,7 @@ static TABLE: &[StatSpec] = &[
 
 /// The host: node info, CPU and memory statistics, NUMA cells, free pages,
 /// versions, domain counts.
-pub static NODE: KindSpec = KindSpec {
+pub(crate) static NODE: KindSpec = KindSpec {
     name: "node",
     title: "Node (host)",
     subject: Subject::Host,

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub mod config;
-pub mod metrics;
+pub(crate) mod config;
+pub(crate) mod metrics;
 
 use super::{BoxFuture, BuildContext, Built, CollectError, Collector, CollectorContext, CollectorPlugin};
 use crate::libvirt::node::{ALL, LIST_OTHER, LIST_PAUSED, LIST_PERSISTENT, LIST_RUNNING, LIST_SHUTOFF, LIST_TRANSIENT};
@@ -24,16 +24,16 @@ use crate::value::TypedValue;
 use config::NodeConfig;
 use metrics::{NODE, NODE_PER_CPU};
 
-pub const SOURCE: &str = "node";
+pub(crate) const SOURCE: &str = "node";
 
 /// NUMA cells and page sizes, from the capabilities XML (read once per connection).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Topology {
+pub(crate) struct Topology {
     pub cells: Vec<i32>,
     pub page_sizes_kib: Vec<u32>,
 }
 
-pub fn parse_topology(caps: &str) -> Result<Topology, String> {
+pub(crate) fn parse_topology(caps: &str) -> Result<Topology, String> {
     let doc = roxmltree::Document::parse(caps).map_err(|e| format!("cannot parse the capabilities XML: {e}"))?;
     let mut t = Topology::default();
     let cells =
@@ -183,7 +183,7 @@ fn collect_node(conn: &Connection, skip: &HashSet<&'static str>, per_cpu: bool, 
     p
 }
 
-pub struct NodeCollector {
+pub(crate) struct NodeCollector {
     ctx: CollectorContext,
     per_cpu: bool,
     generation: u64,
@@ -194,7 +194,7 @@ pub struct NodeCollector {
 }
 
 impl NodeCollector {
-    pub fn new(ctx: CollectorContext, per_cpu: bool) -> Self {
+    pub(crate) fn new(ctx: CollectorContext, per_cpu: bool) -> Self {
         Self { ctx, per_cpu, generation: 0, topology: None, unsupported: HashSet::new(), logged: LogOnce::default() }
     }
 }
@@ -255,7 +255,7 @@ impl NodeCollector {
 }
 
 /// The node collector in the registry.
-pub struct NodePlugin;
+pub(crate) struct NodePlugin;
 
 impl CollectorPlugin for NodePlugin {
     type Config = NodeConfig;

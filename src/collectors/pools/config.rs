@@ -6,7 +6,7 @@ use crate::config::{KeyError, SectionConfig, SectionContext};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PoolsConfig {}
+pub(crate) struct PoolsConfig {}
 
 impl SectionConfig for PoolsConfig {
     fn validate(&self, _: &SectionContext) -> Result<(), KeyError> {

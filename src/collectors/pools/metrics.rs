@@ -5,7 +5,7 @@ use crate::record::kind::{gauge, row, InfoSpec, InfoValue, KindSpec, StatSpec, S
 use crate::value::Unit::*;
 
 /// `virStoragePoolState`, by code.
-pub const POOL_STATES: &[&str] = &["inactive", "building", "running", "degraded", "inaccessible"];
+pub(crate) const POOL_STATES: &[&str] = &["inactive", "building", "running", "degraded", "inaccessible"];
 
 #[rustfmt::skip]
 static TABLE: &[StatSpec] = &[
@@ -20,7 +20,7 @@ static TABLE: &[StatSpec] = &[
 ];
 
 /// One storage pool.
-pub static STORAGE_POOL: KindSpec = KindSpec {
+pub(crate) static STORAGE_POOL: KindSpec = KindSpec {
     name: "storage_pool",
     title: "Storage pools",
     subject: Subject::Pool,

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub mod config;
-pub mod metrics;
+pub(crate) mod config;
+pub(crate) mod metrics;
 
 use super::{BoxFuture, BuildContext, Built, CollectError, Collector, CollectorContext, CollectorPlugin};
 use crate::libvirt::pools::POOL_RUNNING;
@@ -19,7 +19,7 @@ use crate::value::TypedValue;
 use config::PoolsConfig;
 use metrics::STORAGE_POOL;
 
-pub const SOURCE: &str = "pools";
+pub(crate) const SOURCE: &str = "pools";
 
 static POOL_WARNINGS: crate::util::throttle::Throttle =
     crate::util::throttle::Throttle::new(std::time::Duration::from_secs(600));
@@ -32,19 +32,19 @@ struct PoolReading {
 }
 
 /// The pool type from its XML (`<pool type='dir'>`).
-pub fn pool_type(xml: &str) -> Option<String> {
+pub(crate) fn pool_type(xml: &str) -> Option<String> {
     let doc = roxmltree::Document::parse(xml).ok()?;
     doc.root_element().attribute("type").map(String::from)
 }
 
-pub struct PoolsCollector {
+pub(crate) struct PoolsCollector {
     ctx: CollectorContext,
     /// Pool type by UUID (a pool's type never changes).
     types: HashMap<String, String>,
 }
 
 impl PoolsCollector {
-    pub fn new(ctx: CollectorContext) -> Self {
+    pub(crate) fn new(ctx: CollectorContext) -> Self {
         Self { ctx, types: HashMap::new() }
     }
 }
@@ -142,7 +142,7 @@ impl PoolsCollector {
 }
 
 /// The storage pools collector in the registry.
-pub struct PoolsPlugin;
+pub(crate) struct PoolsPlugin;
 
 impl CollectorPlugin for PoolsPlugin {
     type Config = PoolsConfig;

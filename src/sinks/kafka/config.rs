@@ -19,7 +19,7 @@ use crate::config::section::{
 pub struct Properties(pub BTreeMap<String, String>);
 
 /// Property names whose values are secrets.
-pub fn is_secret_property(name: &str) -> bool {
+pub(crate) fn is_secret_property(name: &str) -> bool {
     ["password", "secret", "token", "key", "credential", "jaas"].iter().any(|w| name.contains(w))
 }
 
@@ -141,7 +141,7 @@ impl Default for KafkaConfig {
 }
 
 /// Kafka's own rule for topic names.
-pub fn topic_name_problem(name: &str) -> Option<String> {
+pub(crate) fn topic_name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name == "." || name == ".." {
         return Some(format!("{name:?} is not a topic name"));
     }

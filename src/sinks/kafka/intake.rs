@@ -14,7 +14,7 @@ use crate::router::SinkQueue;
 /// Batches taken at once before the spool write (group commit).
 const GROUP: usize = 256;
 
-pub struct Intake {
+pub(crate) struct Intake {
     pub queue: SinkQueue,
     pub spool: Arc<Mutex<Spool>>,
     pub mailbox: Arc<Mailbox>,
@@ -25,7 +25,7 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         while let Some(first) = self.queue.blocking_recv() {
             let mut group = vec![first];
             while group.len() < GROUP {

@@ -7,12 +7,12 @@
 //! grows the spool (bounded by size and age, drops counted); a restart,
 //! even after SIGKILL, resends what was not acknowledged.
 
-pub mod intake;
+pub(crate) mod intake;
 pub mod message;
-pub mod producer;
-pub mod sender;
+pub(crate) mod producer;
+pub(crate) mod sender;
 pub mod spool;
-pub mod stats;
+pub(crate) mod stats;
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +23,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 
-pub mod config;
+pub(crate) mod config;
 
 use crate::router::SinkQueue;
 use crate::sinks::{BoxFuture, Consumes, Running, SinkPlugin};

@@ -17,14 +17,14 @@ use super::stats::KafkaStats;
 
 /// What a message was, handed back with its delivery report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
+pub(crate) enum Sent {
     Event { seq: u64, time_ms: u64 },
     Metric,
 }
 
 /// A delivery report.
 #[derive(Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub sent: Sent,
     /// `None`: the broker has it.
     pub error: Option<KafkaError>,
@@ -32,13 +32,13 @@ pub struct Delivery {
 
 /// Where librdkafka's threads leave reports for the sender thread.
 #[derive(Default)]
-pub struct Mailbox {
+pub(crate) struct Mailbox {
     pub inner: Mutex<MailboxInner>,
     pub wake: Condvar,
 }
 
 #[derive(Default)]
-pub struct MailboxInner {
+pub(crate) struct MailboxInner {
     pub deliveries: Vec<Delivery>,
     /// New events were spooled.
     pub new_events: bool,
@@ -56,7 +56,7 @@ pub struct MailboxInner {
 }
 
 impl Mailbox {
-    pub fn post(&self, f: impl FnOnce(&mut MailboxInner)) {
+    pub(crate) fn post(&self, f: impl FnOnce(&mut MailboxInner)) {
         let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut m);
         drop(m);
@@ -64,7 +64,7 @@ impl Mailbox {
     }
 }
 
-pub struct SinkContext {
+pub(crate) struct SinkContext {
     pub mailbox: Arc<Mailbox>,
     pub stats: Arc<KafkaStats>,
     /// Last time a broker error was logged (they repeat every retry).
@@ -72,7 +72,7 @@ pub struct SinkContext {
 }
 
 impl SinkContext {
-    pub fn new(mailbox: Arc<Mailbox>, stats: Arc<KafkaStats>) -> Self {
+    pub(crate) fn new(mailbox: Arc<Mailbox>, stats: Arc<KafkaStats>) -> Self {
         Self { mailbox, stats, last_error_log: Mutex::new(None) }
     }
 }
@@ -115,7 +115,7 @@ impl ProducerContext for SinkContext {
 }
 
 /// Errors after which sending the same message again cannot succeed.
-pub fn is_permanent(e: &KafkaError) -> bool {
+pub(crate) fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
@@ -129,7 +129,7 @@ pub fn is_permanent(e: &KafkaError) -> bool {
 }
 
 /// The client configuration: the sink's defaults, then the user's properties.
-pub fn client_config(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig, String> {
+pub(crate) fn client_config(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig, String> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", cfg.brokers.join(","))
         .set("client.id", client_id)
@@ -148,7 +148,7 @@ pub fn client_config(cfg: &KafkaConfig, client_id: &str) -> Result<ClientConfig,
 }
 
 /// Turns a librdkafka configuration error into one naming the config key.
-pub fn describe_config_error(e: &KafkaError) -> String {
+pub(crate) fn describe_config_error(e: &KafkaError) -> String {
     match e {
         KafkaError::ClientConfig(_, desc, key, value) => {
             let shown = if is_secret_property(key) { "<redacted>" } else { value.as_str() };

@@ -29,9 +29,9 @@ const WEDGE_MARGIN: Duration = Duration::from_secs(10);
 /// Client errors in a row, nothing delivered and events in flight: wedged.
 const WEDGE_ERRORS: u64 = 50;
 
-pub type MakeProducer = Box<dyn Fn() -> KafkaResult<ThreadedProducer<SinkContext>> + Send>;
+pub(crate) type MakeProducer = Box<dyn Fn() -> KafkaResult<ThreadedProducer<SinkContext>> + Send>;
 
-pub struct Sender {
+pub(crate) struct Sender {
     pub producer: ThreadedProducer<SinkContext>,
     pub make_producer: MakeProducer,
     pub spool: Arc<Mutex<Spool>>,
@@ -91,7 +91,7 @@ fn since_ms(time_ms: u64) -> Duration {
 }
 
 impl Sender {
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let mut st = State::default();
         loop {
             let (deliveries, fatal, reconnected, intake_done, client_errors) = self.wait(&st);

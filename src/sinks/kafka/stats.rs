@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Upper bounds (seconds) of the event delivery latency histogram.
 /// Fine below 100 ms (a healthy local broker acknowledges within a few
 /// milliseconds), coarse above (outages last seconds to hours).
-pub const LATENCY_BUCKETS: [f64; 24] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 24] = [
     0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
@@ -248,7 +248,7 @@ impl KafkaStats {
 }
 
 /// The metrics the Kafka sink reports.
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::gauge(
         "virtpulse_kafka_broker_up",
         "1 if the Kafka producer has a connection to at least one broker, else 0.",

@@ -144,13 +144,13 @@ fn millis(
 }
 
 /// Bounds of the export interval and the export timeout (keys and variables alike).
-pub const EXPORT_INTERVAL_BOUNDS: std::ops::RangeInclusive<Duration> =
+pub(crate) const EXPORT_INTERVAL_BOUNDS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(24 * 3600);
-pub const EXPORT_TIMEOUT_BOUNDS: std::ops::RangeInclusive<Duration> =
+pub(crate) const EXPORT_TIMEOUT_BOUNDS: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(3600);
 
 /// Checks a base endpoint: scheme http or https, a host, nothing odd.
-pub fn endpoint_problem(url: &str) -> Option<String> {
+pub(crate) fn endpoint_problem(url: &str) -> Option<String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Some(format!("{url:?} is not a URL; write e.g. \"http://otel-collector:4317\""));
     };
@@ -177,7 +177,7 @@ pub fn endpoint_problem(url: &str) -> Option<String> {
 
 /// `k1=v1,k2=v2` with percent-encoded values (OTEL_*_HEADERS,
 /// OTEL_RESOURCE_ATTRIBUTES).
-pub fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_key_values(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
@@ -198,7 +198,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 /// `%XX` -> the byte; anything else (a lone `%`, `%` before non-hex or
 /// before a multi-byte character) stays as it is. Works on bytes: a `%`
 /// followed by part of a UTF-8 character must not split it.
-pub fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -13,7 +13,7 @@ use crate::value::TypedValue;
 
 /// How bad an event is. Errors: the guest or its I/O failed. Warnings: the
 /// guest or a job may need attention. Everything else is information.
-pub fn severity(e: &EventInfo) -> SeverityNumber {
+pub(crate) fn severity(e: &EventInfo) -> SeverityNumber {
     let (kind, detail) = (e.kind.as_str(), e.detail.as_str());
     match (e.family, e.name) {
         ("domain", "lifecycle") => match (kind, detail) {
@@ -79,7 +79,7 @@ fn body(r: &Record, e: &EventInfo) -> String {
 }
 
 /// The log record of an event record; `None` for other kinds.
-pub fn log_record(r: &Record, observed: SystemTime) -> Option<LogRecord> {
+pub(crate) fn log_record(r: &Record, observed: SystemTime) -> Option<LogRecord> {
     let e = r.event.as_ref()?;
     let sev = severity(e);
     let mut attributes: Vec<KeyValue> = Vec::with_capacity(r.fields.len() + 10);

@@ -8,14 +8,14 @@
 //! due (newer data supersedes it); the logs exporter retries with
 //! exponential backoff while the queue, bounded, drops its oldest records.
 
-pub mod config;
-pub mod logs;
+pub(crate) mod config;
+pub(crate) mod logs;
 pub mod metrics;
 pub mod naming;
-pub mod resource;
-pub mod stats;
-pub mod transport;
-pub mod wire;
+pub(crate) mod resource;
+pub(crate) mod stats;
+pub(crate) mod transport;
+pub(crate) mod wire;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

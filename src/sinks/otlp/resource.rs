@@ -12,17 +12,17 @@ use crate::record::info::version_string;
 use crate::record::{Record, Subject};
 
 /// A string attribute.
-pub fn kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
+pub(crate) fn kv(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
     kv_any(key, any_value::Value::StringValue(value.into()))
 }
 
 /// An attribute of any type.
-pub fn kv_any(key: impl Into<String>, value: any_value::Value) -> KeyValue {
+pub(crate) fn kv_any(key: impl Into<String>, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
 }
 
 #[derive(Debug, Clone)]
-pub struct ResourceBuilder {
+pub(crate) struct ResourceBuilder {
     attributes: BTreeMap<String, String>,
 }
 
@@ -37,7 +37,7 @@ fn machine_id() -> Option<String> {
 
 impl ResourceBuilder {
     /// `env` holds the process environment (passed in for tests).
-    pub fn new(
+    pub(crate) fn new(
         host: &str,
         uri: &str,
         env: &BTreeMap<String, String>,
@@ -64,7 +64,7 @@ impl ResourceBuilder {
     }
 
     /// Learns the hypervisor and daemon versions from a node record.
-    pub fn observe(&mut self, r: &Record) -> bool {
+    pub(crate) fn observe(&mut self, r: &Record) -> bool {
         if r.kind.subject != Subject::Host {
             return false;
         }
@@ -84,7 +84,7 @@ impl ResourceBuilder {
         changed
     }
 
-    pub fn build(&self) -> Resource {
+    pub(crate) fn build(&self) -> Resource {
         Resource {
             attributes: self.attributes.iter().map(|(k, v)| kv(k.clone(), v.clone())).collect(),
             dropped_attributes_count: 0,

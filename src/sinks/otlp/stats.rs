@@ -164,7 +164,7 @@ impl OtlpStats {
 }
 
 /// The metrics the OTLP sink reports.
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::gauge(
         "virtpulse_otlp_receiver_up",
         "Per signal (metrics, logs): 1 if the last OTLP export succeeded, else 0.",

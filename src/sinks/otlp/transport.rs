@@ -22,7 +22,7 @@ use super::config::{OtlpCompression, OtlpProtocol, OtlpSettings};
 
 /// Why an export failed.
 #[derive(Debug, Clone)]
-pub struct ExportError {
+pub(crate) struct ExportError {
     /// Worth trying again (receiver down, overloaded, timed out).
     pub retryable: bool,
     pub message: String,
@@ -36,7 +36,7 @@ impl std::fmt::Display for ExportError {
 
 /// What the receiver accepted: items it refused (partial success) and why.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub rejected: i64,
     pub message: String,
 }
@@ -56,7 +56,7 @@ trait ExportRequest: Message + Sized + Send + 'static {
 /// An `ExportMetricsServiceRequest` already in protobuf (see `wire`): sent
 /// as it is, never decoded here.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EncodedMetrics(pub Bytes);
+pub(crate) struct EncodedMetrics(pub Bytes);
 
 impl Message for EncodedMetrics {
     fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
@@ -143,7 +143,7 @@ enum Kind {
     },
 }
 
-pub struct Transport {
+pub(crate) struct Transport {
     kind: Kind,
     timeout: Duration,
 }
@@ -242,7 +242,7 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 }
 
 impl Transport {
-    pub fn new(settings: &OtlpSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: &OtlpSettings) -> Result<Self, String> {
         let ca = read_ca(settings)?;
         let gzip = settings.compression == OtlpCompression::Gzip;
         let kind = match settings.protocol {
@@ -273,11 +273,11 @@ impl Transport {
     }
 
     /// Sends an encoded `ExportMetricsServiceRequest`.
-    pub async fn export_metrics(&self, req: Bytes) -> Result<Accepted, ExportError> {
+    pub(crate) async fn export_metrics(&self, req: Bytes) -> Result<Accepted, ExportError> {
         self.export(EncodedMetrics(req)).await
     }
 
-    pub async fn export_logs(&self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
+    pub(crate) async fn export_logs(&self, req: ExportLogsServiceRequest) -> Result<Accepted, ExportError> {
         self.export(req).await
     }
 

@@ -10,7 +10,7 @@ const VARINT: u8 = 0;
 const FIXED64: u8 = 1;
 const LEN: u8 = 2;
 
-pub fn varint_len(mut v: u64) -> usize {
+pub(crate) fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
         v >>= 7;
@@ -19,7 +19,7 @@ pub fn varint_len(mut v: u64) -> usize {
     n
 }
 
-pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -36,33 +36,33 @@ fn tag_len(field: u32) -> usize {
 }
 
 /// Length of a length-delimited field holding `len` bytes.
-pub fn len_field_len(field: u32, len: usize) -> usize {
+pub(crate) fn len_field_len(field: u32, len: usize) -> usize {
     tag_len(field) + varint_len(len as u64) + len
 }
 
 /// The header of a length-delimited field whose `len` bytes follow.
-pub fn put_len_header(out: &mut Vec<u8>, field: u32, len: usize) {
+pub(crate) fn put_len_header(out: &mut Vec<u8>, field: u32, len: usize) {
     put_tag(out, field, LEN);
     put_varint(out, len as u64);
 }
 
-pub fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_len_header(out, field, bytes.len());
     out.extend_from_slice(bytes);
 }
 
-pub fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, field: u32, s: &str) {
     put_bytes(out, field, s.as_bytes());
 }
 
 /// A string field, left out when empty (proto3 default).
-pub fn put_str_nonempty(out: &mut Vec<u8>, field: u32, s: &str) {
+pub(crate) fn put_str_nonempty(out: &mut Vec<u8>, field: u32, s: &str) {
     if !s.is_empty() {
         put_str(out, field, s);
     }
 }
 
-pub fn str_nonempty_len(field: u32, s: &str) -> usize {
+pub(crate) fn str_nonempty_len(field: u32, s: &str) -> usize {
     if s.is_empty() {
         0
     } else {
@@ -70,27 +70,27 @@ pub fn str_nonempty_len(field: u32, s: &str) -> usize {
     }
 }
 
-pub fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(crate) fn put_fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
     put_tag(out, field, FIXED64);
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-pub fn put_double(out: &mut Vec<u8>, field: u32, v: f64) {
+pub(crate) fn put_double(out: &mut Vec<u8>, field: u32, v: f64) {
     put_fixed64(out, field, v.to_bits());
 }
 
-pub fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
+pub(crate) fn put_varint_field(out: &mut Vec<u8>, field: u32, v: u64) {
     put_tag(out, field, VARINT);
     put_varint(out, v);
 }
 
-pub fn varint_field_len(field: u32, v: u64) -> usize {
+pub(crate) fn varint_field_len(field: u32, v: u64) -> usize {
     tag_len(field) + varint_len(v)
 }
 
 /// `KeyValue { key, value: AnyValue { string_value } }` as field `field`
 /// of the enclosing message.
-pub fn put_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+pub(crate) fn put_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
     // AnyValue.string_value = 1; KeyValue.key = 1, KeyValue.value = 2.
     let any = len_field_len(1, value.len());
     let kv = len_field_len(1, key.len()) + len_field_len(2, any);

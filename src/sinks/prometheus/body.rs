@@ -42,7 +42,7 @@ impl Encoding {
 }
 
 /// Prerendered text handed to the connection without a copy.
-pub struct HeldText(Arc<str>);
+pub(crate) struct HeldText(Arc<str>);
 
 impl AsRef<[u8]> for HeldText {
     fn as_ref(&self) -> &[u8] {
@@ -52,7 +52,7 @@ impl AsRef<[u8]> for HeldText {
 
 /// The body as it is sent: text as is, or one gzip member into which
 /// prerendered pieces are laid without compressing them again.
-pub struct Output<'a> {
+pub(crate) struct Output<'a> {
     gzip: Option<gzip::GzipWriter>,
     chunk: usize,
     send: &'a mut dyn FnMut(Bytes) -> bool,
@@ -70,12 +70,12 @@ pub struct Written {
 }
 
 impl<'a> Output<'a> {
-    pub fn new(encoding: Encoding, chunk: usize, send: &'a mut dyn FnMut(Bytes) -> bool) -> Self {
+    pub(crate) fn new(encoding: Encoding, chunk: usize, send: &'a mut dyn FnMut(Bytes) -> bool) -> Self {
         let gzip = (encoding == Encoding::Gzip).then(gzip::GzipWriter::new);
         Self { gzip, chunk, send, open: true, written: Written::default() }
     }
 
-    pub fn takes_pieces(&self) -> bool {
+    pub(crate) fn takes_pieces(&self) -> bool {
         self.gzip.is_some()
     }
 
@@ -88,7 +88,7 @@ impl<'a> Output<'a> {
     }
 
     /// Takes `text` (written at scrape time) and sends what is ready.
-    pub fn text(&mut self, text: &mut String) {
+    pub(crate) fn text(&mut self, text: &mut String) {
         if !self.open || text.is_empty() {
             text.clear();
             return;
@@ -117,7 +117,7 @@ impl<'a> Output<'a> {
 
     /// Held text after `pending` text: plain, a large one goes out as
     /// slices of the held bytes (no copy); compressed, it is compressed now.
-    pub fn held(&mut self, pending: &mut String, held: &Arc<str>) {
+    pub(crate) fn held(&mut self, pending: &mut String, held: &Arc<str>) {
         if self.gzip.is_some() {
             self.text(pending);
             self.compress(held);
@@ -143,7 +143,7 @@ impl<'a> Output<'a> {
 
     /// Lays a prerendered piece after `pending` text. A large piece goes out
     /// as slices of the held bytes: no copy, no chunk over `chunk`.
-    pub fn piece(&mut self, pending: &mut String, piece: &gzip::Piece) -> Result<(), String> {
+    pub(crate) fn piece(&mut self, pending: &mut String, piece: &gzip::Piece) -> Result<(), String> {
         self.text(pending);
         let Some(gz) = &mut self.gzip else { return Ok(()) };
         self.written.pieces += 1;
@@ -160,7 +160,7 @@ impl<'a> Output<'a> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<Written, String> {
+    pub(crate) fn finish(mut self) -> Result<Written, String> {
         if let Some(gz) = self.gzip.take() {
             let rest = gz.finish().map_err(|e| e.to_string())?;
             self.emit(rest);
@@ -170,7 +170,7 @@ impl<'a> Output<'a> {
 }
 
 /// The response body: chunks as the blocking renderer hands them over.
-pub struct Chunks(pub tokio::sync::mpsc::Receiver<Bytes>);
+pub(crate) struct Chunks(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl http_body::Body for Chunks {
     type Data = Bytes;
@@ -185,7 +185,7 @@ impl http_body::Body for Chunks {
 }
 
 /// A body laid out before the response starts.
-pub struct Frames(pub std::collections::VecDeque<Bytes>);
+pub(crate) struct Frames(pub std::collections::VecDeque<Bytes>);
 
 impl http_body::Body for Frames {
     type Data = Bytes;

@@ -41,10 +41,10 @@ impl Default for PrometheusConfig {
 }
 
 /// Paths the endpoint serves besides the metrics.
-pub const RESERVED_PATHS: &[&str] = &["/", "/healthz", "/readyz"];
+pub(crate) const RESERVED_PATHS: &[&str] = &["/", "/healthz", "/readyz"];
 
 /// Why `path` cannot be the metrics path, if it cannot.
-pub fn metrics_path_problem(path: &str) -> Option<String> {
+pub(crate) fn metrics_path_problem(path: &str) -> Option<String> {
     if !path.starts_with('/') || path.len() < 2 {
         return Some("must start with / and name a path (e.g. \"/metrics\")".into());
     }

@@ -21,7 +21,7 @@ use crate::record::Record;
 use crate::value::MetricType;
 
 /// How long a vanished domain's event series stay.
-pub const GRACE: Duration = Duration::from_secs(120);
+pub(crate) const GRACE: Duration = Duration::from_secs(120);
 
 type Key = (String, String, String);
 
@@ -33,7 +33,7 @@ struct DomainEvents {
 }
 
 #[derive(Default)]
-pub struct EventCounters {
+pub(crate) struct EventCounters {
     host: BTreeMap<(&'static str, Key), u64>,
     domains: HashMap<Arc<str>, DomainEvents>,
 }
@@ -54,7 +54,7 @@ fn last_of(name: &str, kind: &str, detail: &str) -> Option<&'static str> {
 
 impl EventCounters {
     /// Counts event records (resync records describe state, not events).
-    pub fn count(&mut self, records: &[Record]) {
+    pub(crate) fn count(&mut self, records: &[Record]) {
         for r in records.iter().filter(|r| r.kind.is_event) {
             let Some(e) = &r.event else { continue };
             if e.name == "resync" {
@@ -81,11 +81,11 @@ impl EventCounters {
 
     /// Drops per-domain series of domains no longer present, once their
     /// last event is older than `GRACE`.
-    pub fn forget_absent(&mut self, present: &HashSet<&str>) {
+    pub(crate) fn forget_absent(&mut self, present: &HashSet<&str>) {
         self.domains.retain(|uuid, d| present.contains(&**uuid) || d.seen.elapsed() < GRACE);
     }
 
-    pub fn render(&self, fams: &mut Families, filter: &dyn SampleFilter) {
+    pub(crate) fn render(&self, fams: &mut Families, filter: &dyn SampleFilter) {
         let mut stats = RenderStats::default();
         let mut w = FamilyWriter::new(fams, &mut stats);
         for ((family, (name, kind, detail)), n) in &self.host {

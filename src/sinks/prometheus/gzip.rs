@@ -24,7 +24,7 @@ const ROOM: usize = 4096;
 /// The compressor failed (only a bug in it could do that): the response is
 /// cut short and the scrape fails visibly rather than serving bad data.
 #[derive(Debug)]
-pub struct CompressFailed(String);
+pub(crate) struct CompressFailed(String);
 
 impl std::fmt::Display for CompressFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,7 +61,7 @@ fn deflate(c: &mut Compress, mut input: &[u8], out: &mut Vec<u8>, flush: FlushCo
 /// A raw deflate compressor for pieces, reusable for many of them: making
 /// one allocates and clears its tables, which cost more than compressing a
 /// small family (48 against 18 ms for a 4 MB page in 300 families).
-pub fn compressor() -> Compress {
+pub(crate) fn compressor() -> Compress {
     // The fastest level: a large page compresses 3-4x faster than at the
     // default level for a body about 10% larger.
     Compress::new(Compression::fast(), false)
@@ -69,7 +69,7 @@ pub fn compressor() -> Compress {
 
 /// Text compressed on its own: byte-aligned deflate blocks, none final.
 #[derive(Debug, Clone)]
-pub struct Piece {
+pub(crate) struct Piece {
     /// Shared with every scrape that sends it (no copy).
     deflate: Bytes,
     crc: crc32fast::Hasher,
@@ -79,7 +79,7 @@ pub struct Piece {
 impl Piece {
     /// `parts` compressed as one text, with `c` (from [`compressor`]; reset
     /// here).
-    pub fn compress(c: &mut Compress, parts: &[&str]) -> Result<Self, CompressFailed> {
+    pub(crate) fn compress(c: &mut Compress, parts: &[&str]) -> Result<Self, CompressFailed> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         c.reset();
         let mut out = Vec::with_capacity(total / 4 + ROOM);
@@ -93,14 +93,14 @@ impl Piece {
     }
 
     /// Bytes held.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.deflate.len()
     }
 }
 
 /// One gzip member written in order from text and pieces; `take` hands out
 /// what is ready so far.
-pub struct GzipWriter {
+pub(crate) struct GzipWriter {
     live: Compress,
     /// Live text was compressed since the last reset.
     live_dirty: bool,
@@ -116,14 +116,14 @@ impl Default for GzipWriter {
 }
 
 impl GzipWriter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut out = Vec::with_capacity(64 * 1024);
         out.extend_from_slice(&HEADER);
         Self { live: compressor(), live_dirty: false, crc: crc32fast::Hasher::new(), len: 0, out }
     }
 
     /// Compresses text written now.
-    pub fn text(&mut self, text: &str) -> Result<(), CompressFailed> {
+    pub(crate) fn text(&mut self, text: &str) -> Result<(), CompressFailed> {
         if text.is_empty() {
             return Ok(());
         }
@@ -138,7 +138,7 @@ impl GzipWriter {
     /// `copy_up_to` bytes is copied in; a larger one is returned, to go out
     /// (unchanged, shared) right after everything [`take`](Self::take)
     /// gives now.
-    pub fn piece(&mut self, piece: &Piece, copy_up_to: usize) -> Result<Option<Bytes>, CompressFailed> {
+    pub(crate) fn piece(&mut self, piece: &Piece, copy_up_to: usize) -> Result<Option<Bytes>, CompressFailed> {
         if self.live_dirty {
             deflate(&mut self.live, &[], &mut self.out, FlushCompress::Full)?;
             self.live_dirty = false;
@@ -153,17 +153,17 @@ impl GzipWriter {
     }
 
     /// Compressed bytes ready to send.
-    pub fn ready(&self) -> usize {
+    pub(crate) fn ready(&self) -> usize {
         self.out.len()
     }
 
     /// Takes the compressed bytes ready so far.
-    pub fn take(&mut self) -> Vec<u8> {
+    pub(crate) fn take(&mut self) -> Vec<u8> {
         std::mem::replace(&mut self.out, Vec::with_capacity(64 * 1024))
     }
 
     /// Ends the member: the final block and the trailer (CRC-32, length).
-    pub fn finish(mut self) -> Result<Vec<u8>, CompressFailed> {
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, CompressFailed> {
         deflate(&mut self.live, &[], &mut self.out, FlushCompress::Finish)?;
         self.out.extend_from_slice(&self.crc.finalize().to_le_bytes());
         // ISIZE is the length modulo 2^32 (RFC 1952).

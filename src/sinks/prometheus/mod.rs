@@ -2,12 +2,12 @@
 //! when they arrive (once per collection), so a scrape only concatenates
 //! prepared text and the agent's own metrics: it never waits on libvirt.
 
-pub mod body;
-pub mod config;
-pub mod events;
-pub mod gzip;
-pub mod plan;
-pub mod selfmetrics;
+pub(crate) mod body;
+pub(crate) mod config;
+pub(crate) mod events;
+pub(crate) mod gzip;
+pub(crate) mod plan;
+pub(crate) mod selfmetrics;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -40,7 +40,7 @@ const NO_SIBLINGS: u16 = u16::MAX;
 const ALL_MISSING: [u32; MAX_LABELS] = [NO_FIELD; MAX_LABELS];
 
 #[derive(Debug)]
-pub struct PlanFamily {
+pub(crate) struct PlanFamily {
     pub name: Arc<str>,
     pub mtype: MetricType,
     header: Box<str>,
@@ -59,7 +59,7 @@ pub struct PlanFamily {
 
 /// What a plan could not export, and how much it holds.
 #[derive(Debug, Default, Clone)]
-pub struct PlanStats {
+pub(crate) struct PlanStats {
     pub series: u64,
     /// Samples dropped because they duplicated a series or reused a family
     /// name with another type (both break a scrape).
@@ -71,7 +71,7 @@ pub struct PlanStats {
 }
 
 #[derive(Debug)]
-pub struct SourcePlan {
+pub(crate) struct SourcePlan {
     batch: Arc<Batch>,
     /// Identity labels (domain, uuid, ...) of each record in exposition form.
     prefixes: Vec<Box<str>>,
@@ -244,7 +244,7 @@ impl Planner<'_> {
 
 impl SourcePlan {
     /// Indexes the records of a batch (records, then retained ones).
-    pub fn build(batch: Arc<Batch>, selection: &Selection, budget: u64) -> SourcePlan {
+    pub(crate) fn build(batch: Arc<Batch>, selection: &Selection, budget: u64) -> SourcePlan {
         let mut p = Planner {
             selection,
             families: Vec::new(),
@@ -301,7 +301,7 @@ impl SourcePlan {
     /// `max_bytes`, so scrapes only copy them; the sample index is dropped
     /// then. With `gzip`, each family (header and lines) is also compressed
     /// once, for scrapes that ask for gzip. Returns the bytes held.
-    pub fn prerender(&mut self, max_bytes: usize, gzip: bool) -> usize {
+    pub(crate) fn prerender(&mut self, max_bytes: usize, gzip: bool) -> usize {
         if max_bytes == 0 {
             return 0;
         }
@@ -338,18 +338,18 @@ impl SourcePlan {
 
     /// Every family is held rendered (or there is none): a scrape only lays
     /// out held bytes.
-    pub fn is_prerendered(&self) -> bool {
+    pub(crate) fn is_prerendered(&self) -> bool {
         self.prerendered || self.families.is_empty()
     }
 
     /// The family's lines, if held rendered.
-    pub fn rendered(fam: &PlanFamily) -> Option<&Arc<str>> {
+    pub(crate) fn rendered(fam: &PlanFamily) -> Option<&Arc<str>> {
         fam.rendered.as_ref()
     }
 
     /// Bytes of exposition text held rendered, plain and compressed (see
     /// `prerender`).
-    pub fn prerendered_bytes(&self) -> usize {
+    pub(crate) fn prerendered_bytes(&self) -> usize {
         if !self.prerendered {
             return 0;
         }
@@ -360,19 +360,25 @@ impl SourcePlan {
     /// The family's header and lines compressed, if held rendered: made now
     /// if no scrape or snapshot made it yet, with `compressor` (made on first
     /// use, kept for the next).
-    pub fn gzip_piece<'a>(fam: &'a PlanFamily, compressor: &mut Option<Compress>) -> Option<&'a Piece> {
+    pub(crate) fn gzip_piece<'a>(fam: &'a PlanFamily, compressor: &mut Option<Compress>) -> Option<&'a Piece> {
         let text = fam.rendered.as_ref()?;
         let make = || Piece::compress(compressor.get_or_insert_with(gzip::compressor), &[&fam.header, text]).ok();
         fam.gzip.get_or_init(make).as_ref()
     }
 
-    pub fn families(&self) -> &[PlanFamily] {
+    pub(crate) fn families(&self) -> &[PlanFamily] {
         &self.families
     }
 
     /// Writes one family's lines (no header) into `out`, calling `flush`
     /// whenever `out` has grown past `chunk` bytes.
-    pub fn write_family(&self, fam: &PlanFamily, out: &mut String, chunk: usize, flush: &mut dyn FnMut(&mut String)) {
+    pub(crate) fn write_family(
+        &self,
+        fam: &PlanFamily,
+        out: &mut String,
+        chunk: usize,
+        flush: &mut dyn FnMut(&mut String),
+    ) {
         let mut text: &str = fam.rendered.as_deref().unwrap_or(&fam.text);
         while !text.is_empty() {
             let room = chunk.saturating_sub(out.len()).max(1);
@@ -416,7 +422,7 @@ impl SourcePlan {
         }
     }
 
-    pub fn header(fam: &PlanFamily) -> &str {
+    pub(crate) fn header(fam: &PlanFamily) -> &str {
         &fam.header
     }
 }

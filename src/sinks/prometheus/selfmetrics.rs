@@ -5,7 +5,7 @@ use crate::exposition::{Families, FamilyWriter, RenderStats};
 use crate::selfmon::{find, MetricDesc};
 
 /// The metrics this sink adds itself.
-pub const METRICS: &[MetricDesc] = &[
+pub(crate) const METRICS: &[MetricDesc] = &[
     MetricDesc::gauge(
         "virtpulse_prometheus_prerendered_bytes",
         "Exposition text held rendered for scrapes, plain and gzip-compressed (snapshots up to sinks.prometheus.prerender_max_bytes).",
@@ -34,7 +34,7 @@ pub const METRICS: &[MetricDesc] = &[
 
 /// Render-time facts the sink keeps about its own work.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SinkFacts {
+pub(crate) struct SinkFacts {
     pub unmapped_keys: usize,
     pub conflicts_total: u64,
     pub series: u64,
@@ -44,7 +44,7 @@ pub struct SinkFacts {
 }
 
 /// Adds this sink's facts to the agent's own families (see `selfmon::render`).
-pub fn add_facts(fams: &mut Families, facts: SinkFacts) {
+pub(crate) fn add_facts(fams: &mut Families, facts: SinkFacts) {
     let mut stats = RenderStats::default();
     let mut w = FamilyWriter::new(fams, &mut stats);
     for (metric, v) in [
