@@ -183,6 +183,63 @@ fn daemon_on_the_test_driver_prints_records_and_serves_metrics() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A host that ships to Kafka or OTLP only still has its health endpoints
+/// and the agent's own metrics: the admin listener serves them when no sink
+/// does, and stays off while the Prometheus sink serves them.
+#[test]
+fn without_the_prometheus_sink_the_admin_listener_serves_health_and_own_metrics() {
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .env("VIRTPULSE_LIBVIRT__URI", "test:///default")
+        .env("VIRTPULSE_SINKS__PROMETHEUS__ENABLED", "false")
+        .env("VIRTPULSE_SINKS__STDOUT__ENABLED", "true")
+        .env("VIRTPULSE_ADMIN__LISTEN", format!("127.0.0.1:{port}"))
+        .env("VIRTPULSE_COLLECTORS__INTERVAL", "200ms")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        wait_for(Duration::from_secs(10), path, || match ureq::get(&url).call() {
+            Ok(r) => Some((r.status(), r.into_string().unwrap_or_default())),
+            Err(ureq::Error::Status(code, r)) => Some((code, r.into_string().unwrap_or_default())),
+            Err(_) => None,
+        })
+    };
+    assert_eq!(get("/healthz"), (200, "ok\n".to_string()));
+    let ready = wait_for(Duration::from_secs(10), "ready", || Some(get("/readyz")).filter(|(c, _)| *c == 200));
+    assert!(ready.1.contains("\"libvirt\""), "{}", ready.1);
+    let text = get("/metrics").1;
+    let s = common::exposition::parse(&text);
+    assert_eq!(s.value("libvirt_up", &[]), Some(1.0));
+    assert!(s.value("virtpulse_sink_records_sent_total", &[("sink", "stdout")]).is_some(), "{text}");
+    assert!(text.contains("virtpulse_build_info"), "{text}");
+    assert!(!text.contains("libvirt_domain_state"), "the admin listener serves no libvirt metrics");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // With the Prometheus sink on, the admin listener is off unless asked for.
+    let prom = free_port();
+    let admin = free_port();
+    let mut child = Command::new(bin())
+        .env("VIRTPULSE_LIBVIRT__URI", "test:///default")
+        .env("VIRTPULSE_SINKS__PROMETHEUS__LISTEN", format!("127.0.0.1:{prom}"))
+        .env("VIRTPULSE_ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{prom}/healthz");
+    wait_for(Duration::from_secs(10), "prometheus /healthz", || ureq::get(&url).call().ok());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", admin)).is_err(),
+        "the admin listener is off while the Prometheus sink serves health"
+    );
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
 #[test]
 fn bad_input_found_by_hand_is_a_clear_error_not_a_panic() {
     let check = |toml: &str, env: &[(&str, &str)]| {
