@@ -164,4 +164,24 @@ mod tests {
             }
         }
     }
+
+    /// A new kind of record is documented: in the JSON Schema's list of
+    /// kinds and in docs/records.md.
+    #[test]
+    fn every_kind_is_in_the_schema_and_the_record_docs() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schemas/record.v1.json")).expect("the schema is JSON");
+        let listed: Vec<&str> = schema["properties"]["kind"]["enum"]
+            .as_array()
+            .expect("kind is an enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let docs = include_str!("../docs/records.md");
+        for kind in catalog().kinds {
+            assert!(listed.contains(&kind.name), "schemas/record.v1.json does not list the kind {}", kind.name);
+            assert!(docs.contains(&format!("`{}`", kind.name)), "docs/records.md does not describe {}", kind.name);
+        }
+    }
 }
+
