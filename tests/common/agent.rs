@@ -2,7 +2,7 @@
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ pub struct Agent {
     pub port: u16,
     child: Child,
     dir: tempfile::TempDir,
+    /// The binary and config copied into a root (`start_in_root`), removed on drop.
+    in_root: Option<PathBuf>,
 }
 
 /// A TOML basic string (test domain names contain no glob characters).
@@ -74,18 +76,46 @@ impl Agent {
         let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{port}\"\n{}\n", with_private_uri(extra));
         let cfg_path = dir.path().join("config.toml");
         std::fs::write(&cfg_path, config).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(&cfg_path).envs(env.iter().copied());
+        Self::spawn(cmd, port, dir, None)
+    }
+
+    /// Starts the agent binary inside `root` (a root built by
+    /// scripts/build-test-roots.sh), linked against that root's own
+    /// libvirt0, in the mount namespace of process `ns_pid` (the root's
+    /// private libvirtd, whose /run/libvirt is its own). `extra` must name
+    /// the URI as seen from there (`qemu:///system`). The network
+    /// namespace is the host's: /metrics answers on the loopback port.
+    pub fn start_in_root(root: &Path, ns_pid: u32, extra: &str) -> Agent {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Not the root's /tmp: the daemon's namespace has its own tmpfs there.
+        let inside = PathBuf::from(format!("/var/tmp/virtpulse-agent-{}-{n}", std::process::id()));
+        let host = root.join(inside.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::copy(bin(), host.join("virtpulse")).unwrap();
+        let port = free_port();
+        let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n");
+        std::fs::write(host.join("config.toml"), config).unwrap();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &ns_pid.to_string(), "-m", "-r"])
+            .arg(inside.join("virtpulse"))
+            .arg("--config")
+            .arg(inside.join("config.toml"));
+        Self::spawn(cmd, port, tempfile::tempdir().unwrap(), Some(host))
+    }
+
+    fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir, in_root: Option<PathBuf>) -> Agent {
         let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
         let records = std::fs::File::create(dir.path().join("records.jsonl")).unwrap();
-        let child = Command::new(bin())
-            .arg("--config")
-            .arg(&cfg_path)
-            .envs(env.iter().copied())
+        let child = cmd
             .env("VIRTPULSE_AGENT__LOG_LEVEL", "virtpulse=debug,info")
             .stdout(records)
             .stderr(log)
             .spawn()
             .expect("start agent");
-        let mut agent = Agent { port, child, dir };
+        let mut agent = Agent { port, child, dir, in_root };
         wait_for(Duration::from_secs(20), "the agent's /metrics endpoint", || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("the agent exited ({status}) before serving /metrics:\n{}", agent.log());
@@ -190,5 +220,8 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(d) = &self.in_root {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

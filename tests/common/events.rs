@@ -49,6 +49,13 @@ impl Capture {
     /// Domain events (`virsh event --all`) and, for each (command, event)
     /// pair, that family's events.
     pub fn start(others: &[(&str, &str)]) -> Capture {
+        Self::start_with(&["virsh", "-c", uri()], others)
+    }
+
+    /// As `start`, with another virsh: `virsh` is its command line up to
+    /// the subcommand (another daemon's URI, or a virsh run inside a root
+    /// on that root's client library, which knows newer event IDs).
+    pub fn start_with(virsh: &[&str], others: &[(&str, &str)]) -> Capture {
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut cmds: Vec<Vec<String>> = vec![vec!["event".into(), "--all".into()]];
         for (cmd, ev) in others {
@@ -56,8 +63,8 @@ impl Capture {
         }
         let mut children = Vec::new();
         for args in cmds {
-            let mut child = Command::new("virsh")
-                .args(["-c", uri()])
+            let mut child = Command::new(virsh[0])
+                .args(&virsh[1..])
                 .args(&args)
                 .args(["--loop", "--timestamp"])
                 .stdout(Stdio::piped())
@@ -150,6 +157,11 @@ fn parses_virsh_event_lines() {
     assert_eq!((e.name.as_str(), e.object.as_str(), e.text.as_str()), ("tray-change", "vm 1", "disk ide0-1-0: opened"));
     let e = parse_line("t: event 'lifecycle' for domain 'x': Started Booted").unwrap();
     assert_eq!(e.text, "Started Booted");
+    let e = parse_line(
+        "t: event 'channel-lifecycle' for domain 'g': channel name: 'org.qemu.guest_agent.0' state: 'connected' reason: 'channel event'",
+    )
+    .unwrap();
+    assert_eq!(e.text, "channel name: 'org.qemu.guest_agent.0' state: 'connected' reason: 'channel event'");
     let e = parse_line("t: event 'refresh' for storage pool p").unwrap();
     assert_eq!((e.object.as_str(), e.text.as_str()), ("p", ""));
     let e = parse_line("t: event 'lifecycle' for network n1: Defined").unwrap();
@@ -314,6 +326,16 @@ fn domain_view(
                 pick(&["unknown", "domain started", "channel event"], i("reason"))
             ),
         ),
+        "channel_lifecycle" => (
+            "channel-lifecycle".into(),
+            format!(
+                "channel name: '{}' state: '{}' reason: '{}'",
+                s("channel_name"),
+                pick(&["unknown", "connected", "disconnected"], i("state")),
+                pick(&["unknown", "domain started", "channel event"], i("reason"))
+            ),
+        ),
+        "vcpu_removed" => ("vcpu-removed".into(), format!("vcpu {}", u("vcpu_id"))),
         "migration_iteration" => ("migration-iteration".into(), format!("iteration: '{}'", i("iteration"))),
         "job_completed" | "tunable" => (vname(name), params()),
         "metadata_change" => (

@@ -24,6 +24,13 @@ pub fn image_dir() -> PathBuf {
 
 pub struct LinuxGuest {
     pub guest: Guest,
+    console: Console,
+}
+
+/// The guest's command channel: its second serial port, a unix socket that
+/// QEMU listens on (`<serial type='unix'><source mode='bind' path=…/>`).
+/// The guest's /init runs each line it reads there as a shell command.
+pub struct Console {
     sock: PathBuf,
     /// One connection for the guest's whole life: QEMU's socket serves one
     /// client at a time, and a closed client can lose what it sent.
@@ -62,13 +69,59 @@ impl LinuxGuest {
         };
         let guest = Guest::start_named(&name, spec);
         std::mem::forget(sock_dir); // removed with the guest's own directory sweep
-        let g = LinuxGuest { guest, sock, conn: std::sync::Mutex::new(None), counter: Default::default() };
+        let g = LinuxGuest { guest, console: Console::new(&sock) };
+        g.console.wait_ready();
+        g
+    }
+
+    /// Runs a shell command in the guest; returns its output.
+    pub fn run(&self, cmd: &str) -> String {
+        self.console.run(cmd)
+    }
+
+    /// Sends a command without waiting for it to finish (it may never, e.g. a panic).
+    pub fn send(&self, cmd: &str) {
+        self.console.send(cmd)
+    }
+    /// Boots a guest with an ext4 filesystem on vda at /data, an IPv4
+    /// address on eth0 and, with `agent`, Debian's qemu-guest-agent running
+    /// (`start-ga`); waits until `virsh guestinfo` sees the filesystem.
+    pub fn with_data(tag: &str, agent: bool) -> LinuxGuest {
+        let lg = Self::start(tag, "");
+        let out = lg.run(
+            "mke2fs -q /dev/vda && mkdir -p /data && mount -t ext4 /dev/vda /data && \
+             dd if=/dev/zero of=/data/f bs=1k count=3072 2>/dev/null; sync; grep -c ' /data ' /proc/mounts",
+        );
+        assert!(out.trim_end().ends_with('1'), "mounting /data: {out}");
+        lg.run("ip link set eth0 up && ip addr add 192.0.2.10/24 dev eth0");
+        if agent {
+            lg.run("start-ga");
+            let name = lg.guest.name.clone();
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !super::virsh::run(&["guestinfo", &name]).is_ok_and(|o| o.contains("fs.count")) {
+                assert!(Instant::now() < deadline, "the guest agent of {name} does not answer virsh guestinfo");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        lg
+    }
+}
+
+impl Console {
+    /// The channel of a guest whose serial socket is `sock` (on this host's
+    /// side of any root the guest runs in).
+    pub fn new(sock: &std::path::Path) -> Console {
+        Console { sock: sock.to_path_buf(), conn: std::sync::Mutex::new(None), counter: Default::default() }
+    }
+
+    /// Waits until the guest's command loop answers.
+    pub fn wait_ready(&self) {
         // TCG boots slowly when several guests share two loaded cores.
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            if let Ok(out) = g.try_run("echo ready", Duration::from_secs(3)) {
+            if let Ok(out) = self.try_run("echo ready", Duration::from_secs(3)) {
                 if out.contains("ready") {
-                    return g;
+                    return;
                 }
             }
             assert!(Instant::now() < deadline, "the Linux test guest did not come up");
@@ -125,28 +178,5 @@ impl LinuxGuest {
     /// Sends a command without waiting for it to finish (it may never, e.g. a panic).
     pub fn send(&self, cmd: &str) {
         self.with_conn(|s| s.write_all(format!("{cmd}\n").as_bytes())).expect("command socket");
-    }
-
-    /// Boots a guest with an ext4 filesystem on vda at /data, an IPv4
-    /// address on eth0 and, with `agent`, Debian's qemu-guest-agent running
-    /// (`start-ga`); waits until `virsh guestinfo` sees the filesystem.
-    pub fn with_data(tag: &str, agent: bool) -> LinuxGuest {
-        let lg = Self::start(tag, "");
-        let out = lg.run(
-            "mke2fs -q /dev/vda && mkdir -p /data && mount -t ext4 /dev/vda /data && \
-             dd if=/dev/zero of=/data/f bs=1k count=3072 2>/dev/null; sync; grep -c ' /data ' /proc/mounts",
-        );
-        assert!(out.trim_end().ends_with('1'), "mounting /data: {out}");
-        lg.run("ip link set eth0 up && ip addr add 192.0.2.10/24 dev eth0");
-        if agent {
-            lg.run("start-ga");
-            let name = lg.guest.name.clone();
-            let deadline = Instant::now() + Duration::from_secs(240);
-            while !super::virsh::run(&["guestinfo", &name]).is_ok_and(|o| o.contains("fs.count")) {
-                assert!(Instant::now() < deadline, "the guest agent of {name} does not answer virsh guestinfo");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        }
-        lg
     }
 }
