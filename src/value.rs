@@ -114,6 +114,10 @@ pub enum Unit {
     Text,
     /// A ratio or factor without dimension.
     Ratio,
+    /// Energy (resctrl energy monitors).
+    Joules,
+    /// Capacitance (resctrl's accumulated dynamic capacitance, "activity").
+    Farads,
     /// A key this build has no table entry for: value kept, unit unknown.
     Unknown,
 }

@@ -286,6 +286,10 @@ fn debian13_backports_libvirt_12_9_on_its_own_client_library() {
     assert!(libvirt0.starts_with("12.9."), "libvirt0 {libvirt0} in debian13-bp");
     // Every callback of every family, on each connection.
     assert!(run.agent.log().contains("registered=38 refused=0"), "{}", run.agent.log());
+    // Node keys of 11.8 and 12.3, mapped (the domain keys are compared above).
+    let s = run.agent.scrape();
+    assert!(s.value("libvirt_node_memory_available_bytes", &[]).is_some_and(|v| v > 0.0), "memory.available");
+    assert!(s.value("libvirt_node_cpu_guest_seconds_total", &[]).is_some(), "cpu.guest");
     channel_lifecycle(&run);
 }
 

@@ -49,7 +49,7 @@ pub static BLOCK_LATENCY: Switch = Switch {
 };
 pub static RESCTRL: Switch = Switch {
     key: "resctrl",
-    covers: "cache occupancy and memory bandwidth monitors (`cpu.cache.monitor.*`, `memory` group)",
+    covers: "cache occupancy, memory bandwidth and energy monitors (`cpu.cache.monitor.*`, `memory` group, `cpu.energy.monitor.*`)",
     adds: "per monitor and cache bank / NUMA node (hosts with Intel RDT and monitors defined); the `memory` group is not asked for without it",
 };
 pub static IOTHREAD: Switch = Switch {
@@ -76,6 +76,11 @@ const BLOCK_TIMED: &[LabelSpec] = &[
     label("path", LabelSource::Sibling(1, "path")),
     label("backing_index", LabelSource::Sibling(1, "backingIndex")),
     label("interval_seconds", LabelSource::Sibling(2, "interval")),
+];
+const ENERGY_PKG: &[LabelSpec] = &[
+    label("monitor", LabelSource::Sibling(1, "name")),
+    label("vcpus", LabelSource::Sibling(1, "vcpus")),
+    label("package", LabelSource::Sibling(2, "id")),
 ];
 const IOTHREAD_ID: &[LabelSpec] = &[label("iothread", LabelSource::Index(0))];
 const CACHE_MON: &[LabelSpec] =
@@ -110,6 +115,16 @@ static TABLE: &[StatSpec] = &[
     row("cpu.cache.monitor.*.bank.count", "cpu-total", Count, CACHE_MON, gauge("libvirt_domain_cpu_cache_monitor_banks", 1.0, "Number of cache banks covered by the monitor.")).behind(&RESCTRL),
     row("cpu.cache.monitor.*.bank.*.id", "cpu-total", Count, NONE, None).behind(&RESCTRL),
     row("cpu.cache.monitor.*.bank.*.bytes", "cpu-total", Bytes, CACHE_BANK, gauge("libvirt_domain_cpu_cache_occupancy_bytes", 1.0, "Last-level cache occupied by the domain on the bank.")).behind(&RESCTRL),
+    // cpu-total, libvirt 12.4+: resctrl energy monitors (<cputune><energytune>;
+    // Linux 7.0's PERF_PKG_MON). The last segment of a package key is a
+    // resctrl feature name; libvirt 12.9 passes core_energy and activity.
+    row("cpu.energy.monitor.count", "cpu-total", Count, NONE, gauge("libvirt_domain_cpu_energy_monitors", 1.0, "Number of energy (resctrl PERF_PKG) monitors defined for the domain.")).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.name", "cpu-total", Text, NONE, None).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.vcpus", "cpu-total", Text, NONE, None).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.pkg.count", "cpu-total", Count, CACHE_MON, gauge("libvirt_domain_cpu_energy_monitor_packages", 1.0, "Number of processor packages the energy monitor reports on.")).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.pkg.*.id", "cpu-total", Count, NONE, None).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.pkg.*.core_energy", "cpu-total", Joules, ENERGY_PKG, counter("libvirt_domain_cpu_energy_core_joules_total", 1.0, "Energy used by the monitored vCPUs on the package's cores (the hardware's estimate from the instructions executed).")).behind(&RESCTRL),
+    row("cpu.energy.monitor.*.pkg.*.activity", "cpu-total", Farads, ENERGY_PKG, counter("libvirt_domain_cpu_energy_activity_farads_total", 1.0, "Dynamic capacitance accumulated by the monitored vCPUs on the package (energy use independent of frequency and voltage).")).behind(&RESCTRL),
     // balloon (libvirt reports KiB)
     row("balloon.current", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_current_bytes", KIB, "Memory currently assigned to the domain (balloon size).")),
     row("balloon.maximum", "balloon", Kibibytes, NONE, gauge("libvirt_domain_balloon_maximum_bytes", KIB, "Maximum memory the domain may use.")),
@@ -219,6 +234,7 @@ static TABLE: &[StatSpec] = &[
     row("iothread.*.poll-max-ns", "iothread", Nanoseconds, IOTHREAD_ID, gauge("libvirt_domain_iothread_poll_max_seconds", NS, "Longest polling time of the IOThread (0: polling disabled).")).behind(&IOTHREAD),
     row("iothread.*.poll-grow", "iothread", Ratio, IOTHREAD_ID, gauge("libvirt_domain_iothread_poll_grow_factor", 1.0, "Polling time grow factor (0: hypervisor default).")).behind(&IOTHREAD),
     row("iothread.*.poll-shrink", "iothread", Ratio, IOTHREAD_ID, gauge("libvirt_domain_iothread_poll_shrink_divisor", 1.0, "Polling time shrink divisor (0: hypervisor default).")).behind(&IOTHREAD),
+    row("iothread.*.poll-weight", "iothread", Ratio, IOTHREAD_ID, gauge("libvirt_domain_iothread_poll_weight", 1.0, "Weight shift of the IOThread's adaptive polling: larger values let the last interval count less (0: hypervisor default; libvirt 12.7+).")).behind(&IOTHREAD),
     // memory (resctrl memory bandwidth monitors)
     row("memory.bandwidth.monitor.count", "memory", Count, NONE, gauge("libvirt_domain_memory_bandwidth_monitors", 1.0, "Number of memory bandwidth monitors of the domain.")).behind(&RESCTRL),
     row("memory.bandwidth.monitor.*.name", "memory", Text, NONE, None).behind(&RESCTRL),
@@ -618,5 +634,42 @@ mod tests {
         assert!(s.enabled(Some(&VM_KVM)));
         assert!(s.wants_key(&DOMAIN_STATS, "vm.pages_4k.cur"));
         assert!(!s.wants_key(&DOMAIN_STATS, "vcpu.0.exits.sum"));
+    }
+
+    #[test]
+    fn energy_monitor_keys_of_libvirt_12_9() {
+        // Names and types as libvirt 12.9's QEMU driver adds them (UInt
+        // counts and ids, String name and vcpus, Double feature values).
+        let r = rec(&[
+            ("cpu.energy.monitor.count", TypedValue::UInt(1)),
+            ("cpu.energy.monitor.0.name", TypedValue::String("vcpus_0-1".into())),
+            ("cpu.energy.monitor.0.vcpus", TypedValue::String("0-1".into())),
+            ("cpu.energy.monitor.0.pkg.count", TypedValue::UInt(1)),
+            ("cpu.energy.monitor.0.pkg.0.id", TypedValue::UInt(0)),
+            ("cpu.energy.monitor.0.pkg.0.core_energy", TypedValue::Double(42.375)),
+            ("cpu.energy.monitor.0.pkg.0.activity", TypedValue::Double(0.25)),
+        ]);
+        let mut st = SampleStats::default();
+        let s = samples(&r, &mut st);
+        assert_eq!(st, SampleStats::default());
+        let by_name: Vec<(&str, f64)> = s.iter().map(|x| (x.name(), x.value)).collect();
+        assert_eq!(
+            by_name,
+            vec![
+                ("libvirt_domain_cpu_energy_monitors", 1.0),
+                ("libvirt_domain_cpu_energy_monitor_packages", 1.0),
+                ("libvirt_domain_cpu_energy_core_joules_total", 42.375),
+                ("libvirt_domain_cpu_energy_activity_farads_total", 0.25),
+            ]
+        );
+        assert_eq!(
+            labels_of(&s[2]),
+            vec![("monitor", "vcpus_0-1".into()), ("vcpus", "0-1".into()), ("package", "0".into())]
+        );
+        let unit = |k: &str, v: TypedValue| unit_of(&DOMAIN_STATS, k, &v);
+        assert_eq!(unit("cpu.energy.monitor.3.pkg.1.core_energy", TypedValue::Double(1.0)), Joules);
+        assert_eq!(unit("cpu.energy.monitor.3.pkg.1.activity", TypedValue::Double(1.0)), Farads);
+        let default = Selection::new(&SelectionSpec::default(), &crate::registry::catalog()).unwrap();
+        assert!(!default.wants_key(&DOMAIN_STATS, "cpu.energy.monitor.0.pkg.0.core_energy"), "behind resctrl");
     }
 }

@@ -23,6 +23,7 @@ const CPU_KERNEL: &[LabelSpec] = &[label("cpu", LabelSource::Index(0)), label("m
 const CPU_IDLE: &[LabelSpec] = &[label("cpu", LabelSource::Index(0)), label("mode", LabelSource::Literal("idle"))];
 const CPU_IOWAIT: &[LabelSpec] = &[label("cpu", LabelSource::Index(0)), label("mode", LabelSource::Literal("iowait"))];
 const CPU_INTR: &[LabelSpec] = &[label("cpu", LabelSource::Index(0)), label("mode", LabelSource::Literal("intr"))];
+const HOST_CPU: &[LabelSpec] = &[label("cpu", LabelSource::Index(0))];
 const CELL: &[LabelSpec] = &[label("cell", LabelSource::Index(0))];
 const CELL_PAGES: &[LabelSpec] =
     &[label("cell", LabelSource::Index(0)), label("page_size_bytes", LabelSource::Index(1))];
@@ -46,17 +47,20 @@ static TABLE: &[StatSpec] = &[
     row("cpu.idle", "node", Nanoseconds, MODE_IDLE, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
     row("cpu.iowait", "node", Nanoseconds, MODE_IOWAIT, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
     row("cpu.intr", "node", Nanoseconds, MODE_INTR, counter("libvirt_node_cpu_time_seconds_total", NS, "CPU time of all host CPUs by mode.")),
+    row("cpu.guest", "node", Nanoseconds, NONE, counter("libvirt_node_cpu_guest_seconds_total", NS, "CPU time of all host CPUs spent running guests' vCPUs (also counted in user time; libvirt 11.8+).")),
     row("cpu.utilization", "node", Percent, NONE, gauge("libvirt_node_cpu_utilization_ratio", PERCENT, "CPU utilization of the host (drivers that report it).")),
     row("cpu.*.user", "node", Nanoseconds, CPU_USER, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")).behind(&NODE_PER_CPU),
     row("cpu.*.kernel", "node", Nanoseconds, CPU_KERNEL, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")).behind(&NODE_PER_CPU),
     row("cpu.*.idle", "node", Nanoseconds, CPU_IDLE, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")).behind(&NODE_PER_CPU),
     row("cpu.*.iowait", "node", Nanoseconds, CPU_IOWAIT, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")).behind(&NODE_PER_CPU),
     row("cpu.*.intr", "node", Nanoseconds, CPU_INTR, counter("libvirt_node_logical_cpu_time_seconds_total", NS, "CPU time of each host CPU by mode.")).behind(&NODE_PER_CPU),
+    row("cpu.*.guest", "node", Nanoseconds, HOST_CPU, counter("libvirt_node_logical_cpu_guest_seconds_total", NS, "CPU time of each host CPU spent running guests' vCPUs (also counted in user time; libvirt 11.8+).")).behind(&NODE_PER_CPU),
     row("cpu.*.utilization", "node", Percent, NONE, None).behind(&NODE_PER_CPU),
     row("memory.total", "node", Kibibytes, NONE, gauge("libvirt_node_memory_total_bytes", KIB, "Host memory in total (virNodeGetMemoryStats).")),
     row("memory.free", "node", Kibibytes, NONE, gauge("libvirt_node_memory_free_bytes", KIB, "Host memory free.")),
     row("memory.buffers", "node", Kibibytes, NONE, gauge("libvirt_node_memory_buffers_bytes", KIB, "Host memory used for buffers.")),
     row("memory.cached", "node", Kibibytes, NONE, gauge("libvirt_node_memory_cached_bytes", KIB, "Host memory used for the page cache.")),
+    row("memory.available", "node", Kibibytes, NONE, gauge("libvirt_node_memory_available_bytes", KIB, "Host memory available for new work without swapping (Linux MemAvailable; libvirt 12.3+).")),
     row("memory.cell.*.total", "node", Kibibytes, CELL, gauge("libvirt_node_numa_memory_total_bytes", KIB, "Memory of the NUMA cell.")),
     row("memory.cell.*.free", "node", Kibibytes, NONE, None),
     row("cell.*.free_memory", "node", Bytes, CELL, gauge("libvirt_node_numa_memory_free_bytes", 1.0, "Free memory of the NUMA cell (virNodeGetCellsFreeMemory).")),

@@ -18,6 +18,8 @@ const UNIT_SUFFIXES: &[(&str, &str)] = &[
     ("_bytes", "By"),
     ("_hertz", "Hz"),
     ("_ratio", "1"),
+    ("_joules", "J"),
+    ("_farads", "F"),
 ];
 
 /// The thing a dimensionless count counts, by the name's last word (UCUM
@@ -112,6 +114,8 @@ mod tests {
             "By/s" => "_bytes_per_second",
             "Hz" => "_hertz",
             "1" => "_ratio",
+            "J" => "_joules",
+            "F" => "_farads",
             u if u.ends_with("}/s") => "_per_second",
             _ => "",
         };
@@ -161,6 +165,7 @@ mod tests {
             ),
             ("libvirt_domain_balloon_current_bytes", g, "libvirt.domain.balloon.current", "By"),
             ("libvirt_node_cpu_utilization_ratio", g, "libvirt.node.cpu.utilization", "1"),
+            ("libvirt_domain_cpu_energy_core_joules_total", c, "libvirt.domain.cpu.energy.core", "J"),
             (
                 "libvirt_domain_job_memory_dirty_pages_per_second",
                 g,
