@@ -96,7 +96,8 @@ pub trait SinkPlugin: Sync + 'static {
     }
     /// Checks only the sink can make, short of connecting anywhere
     /// (`--check-config` and the start run them): TLS files, client
-    /// properties, environment.
+    /// properties, environment. Errors name the key (`sinks.<name>.<key>`)
+    /// or the variable.
     fn check(&self, _cfg: &Self::Config, _ctx: &CheckContext) -> Result<(), String> {
         Ok(())
     }
@@ -158,7 +159,7 @@ impl<P: SinkPlugin> SinkFactory for Factory<P> {
     }
 
     fn check(&self, cfg: &AnyConfig, ctx: &CheckContext) -> Result<(), String> {
-        self.0.check(&typed::<P::Config>(cfg), ctx).map_err(|e| format!("sinks.{}: {e}", P::NAME))
+        self.0.check(&typed::<P::Config>(cfg), ctx)
     }
 
     fn start(

@@ -120,12 +120,12 @@ fn scope() -> InstrumentationScope {
 /// the setting or variable. `--check-config` runs it.
 pub fn check(cfg: &OtlpConfig, host: &str, uri: &str) -> Result<(), String> {
     if let Some(ca) = &cfg.ca_file {
-        std::fs::metadata(ca).map_err(|e| format!("ca_file: cannot read {}: {e}", ca.display()))?;
+        std::fs::metadata(ca).map_err(|e| format!("sinks.otlp.ca_file: cannot read {}: {e}", ca.display()))?;
     }
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let settings = cfg.settings(&env).map_err(|e| e.to_string())?;
-    Transport::new(&settings).map_err(|e| e.to_string())?;
-    ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| e.to_string())?;
+    let settings = cfg.settings(&env).map_err(|e| format!("sinks.otlp: {e}"))?;
+    Transport::new(&settings).map_err(|e| format!("sinks.otlp: {e}"))?;
+    ResourceBuilder::new(host, uri, &env, &cfg.resource_attributes).map_err(|e| format!("sinks.otlp: {e}"))?;
     Ok(())
 }
 

@@ -427,9 +427,9 @@ pub fn router(exporter: Exporter, path: &str, health: Arc<dyn Probe>) -> axum::R
 /// The endpoint's TLS and basic auth, if configured.
 fn security(cfg: &PrometheusConfig) -> Result<Option<Arc<crate::web::Security>>, String> {
     match &cfg.web_config_file {
-        Some(f) => {
-            crate::web::Security::load(f).map(|s| Some(Arc::new(s))).map_err(|e| format!("web_config_file: {e}"))
-        }
+        Some(f) => crate::web::Security::load(f)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|e| format!("sinks.prometheus.web_config_file: {e}")),
         None => Ok(None),
     }
 }
@@ -467,7 +467,7 @@ impl SinkPlugin for PrometheusPlugin {
     ) -> BoxFuture<'static, anyhow::Result<Running>> {
         Box::pin(async move {
             use anyhow::Context;
-            let security = security(&cfg).map_err(|e| anyhow::anyhow!("sinks.prometheus.{e}"))?;
+            let security = security(&cfg).map_err(|e| anyhow::anyhow!(e))?;
             let addr: SocketAddr = cfg
                 .listen
                 .parse()
