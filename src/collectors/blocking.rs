@@ -107,6 +107,66 @@ impl Drop for BusyMark {
     }
 }
 
+/// What `read_each` got back.
+pub(crate) struct EachRead<T> {
+    /// (key, result) of every read that finished before the deadline.
+    pub(crate) done: Vec<(String, T)>,
+    /// Objects left out because an earlier call on them is still stuck.
+    pub(crate) skipped: u64,
+    /// Reads still running at the deadline: they finish in the background
+    /// and keep their object marked busy until they do.
+    pub(crate) late: u64,
+}
+
+/// Reads objects one blocking call each, at most `permits` at once: a call
+/// stuck on one object (a hung QEMU, a guest agent that never answers)
+/// holds up only that object. Objects still busy from an earlier cycle are
+/// skipped; reads not done by `deadline` are left running.
+pub(crate) async fn read_each<I, T, F>(
+    tracker: &CallTracker,
+    busy: &BusySet,
+    permits: &Arc<tokio::sync::Semaphore>,
+    items: Vec<(String, I)>,
+    deadline: std::time::Instant,
+    read: F,
+) -> EachRead<T>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> T + Clone + Send + Sync + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut skipped = 0;
+    for (key, item) in items {
+        let Some(mark) = busy.mark(key.clone()) else {
+            skipped += 1;
+            continue;
+        };
+        let (tracker, permits, read) = (tracker.clone(), permits.clone(), read.clone());
+        set.spawn(async move {
+            // A read dropped while it waits for its turn leaves no mark.
+            let _permit = permits.acquire_owned().await;
+            tracker
+                .run_isolated(move || {
+                    let _mark = mark;
+                    (key, read(item))
+                })
+                .await
+                .ok()
+        });
+    }
+    let mut done = Vec::new();
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline.into(), set.join_next()).await {
+        if let Ok(Some(r)) = joined {
+            done.push(r);
+        }
+    }
+    let late = set.len() as u64;
+    // Dropping the set would only abort the waits, not libvirt's calls.
+    set.detach_all();
+    EachRead { done, skipped, late }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

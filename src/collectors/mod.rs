@@ -10,6 +10,7 @@ pub(crate) mod connection;
 pub(crate) mod controller;
 pub mod domain_stats;
 pub(crate) mod guest;
+pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod node;
 pub(crate) mod pools;

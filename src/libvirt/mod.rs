@@ -9,10 +9,12 @@ pub(crate) mod event_loop;
 pub mod events;
 pub(crate) mod guest;
 pub mod heap;
+pub(crate) mod health;
 
 pub(crate) mod jobs;
 pub(crate) mod manager;
 pub(crate) mod node;
+pub(crate) mod optional;
 pub(crate) mod pools;
 pub mod stats;
 pub mod typed_params;

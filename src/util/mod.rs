@@ -3,3 +3,4 @@
 pub(crate) mod clock;
 pub(crate) mod internal_errors;
 pub(crate) mod throttle;
+pub(crate) mod text;

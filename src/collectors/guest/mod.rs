@@ -30,6 +30,7 @@ use crate::record::kind::KindSpec;
 use crate::record::mapping::unit_of;
 use crate::record::{Batch, DomainRef, Field, Record, RecordKind};
 use crate::selfmon::{find, MetricDesc, MetricWriter, Report};
+use crate::util::text::bounded;
 use crate::util::throttle::LogOnce;
 use crate::value::TypedValue;
 use config::GuestConfig;
@@ -154,17 +155,6 @@ fn fs_field(key: &str) -> Option<(usize, &str)> {
     matches!(field, "mountpoint" | "name" | "fstype" | "total-bytes" | "used-bytes").then_some((n, field))
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn bounded(s: &str, max: usize) -> (&str, bool) {
-    if s.len() <= max {
-        return (s, false);
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (&s[..end], true)
-}
 
 /// How much of what a guest says is kept.
 #[derive(Debug, Clone, Copy)]
