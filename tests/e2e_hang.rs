@@ -1,6 +1,7 @@
 //! A guest whose QEMU process is stopped (SIGSTOP) must delay neither
-//! /metrics nor the other guests' values, and the agent must recover when
-//! the process resumes (SIGCONT).
+//! /metrics nor the other guests' values, must show as a stuck monitor
+//! (control state occupied, for a growing time) while the others stay ok,
+//! and the agent must recover when the process resumes (SIGCONT).
 
 mod common;
 
@@ -25,9 +26,19 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
         &[&hung.name, &healthy.name],
         "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n[metrics]\nprofile = \"everything\"\n",
     );
-    wait_for(Duration::from_secs(30), "full stats of both guests", || {
+    let control = |s: &common::exposition::Scrape, g: &Guest| {
+        s.value("libvirt_domain_control_state", &[("uuid", g.uuid.as_str())])
+    };
+    let control_seconds = |s: &common::exposition::Scrape, g: &Guest| {
+        s.value("libvirt_domain_control_state_seconds", &[("uuid", g.uuid.as_str())])
+    };
+    wait_for(Duration::from_secs(30), "full stats and an ok monitor for both guests", || {
         let s = agent.scrape();
-        (has_full_stats(&s, &hung.uuid) && has_full_stats(&s, &healthy.uuid)).then_some(())
+        (has_full_stats(&s, &hung.uuid)
+            && has_full_stats(&s, &healthy.uuid)
+            && control(&s, &hung) == Some(0.0)
+            && control(&s, &healthy) == Some(0.0))
+        .then_some(())
     });
 
     hung.signal("-STOP");
@@ -50,6 +61,27 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
         (last > stopped_at + DEADLINE.as_secs_f64() + 1.0).then_some(s)
     });
     assert!(s.value("virtpulse_libvirt_stuck_calls", &[]).unwrap() >= 1.0, "the stuck call is reported");
+
+    // Which domain is stuck, and for how long: its monitor is occupied (a
+    // call waits on the stopped QEMU), for a growing time, as `virsh
+    // domcontrol` says; the other guest's monitor stays ok.
+    let first = wait_for(Duration::from_secs(20), "the stopped guest's monitor occupied", || {
+        let s = timed_scrape();
+        (control(&s, &hung) == Some(2.0)).then(|| control_seconds(&s, &hung).unwrap_or(0.0))
+    });
+    let domcontrol = virsh::must(&["domcontrol", &hung.name]);
+    assert!(domcontrol.contains("occupied"), "virsh domcontrol: {domcontrol}");
+    let later = wait_for(Duration::from_secs(20), "the occupied time to grow", || {
+        let s = timed_scrape();
+        let t = control_seconds(&s, &hung).unwrap_or(0.0);
+        (control(&s, &hung) == Some(2.0) && t >= first + 1.0).then_some(t)
+    });
+    assert!(later > first);
+    // The healthy guest's monitor is ok, or busy for a moment with one of
+    // the agent's own calls (its cycles are 1 s here), never for long.
+    let s = timed_scrape();
+    let healthy_busy = if control(&s, &healthy) == Some(0.0) { 0.0 } else { control_seconds(&s, &healthy).unwrap() };
+    assert!(healthy_busy < 1.0, "the healthy guest's monitor busy for {healthy_busy} s");
 
     // The healthy guest's values are fresh and equal virsh's.
     let before = virsh::domstats(&healthy.name, &[]);
@@ -86,7 +118,10 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     hung.signal("-CONT");
     wait_for(Duration::from_secs(30), "recovery after SIGCONT", || {
         let s = agent.scrape();
-        (s.value("virtpulse_libvirt_stuck_calls", &[]) == Some(0.0) && has_full_stats(&s, &hung.uuid)).then_some(())
+        (s.value("virtpulse_libvirt_stuck_calls", &[]) == Some(0.0)
+            && has_full_stats(&s, &hung.uuid)
+            && control(&s, &hung) == Some(0.0))
+        .then_some(())
     });
     let before = virsh::domstats(&hung.name, &[]);
     agent.wait_cycles(2, Duration::from_secs(20));

@@ -106,13 +106,20 @@ impl Scrape {
 
     /// The domain's statistics series (not its event counters or jobs,
     /// which live by other rules).
+    /// The domain's series that come from its domain statistics
+    /// (`virConnectGetAllDomainStats`), as the catalog says: what `virsh
+    /// domstats` is compared with (jobs, health, events... are not).
     pub fn stats_of_domain<'a>(&'a self, uuid: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.of_domain(uuid).filter(|s| {
-            !s.name.starts_with("libvirt_domain_job_")
-                && s.name != "libvirt_domain_events_total"
-                && s.name != "libvirt_domain_last_event_timestamp_seconds"
-        })
+        self.of_domain(uuid).filter(|s| from_domain_stats(&s.name))
     }
+}
+
+/// Whether the domain stats catalog exports a metric of this name.
+pub fn from_domain_stats(name: &str) -> bool {
+    use virtpulse::collectors::domain_stats::metrics::DOMAIN_STATS;
+    DOMAIN_STATS.table.iter().filter_map(|r| r.export).any(|e| e.name == name)
+        || DOMAIN_STATS.rules.iter().any(|r| name.starts_with(r.metric_prefix))
+        || DOMAIN_STATS.info.iter().any(|i| i.name == name)
 }
 
 #[test]
