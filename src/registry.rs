@@ -98,7 +98,7 @@ mod tests {
     /// units and labels follow the conventions.
     #[test]
     fn the_catalog_is_consistent() {
-        use crate::record::kind::{LabelSource, KIB, MS, NS, PERCENT};
+        use crate::record::kind::{LabelSource, KIB, MS, NS, PERCENT, US};
         use crate::value::{MetricType, Unit};
         use std::collections::{HashMap, HashSet};
         // name -> (type, help, label names)
@@ -132,6 +132,7 @@ mod tests {
                 // Base units only: non-base source units must be scaled.
                 match s.unit {
                     Unit::Nanoseconds => assert!(e.name.contains("_seconds") && e.scale == NS, "{}", e.name),
+                    Unit::Microseconds => assert!(e.name.contains("_seconds") && e.scale == US, "{}", e.name),
                     Unit::Milliseconds => assert!(e.name.contains("_seconds") && e.scale == MS, "{}", e.name),
                     Unit::Kibibytes => assert!(e.name.contains("_bytes") && e.scale == KIB, "{}", e.name),
                     Unit::Percent => assert!(e.name.ends_with("_ratio") && e.scale == PERCENT, "{}", e.name),

@@ -94,6 +94,7 @@ impl MetricType {
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
     Nanoseconds,
+    Microseconds,
     Milliseconds,
     Seconds,
     /// Seconds since the Unix epoch.
@@ -101,6 +102,8 @@ pub enum Unit {
     Bytes,
     Kibibytes,
     BytesPerSecond,
+    /// I/O operations per second (a disk's IOPS limit).
+    OperationsPerSecond,
     MebibytesPerSecond,
     PagesPerSecond,
     Megahertz,

@@ -126,7 +126,8 @@ impl Domain {
         let max = max_vcpus.clamp(1, 4096);
         let mut info = vec![sys::virVcpuInfo { number: 0, state: 0, cpuTime: 0, cpu: -1 }; max];
         // SAFETY: ptr valid; `info` holds `max` entries; no cpumaps asked.
-        let n = unsafe { sys::virDomainGetVcpus(self.as_ptr(), info.as_mut_ptr(), max as c_int, std::ptr::null_mut(), 0) };
+        let n =
+            unsafe { sys::virDomainGetVcpus(self.as_ptr(), info.as_mut_ptr(), max as c_int, std::ptr::null_mut(), 0) };
         if n < 0 {
             return Err(LibvirtError::last());
         }

@@ -8,8 +8,8 @@ pub(crate) mod error;
 pub(crate) mod event_loop;
 pub mod events;
 pub(crate) mod guest;
-pub mod heap;
 pub(crate) mod health;
+pub mod heap;
 
 pub(crate) mod jobs;
 pub(crate) mod manager;

@@ -307,6 +307,7 @@ impl std::fmt::Debug for KindSpec {
 
 /// Multipliers from libvirt's units to base units.
 pub const NS: f64 = 1e-9;
+pub const US: f64 = 1e-6;
 pub const MS: f64 = 1e-3;
 pub const KIB: f64 = 1024.0;
 pub const MIB: f64 = 1024.0 * 1024.0;

@@ -2,5 +2,5 @@
 
 pub(crate) mod clock;
 pub(crate) mod internal_errors;
-pub(crate) mod throttle;
 pub(crate) mod text;
+pub(crate) mod throttle;

@@ -28,6 +28,9 @@ pub struct DomainStatsConfig {
     pub chunk_size: usize,
     /// Chunk calls in flight at once.
     pub chunks_in_flight: usize,
+    /// vCPU and IOThread pinnings kept per domain from its XML (the rest
+    /// are cut and counted).
+    pub max_pinnings: usize,
 }
 
 impl Default for DomainStatsConfig {
@@ -39,6 +42,7 @@ impl Default for DomainStatsConfig {
             metadata_refresh: Duration::from_secs(300),
             chunk_size: 50,
             chunks_in_flight: 2,
+            max_pinnings: 256,
         }
     }
 }
@@ -71,6 +75,7 @@ impl SectionConfig for DomainStatsConfig {
     fn validate(&self, ctx: &SectionContext) -> Result<(), KeyError> {
         at_most("metadata_refresh", Some(self.metadata_refresh), DAY * 7)?;
         count_at_most("chunk_size", self.chunk_size as u64, 100_000)?;
+        count_at_most("max_pinnings", self.max_pinnings as u64, 16_384)?;
         if let Some((interval, _)) = ctx.schedule {
             if self.metadata_refresh < interval {
                 return Err(KeyError::new("metadata_refresh", "must not be shorter than the domain stats interval"));

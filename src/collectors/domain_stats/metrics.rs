@@ -5,7 +5,7 @@
 
 use crate::record::kind::{
     counter, gauge, label, row, CounterStart, DomainAttr, InfoSpec, InfoValue, InfoWhen, KindSpec, LabelSource,
-    LabelSpec, Layers, RuleDoc, StatSpec, Subject, Switch, KIB, MIB, NO_LABELS as NONE, NS,
+    LabelSpec, Layers, RuleDoc, StatSpec, Subject, Switch, KIB, MIB, NO_LABELS as NONE, NS, US,
 };
 use crate::record::mapping::{is_index, sanitize, sibling, MappedLabel, RuleMatch};
 use crate::value::{MetricType, Unit};
@@ -64,7 +64,33 @@ pub static DIRTYRATE: Switch = Switch {
         "4 series per domain, plus one per vCPU in dirty-ring mode; the `dirtyrate` group is not asked for without it",
 };
 
+pub(crate) static CPU_PLACEMENT: Switch = Switch {
+    key: "cpu_placement",
+    covers: "CPU shares, period and quota, and vCPU, emulator and IOThread pinning and NUMA memory placement, from the domain XML (`<cputune>`, `<numatune>`)",
+    adds: "up to 7 series per domain, plus one per pinned vCPU and IOThread",
+};
+pub(crate) static VCPU_MAPPING: Switch = Switch {
+    key: "vcpu_mapping",
+    covers: "the host CPU each vCPU last ran on (`virDomainGetVcpus`)",
+    adds: "1 series per vCPU; also one libvirt call per running domain per cycle",
+};
+
 const VCPU: &[LabelSpec] = &[label("vcpu", LabelSource::Index(0))];
+const fn iotune(direction: &'static str, limit: &'static str) -> [LabelSpec; 3] {
+    [
+        label("device", LabelSource::Sibling(1, "name")),
+        label("direction", LabelSource::Literal(direction)),
+        label("limit", LabelSource::Literal(limit)),
+    ]
+}
+const TOTAL_BASE: &[LabelSpec] = &iotune("total", "base");
+const READ_BASE: &[LabelSpec] = &iotune("read", "base");
+const WRITE_BASE: &[LabelSpec] = &iotune("write", "base");
+const TOTAL_BURST: &[LabelSpec] = &iotune("total", "burst");
+const READ_BURST: &[LabelSpec] = &iotune("read", "burst");
+const WRITE_BURST: &[LabelSpec] = &iotune("write", "burst");
+const IOTUNE_BYTES: &str = "I/O limit of the disk in bytes per second (the domain's <iotune>), by direction (total, read, write) and limit (base; burst: the rate allowed for short bursts). Set limits only.";
+const IOTUNE_OPS: &str = "I/O limit of the disk in operations per second (the domain's <iotune>), by direction (total, read, write) and limit (base; burst). Set limits only.";
 const NET: &[LabelSpec] = &[label("interface", LabelSource::Sibling(1, "name"))];
 const BLOCK: &[LabelSpec] = &[
     label("device", LabelSource::Sibling(1, "name")),
@@ -206,6 +232,39 @@ static TABLE: &[StatSpec] = &[
     row("block.*.timed_group.*.rd_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_read_queue_depth_avg", 1.0, "Average read queue depth in the interval window.")).behind(&BLOCK_LATENCY),
     row("block.*.timed_group.*.wr_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_write_queue_depth_avg", 1.0, "Average write queue depth in the interval window.")).behind(&BLOCK_LATENCY),
     row("block.*.timed_group.*.zone_append_queue_depth_avg", "block", Count, BLOCK_TIMED, gauge("libvirt_domain_block_zone_append_queue_depth_avg", 1.0, "Average zone-append queue depth in the interval window.")).behind(&BLOCK_LATENCY),
+    // From the domain XML (refreshed after TUNABLE events): per-disk I/O
+    // limits, CPU tuning and placement. Keys made by the collector.
+    row("iotune.*.name", "xml", Text, NONE, None),
+    row("iotune.*.total_bytes_sec", "xml", BytesPerSecond, TOTAL_BASE, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.read_bytes_sec", "xml", BytesPerSecond, READ_BASE, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.write_bytes_sec", "xml", BytesPerSecond, WRITE_BASE, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.total_bytes_sec_max", "xml", BytesPerSecond, TOTAL_BURST, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.read_bytes_sec_max", "xml", BytesPerSecond, READ_BURST, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.write_bytes_sec_max", "xml", BytesPerSecond, WRITE_BURST, gauge("libvirt_domain_block_iotune_bytes_per_second", 1.0, IOTUNE_BYTES)),
+    row("iotune.*.total_iops_sec", "xml", OperationsPerSecond, TOTAL_BASE, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("iotune.*.read_iops_sec", "xml", OperationsPerSecond, READ_BASE, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("iotune.*.write_iops_sec", "xml", OperationsPerSecond, WRITE_BASE, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("iotune.*.total_iops_sec_max", "xml", OperationsPerSecond, TOTAL_BURST, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("iotune.*.read_iops_sec_max", "xml", OperationsPerSecond, READ_BURST, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("iotune.*.write_iops_sec_max", "xml", OperationsPerSecond, WRITE_BURST, gauge("libvirt_domain_block_iotune_operations_per_second", 1.0, IOTUNE_OPS)),
+    row("cputune.shares", "xml", Count, NONE, gauge("libvirt_domain_cpu_shares", 1.0, "CPU shares (weight) of the domain against the host's other tasks (<cputune><shares>).")).behind(&CPU_PLACEMENT),
+    row("cputune.period", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_period_seconds", US, "CFS period of each vCPU (<cputune><period>).")).behind(&CPU_PLACEMENT),
+    row("cputune.quota", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_quota_seconds", US, "CPU time each vCPU may use per period (<cputune><quota>; negative: no limit).")).behind(&CPU_PLACEMENT),
+    row("cputune.global_period", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_global_period_seconds", US, "CFS period of the whole domain (<cputune><global_period>).")).behind(&CPU_PLACEMENT),
+    row("cputune.global_quota", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_global_quota_seconds", US, "CPU time the whole domain may use per global period (negative: no limit).")).behind(&CPU_PLACEMENT),
+    row("cputune.emulator_period", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_emulator_period_seconds", US, "CFS period of the emulator threads (<cputune><emulator_period>).")).behind(&CPU_PLACEMENT),
+    row("cputune.emulator_quota", "xml", Microseconds, NONE, gauge("libvirt_domain_cpu_emulator_quota_seconds", US, "CPU time the emulator threads may use per period (negative: no limit).")).behind(&CPU_PLACEMENT),
+    row("cputune.vcpupin.count", "xml", Count, NONE, None),
+    row("cputune.vcpupin.*.vcpu", "xml", Count, NONE, None),
+    row("cputune.vcpupin.*.cpuset", "xml", Text, NONE, None),
+    row("cputune.emulatorpin", "xml", Text, NONE, None),
+    row("cputune.iothreadpin.count", "xml", Count, NONE, None),
+    row("cputune.iothreadpin.*.iothread", "xml", Count, NONE, None),
+    row("cputune.iothreadpin.*.cpuset", "xml", Text, NONE, None),
+    row("numatune.mode", "xml", Text, NONE, None),
+    row("numatune.nodeset", "xml", Text, NONE, None),
+    // virDomainGetVcpus, with the vcpu_mapping switch.
+    row("vcpu.*.cpu", "vcpu_mapping", Count, VCPU, gauge("libvirt_domain_vcpu_cpu", 1.0, "The host CPU the vCPU last ran on (virDomainGetVcpus; -1: unknown).")).behind(&VCPU_MAPPING),
     // perf (only events enabled on the domain appear)
     row("perf.cmt", "perf", Bytes, NONE, gauge("libvirt_domain_perf_cmt_bytes", 1.0, "L3 cache occupancy (Intel CMT).")).behind(&PERF),
     row("perf.mbmt", "perf", BytesPerSecond, NONE, gauge("libvirt_domain_perf_mbmt_bytes_per_second", 1.0, "Total memory bandwidth (Intel MBM).")).behind(&PERF),
@@ -410,6 +469,39 @@ pub static DOMAIN_STATS: KindSpec = KindSpec {
             ..InfoSpec::EMPTY
         },
         InfoSpec {
+            name: "libvirt_domain_vcpu_pinning_info",
+            help: "The host CPUs a vCPU may run on (<cputune><vcpupin>; value is always 1).",
+            labels: &[("vcpu", InfoValue::Field("vcpu")), ("cpuset", InfoValue::Field("cpuset"))],
+            repeat: Some(("cputune.vcpupin.count", "cputune.vcpupin")),
+            switch: Some(&CPU_PLACEMENT),
+            note: "pinned vCPUs only; at most `collectors.domain_stats.max_pinnings` per domain (cuts counted in `virtpulse_domain_xml_cut_total`)",
+            ..InfoSpec::EMPTY
+        },
+        InfoSpec {
+            name: "libvirt_domain_emulator_pinning_info",
+            help: "The host CPUs the emulator threads may run on (<cputune><emulatorpin>; value is always 1).",
+            labels: &[("cpuset", InfoValue::Field("cputune.emulatorpin"))],
+            when: InfoWhen::AnyField(&["cputune.emulatorpin"]),
+            switch: Some(&CPU_PLACEMENT),
+            ..InfoSpec::EMPTY
+        },
+        InfoSpec {
+            name: "libvirt_domain_iothread_pinning_info",
+            help: "The host CPUs an IOThread may run on (<cputune><iothreadpin>; value is always 1).",
+            labels: &[("iothread", InfoValue::Field("iothread")), ("cpuset", InfoValue::Field("cpuset"))],
+            repeat: Some(("cputune.iothreadpin.count", "cputune.iothreadpin")),
+            switch: Some(&CPU_PLACEMENT),
+            ..InfoSpec::EMPTY
+        },
+        InfoSpec {
+            name: "libvirt_domain_numa_memory_info",
+            help: "Where the domain's memory comes from (<numatune><memory>: mode strict, preferred, interleave or restrictive, and the host NUMA nodes; value is always 1).",
+            labels: &[("mode", InfoValue::Field("numatune.mode")), ("nodeset", InfoValue::Field("numatune.nodeset"))],
+            when: InfoWhen::AnyField(&["numatune.mode"]),
+            switch: Some(&CPU_PLACEMENT),
+            ..InfoSpec::EMPTY
+        },
+        InfoSpec {
             name: "libvirt_domain_openstack_info",
             help: "OpenStack Nova metadata of the domain (value is always 1); join on domain/uuid.",
             labels: OPENSTACK_INFO,
@@ -422,6 +514,40 @@ pub static DOMAIN_STATS: KindSpec = KindSpec {
     counter_start: CounterStart { scope_keys: &[], marker: Some("cpu.time"), backdate_ms: None },
     notes: "`libvirt_domain_info` carries no state: the state has its own gauge (`libvirt_domain_state`), and a state \
 label would start a new series at every state change.",
+    ..KindSpec::EMPTY
+};
+
+/// `virDomainBlockJobType`, by code.
+pub(crate) const BLOCK_JOB_TYPES: &[&str] = &["unknown", "pull", "copy", "commit", "active_commit", "backup"];
+
+const BLOCK_JOB: &[LabelSpec] =
+    &[label("device", LabelSource::Sibling(1, "disk")), label("type", LabelSource::Sibling(1, "type_name"))];
+
+#[rustfmt::skip]
+static BLOCK_JOB_TABLE: &[StatSpec] = &[
+    row("job.count", "block_job", Count, NONE, None),
+    row("job.*.disk", "block_job", Text, NONE, None),
+    row("job.*.type", "block_job", Enum, NONE, None),
+    row("job.*.type_name", "block_job", Text, NONE, None),
+    row("job.*.current", "block_job", Bytes, BLOCK_JOB, gauge("libvirt_domain_block_job_current_bytes", 1.0, "How far the block job (copy, commit, pull) has come, in bytes of its end.")),
+    row("job.*.end", "block_job", Bytes, BLOCK_JOB, gauge("libvirt_domain_block_job_end_bytes", 1.0, "Where the block job ends (it may grow while the guest writes); done when current equals end.")),
+    row("job.*.bandwidth", "block_job", BytesPerSecond, BLOCK_JOB, gauge("libvirt_domain_block_job_bandwidth_bytes_per_second", 1.0, "Bandwidth limit of the block job (0: none).")),
+];
+
+/// The block jobs of one domain, each cycle while they run: the disks the
+/// domain XML shows mirrored (`<mirror>`: copy, active commit) and those a
+/// BLOCK_JOB event said are running.
+pub(crate) static DOMAIN_BLOCK_JOB: KindSpec = KindSpec {
+    name: "domain_block_job",
+    title: "Block jobs (`virDomainGetBlockJobInfo`, for disks known to have one)",
+    subject: Subject::Domain,
+    prefix: "libvirt_domain_block_job_",
+    table: BLOCK_JOB_TABLE,
+    otlp_namespace: "libvirt.domain",
+    notes: "A job is known from the domain XML (`<mirror>`: block copy and active commit; the XML is read every \
+`metadata_refresh` and after the domain's events) and from BLOCK_JOB events (a job ready to pivot); while known its \
+progress is read every cycle. Pull and plain commit jobs show no `<mirror>`: only their end is seen, as an event. \
+The series go when the job ends.",
     ..KindSpec::EMPTY
 };
 
@@ -586,11 +712,16 @@ mod tests {
     #[test]
     fn default_profile_asks_only_for_the_groups_it_exports() {
         let d = sel(SelectionSpec::default());
-        assert_eq!(d.needed_groups(&DOMAIN_STATS), vec!["state", "cpu-total", "balloon", "vcpu", "interface", "block"]);
+        // `xml` (the domain XML's iotune) is no stats group: libvirt is not asked for it.
+        assert_eq!(
+            d.needed_groups(&DOMAIN_STATS),
+            vec!["state", "cpu-total", "balloon", "vcpu", "interface", "block", "xml"]
+        );
         assert!(!d.enabled(Some(&BACKING_CHAIN)));
         let all = Selection::everything(&crate::registry::catalog());
         let mut groups = all.needed_groups(&DOMAIN_STATS);
         groups.sort_unstable();
+        groups.retain(|g| crate::libvirt::stats::group_by_name(g).is_some());
         let mut every: Vec<&str> = crate::libvirt::stats::ALL_GROUPS.iter().map(|g| g.name).collect();
         every.sort_unstable();
         assert_eq!(groups, every);

@@ -12,10 +12,11 @@ pub(crate) mod config;
 pub(crate) mod info;
 pub mod metrics;
 
-use super::blocking::BusySet;
+use super::blocking::{read_each, BusySet};
 use super::controller::Wake;
 use super::{BoxFuture, BuildContext, Built, CollectError, Collector, CollectorContext, CollectorPlugin};
 use crate::events::typed::{Event, LifecycleEvent, Listener};
+use crate::libvirt::health::{BlockJobInfo, VcpuPlace};
 use crate::libvirt::stats::{
     group_by_name, group_names, DomainStats, StatsCapabilities, ALL_GROUPS, FLAG_BACKING, FLAG_NOWAIT,
 };
@@ -23,13 +24,14 @@ use crate::libvirt::typed_params::{KeyFilter, KeyInterner};
 use crate::libvirt::{Domain, LibvirtError, Session};
 use crate::record::kind::KindSpec;
 use crate::record::mapping::unit_of;
-use crate::record::{Batch, DomainInfo, DomainRef, Field, Record, RecordKind};
+use crate::record::{Batch, DomainRef, Field, Record, RecordKind};
 use crate::selection::Selection;
 use crate::selfmon::{find, ChunkMiss, MetricDesc, MetricWriter, Report};
 use crate::util::throttle::LogOnce;
+use crate::value::TypedValue;
 use config::DomainStatsConfig;
-use info::{parse_domain_xml, InfoCache};
-use metrics::{BACKING_CHAIN, DOMAIN_STATS};
+use info::{parse_domain, InfoCache, Parsed};
+use metrics::{BACKING_CHAIN, BLOCK_JOB_TYPES, DOMAIN_BLOCK_JOB, DOMAIN_STATS, VCPU_MAPPING};
 
 pub const SOURCE: &str = "domain_stats";
 
@@ -60,23 +62,47 @@ pub struct Settings {
     /// Which stat keys are decoded (`None`: all). Keys no sink exports and
     /// no record consumer needs are skipped before their values are read.
     pub key_filter: Option<KeyFilter>,
+    /// vCPU and IOThread pinnings kept per domain XML.
+    pub max_pinnings: usize,
+    /// Read where each vCPU runs (`virDomainGetVcpus`) every cycle.
+    pub vcpu_mapping: bool,
 }
 
 /// The metric this collector reports besides the common ones.
-pub const METRICS: &[MetricDesc] = &[MetricDesc::gauge(
-    "virtpulse_stats_group_enabled",
-    "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
-)];
+pub const METRICS: &[MetricDesc] = &[
+    MetricDesc::gauge(
+        "virtpulse_stats_group_enabled",
+        "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
+    ),
+    MetricDesc::counter(
+        "virtpulse_domain_xml_cut_total",
+        "vCPU and IOThread pinnings in domain XMLs not kept (past collectors.domain_stats.max_pinnings per domain).",
+    ),
+    MetricDesc::counter(
+        "virtpulse_domain_reads_failed_total",
+        "Per-domain reads of the domain stats collector that failed, by what (block_job, vcpu_mapping): only that domain's series of it are missing.",
+    ),
+];
 
-/// Which requested stats groups the daemon supports (from the last probe).
+/// Which requested stats groups the daemon supports (from the last probe),
+/// and what the per-domain reads cut or missed.
 #[derive(Debug, Default)]
 struct GroupsReport {
     wanted: AtomicU64,
     supported: AtomicU64,
+    xml_cut: AtomicU64,
+    block_job_failed: AtomicU64,
+    vcpu_mapping_failed: AtomicU64,
 }
 
 impl Report for GroupsReport {
     fn metrics(&self, out: &mut dyn MetricWriter) {
+        let cut = self.xml_cut.load(Ordering::Relaxed) as f64;
+        out.sample(&find(METRICS, "virtpulse_domain_xml_cut_total"), &[], cut);
+        for (what, n) in [("block_job", &self.block_job_failed), ("vcpu_mapping", &self.vcpu_mapping_failed)] {
+            let n = n.load(Ordering::Relaxed) as f64;
+            out.sample(&find(METRICS, "virtpulse_domain_reads_failed_total"), &[("what", what)], n);
+        }
         let (wanted, supported) = (self.wanted.load(Ordering::Relaxed), self.supported.load(Ordering::Relaxed));
         if supported == 0 {
             return; // not probed yet
@@ -94,7 +120,15 @@ impl Report for GroupsReport {
 struct DomainStatsListener {
     wake: Wake,
     stale_info: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// Disks an event said have a block job running, by domain UUID.
+    block_jobs: BlockJobs,
 }
+
+/// Disks known to have a block job (from events), by domain UUID.
+type BlockJobs = Arc<std::sync::Mutex<HashMap<String, HashSet<String>>>>;
+
+/// Domains whose block jobs are remembered at most (from events).
+const MAX_JOB_DOMAINS: usize = 10_000;
 
 impl DomainStatsListener {
     fn invalidate(&self, uuid: &str) {
@@ -112,6 +146,23 @@ impl Listener for DomainStatsListener {
                     // A new definition: the XML may be new.
                     self.invalidate(d.uuid);
                 }
+                self.wake.now();
+            }
+            Event::BlockJob { domain, disk, status, .. } => {
+                let mut jobs = self.block_jobs.lock().unwrap_or_else(|e| e.into_inner());
+                if status.ended() {
+                    if let Some(disks) = jobs.get_mut(domain.uuid) {
+                        disks.remove(disk);
+                        if disks.is_empty() {
+                            jobs.remove(domain.uuid);
+                        }
+                    }
+                } else if !disk.is_empty() && (jobs.len() < MAX_JOB_DOMAINS || jobs.contains_key(domain.uuid)) {
+                    jobs.entry(domain.uuid.to_string()).or_default().insert(disk.to_string());
+                }
+                drop(jobs);
+                // The XML shows the mirror (or no longer): read it again.
+                self.invalidate(domain.uuid);
                 self.wake.now();
             }
             Event::MetadataChanged(d)
@@ -151,6 +202,11 @@ pub struct DomainStatsCollector {
     info_busy: BusySet,
     /// XML reads running at once.
     info_permits: Arc<tokio::sync::Semaphore>,
+    /// Disks with a block job, from events (the XML tells the rest).
+    block_jobs: BlockJobs,
+    /// Domains with a block-job or vCPU read still running.
+    reads_busy: BusySet,
+    reads_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl DomainStatsCollector {
@@ -173,6 +229,9 @@ impl DomainStatsCollector {
             late: HashSet::new(),
             info_busy: BusySet::default(),
             info_permits: Arc::new(tokio::sync::Semaphore::new(INFO_READS_IN_FLIGHT)),
+            block_jobs: Arc::default(),
+            reads_busy: BusySet::default(),
+            reads_permits: Arc::new(tokio::sync::Semaphore::new(INFO_READS_IN_FLIGHT)),
         }
     }
 
@@ -183,7 +242,11 @@ impl DomainStatsCollector {
     /// What tells this collector about domain changes; `wake` starts its
     /// cycle.
     pub fn listener(&self, wake: Wake) -> Arc<dyn Listener> {
-        Arc::new(DomainStatsListener { wake, stale_info: self.info.invalidation_handle() })
+        Arc::new(DomainStatsListener {
+            wake,
+            stale_info: self.info.invalidation_handle(),
+            block_jobs: self.block_jobs.clone(),
+        })
     }
 
     fn flags(&self) -> u32 {
@@ -441,6 +504,7 @@ impl DomainStatsCollector {
         // a hung QEMU holds up only its own domain, and only until the
         // deadline; it stays marked busy until it returns.
         let mut set = tokio::task::JoinSet::new();
+        let max_pinnings = self.settings.max_pinnings;
         for uuid in due {
             let (s, tracker, busy, permits) =
                 (session.clone(), self.ctx.tracker.clone(), busy.clone(), self.info_permits.clone());
@@ -450,7 +514,7 @@ impl DomainStatsCollector {
                 tracker
                     .run_isolated(move || {
                         let _mark = mark;
-                        let r = read_info(&s, &uuid);
+                        let r = read_info(&s, &uuid, max_pinnings);
                         (uuid, r)
                     })
                     .await
@@ -461,7 +525,10 @@ impl DomainStatsCollector {
         loop {
             match tokio::time::timeout_at(deadline, set.join_next()).await {
                 Ok(Some(Ok(Some((uuid, r))))) => match r {
-                    Ok(info) => self.info.put(uuid, info, now),
+                    Ok(parsed) => {
+                        self.groups.xml_cut.fetch_add(parsed.cut, Ordering::Relaxed);
+                        self.info.put(uuid, parsed, now)
+                    }
                     Err(e) if e.is_no_domain() => {}
                     Err(e) => tracing::debug!(uuid, error = %e, "cannot read domain info; will retry"),
                 },
@@ -480,7 +547,96 @@ impl DomainStatsCollector {
         }
     }
 
-    fn make_record(&mut self, d: DomainStats, time: SystemTime) -> Record {
+    /// Per running domain, each on its own blocking call: the progress of
+    /// its known block jobs (disks its XML shows mirrored, or an event said
+    /// have a job) and, with `vcpu_mapping`, where its vCPUs run. Returns
+    /// (uuid, name, jobs) of domains with a running job, and the vCPU
+    /// places by UUID.
+    #[allow(clippy::type_complexity)]
+    async fn read_extras(
+        &mut self,
+        session: &Session,
+        stats: &[DomainStats],
+        deadline: Instant,
+    ) -> (Vec<(String, String, Vec<(String, BlockJobInfo)>)>, HashMap<String, Vec<VcpuPlace>>) {
+        let from_events = self.block_jobs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut items = Vec::new();
+        let mut names = HashMap::new();
+        for d in stats.iter().filter(|d| is_running(d)) {
+            let mut disks: Vec<String> = self
+                .info
+                .tuning(&d.uuid)
+                .map(|t| t.mirrors.iter().map(|(disk, _)| disk.clone()).collect())
+                .unwrap_or_default();
+            for disk in from_events.get(&d.uuid).into_iter().flatten() {
+                if !disks.contains(disk) {
+                    disks.push(disk.clone());
+                }
+            }
+            let vcpus = self
+                .settings
+                .vcpu_mapping
+                .then(|| d.params.get("vcpu.maximum").and_then(|v| v.as_u64()).unwrap_or(64).max(1) as usize);
+            if disks.is_empty() && vcpus.is_none() {
+                continue;
+            }
+            names.insert(d.uuid.clone(), d.name.clone());
+            items.push((d.uuid.clone(), (session.clone(), d.uuid.clone(), disks, vcpus)));
+        }
+        if items.is_empty() {
+            return (Vec::new(), HashMap::new());
+        }
+        let read = read_each(
+            &self.ctx.tracker,
+            &self.reads_busy,
+            &self.reads_permits,
+            items,
+            deadline,
+            |(s, uuid, disks, vcpus): (Session, String, Vec<String>, Option<usize>)| {
+                read_extra(&s, &uuid, &disks, vcpus)
+            },
+        )
+        .await;
+        let mut jobs = Vec::new();
+        let mut places = HashMap::new();
+        for (uuid, r) in read.done {
+            let Ok(r) = r else { continue };
+            let mut running = Vec::new();
+            for (disk, j) in r.jobs {
+                match j {
+                    Ok(Some(info)) => running.push((disk, info)),
+                    Ok(None) => {
+                        // Over: forget what an event said.
+                        let mut known = self.block_jobs.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(disks) = known.get_mut(&uuid) {
+                            disks.remove(&disk);
+                        }
+                    }
+                    Err(e) if e.is_no_domain() => {}
+                    Err(e) => {
+                        self.groups.block_job_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(collector = SOURCE, uuid, disk, error = %e, "cannot read a block job");
+                    }
+                }
+            }
+            if !running.is_empty() {
+                jobs.push((uuid.clone(), names.get(&uuid).cloned().unwrap_or_default(), running));
+            }
+            match r.vcpus {
+                Some(Ok(p)) => {
+                    places.insert(uuid, p);
+                }
+                Some(Err(e)) if !e.is_no_domain() => {
+                    self.groups.vcpu_mapping_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(collector = SOURCE, uuid, error = %e, "cannot read where the vCPUs run");
+                }
+                _ => {}
+            }
+        }
+        (jobs, places)
+    }
+
+    fn make_record(&mut self, d: DomainStats, vcpus: Option<Vec<VcpuPlace>>, time: SystemTime) -> Record {
         for u in &d.params.undecoded {
             if self.warned_undecoded.first(&u.name) {
                 tracing::warn!(
@@ -491,6 +647,15 @@ impl DomainStatsCollector {
             }
         }
         let info = self.info.get(&d.uuid);
+        let mut extra: Vec<(String, TypedValue)> = Vec::new();
+        if let Some(t) = self.info.tuning(&d.uuid) {
+            t.fields(&mut extra);
+        }
+        if let Some(places) = vcpus {
+            for p in places {
+                extra.push((format!("vcpu.{}.cpu", p.vcpu), TypedValue::Int(p.cpu)));
+            }
+        }
         let fields = d
             .params
             .params
@@ -499,6 +664,11 @@ impl DomainStatsCollector {
                 let unit = unit_of(&DOMAIN_STATS, &p.name, &p.value);
                 Field { key: p.name, value: p.value, unit }
             })
+            .chain(extra.into_iter().map(|(k, v)| Field {
+                unit: unit_of(&DOMAIN_STATS, &k, &v),
+                key: Arc::from(k),
+                value: v,
+            }))
             .collect();
         Record {
             domain: Some(DomainRef { name: d.name.into(), uuid: d.uuid.into(), info }),
@@ -513,13 +683,43 @@ fn is_running(d: &DomainStats) -> bool {
     d.params.get("state.state").and_then(|v| v.as_u64()) == Some(1)
 }
 
-fn read_info(s: &Session, uuid: &str) -> Result<DomainInfo, LibvirtError> {
+fn read_info(s: &Session, uuid: &str, max_pinnings: usize) -> Result<Parsed, LibvirtError> {
     let dom = s.conn.lookup_domain_by_uuid(uuid)?;
     let xml = dom.xml_desc(0)?;
-    let mut info = parse_domain_xml(&xml).map_err(|m| LibvirtError::new(0, m))?;
-    info.persistent = dom.is_persistent().ok();
-    info.autostart = dom.autostart().ok();
-    Ok(info)
+    let mut parsed = parse_domain(&xml, max_pinnings).map_err(|m| LibvirtError::new(0, m))?;
+    parsed.info.persistent = dom.is_persistent().ok();
+    parsed.info.autostart = dom.autostart().ok();
+    Ok(parsed)
+}
+
+/// One running domain's extra reads: its block jobs (on the disks given)
+/// and, when asked, where its vCPUs run.
+struct ExtraRead {
+    jobs: Vec<(String, Result<Option<BlockJobInfo>, LibvirtError>)>,
+    vcpus: Option<Result<Vec<VcpuPlace>, LibvirtError>>,
+}
+
+fn read_extra(s: &Session, uuid: &str, disks: &[String], vcpus: Option<usize>) -> Result<ExtraRead, LibvirtError> {
+    let dom = s.conn.lookup_domain_by_uuid(uuid)?;
+    Ok(ExtraRead {
+        jobs: disks.iter().map(|d| (d.clone(), dom.block_job_info(d))).collect(),
+        vcpus: vcpus.map(|n| dom.vcpu_places(n)),
+    })
+}
+
+/// A block job read, as record fields (`job.<n>.*`).
+fn job_fields(jobs: &[(String, BlockJobInfo)]) -> Vec<(String, TypedValue)> {
+    let mut f = vec![("job.count".to_string(), TypedValue::UInt(jobs.len() as u32))];
+    for (n, (disk, j)) in jobs.iter().enumerate() {
+        let name = usize::try_from(j.job_type).ok().and_then(|i| BLOCK_JOB_TYPES.get(i)).copied().unwrap_or("unknown");
+        f.push((format!("job.{n}.disk"), TypedValue::String(disk.as_str().into())));
+        f.push((format!("job.{n}.type"), TypedValue::Int(j.job_type)));
+        f.push((format!("job.{n}.type_name"), TypedValue::String(name.into())));
+        f.push((format!("job.{n}.current"), TypedValue::ULLong(j.cur)));
+        f.push((format!("job.{n}.end"), TypedValue::ULLong(j.end)));
+        f.push((format!("job.{n}.bandwidth"), TypedValue::ULLong(j.bandwidth)));
+    }
+    f
 }
 
 impl Collector for DomainStatsCollector {
@@ -548,10 +748,27 @@ impl DomainStatsCollector {
         self.retry_partial(&session, caps, &mut stats).await;
         self.remember_key_counts(&stats);
         self.refresh_info(&session, &stats, started + self.settings.chunk_wait).await;
+        let (jobs, mut vcpus) = self.read_extras(&session, &stats, started + self.settings.chunk_wait).await;
         let present: HashSet<&str> =
             stats.iter().map(|d| d.uuid.as_str()).chain(self.late.iter().map(String::as_str)).collect();
         self.info.retain(&present);
-        let records = stats.into_iter().map(|d| self.make_record(d, time)).collect();
+        self.block_jobs.lock().unwrap_or_else(|e| e.into_inner()).retain(|u, _| present.contains(u.as_str()));
+        let mut records: Vec<Record> = Vec::with_capacity(stats.len() + jobs.len());
+        for (uuid, name, list) in jobs {
+            records.push(Record {
+                domain: Some(DomainRef { name: name.into(), uuid: uuid.into(), info: None }),
+                fields: job_fields(&list)
+                    .into_iter()
+                    .map(|(k, v)| Field { unit: unit_of(&DOMAIN_BLOCK_JOB, &k, &v), key: Arc::from(k), value: v })
+                    .collect(),
+                ..Record::new(&self.ctx.identity, RecordKind::of(&DOMAIN_BLOCK_JOB), time)
+            });
+        }
+        for d in stats {
+            let places = vcpus.remove(&d.uuid);
+            let r = self.make_record(d, places, time);
+            records.push(r);
+        }
         Ok(Batch { source: SOURCE, snapshot: true, records, lists_every_domain: true, ..Default::default() })
     }
 }
@@ -587,7 +804,7 @@ pub struct DomainStatsPlugin;
 impl CollectorPlugin for DomainStatsPlugin {
     type Config = DomainStatsConfig;
     const NAME: &'static str = SOURCE;
-    const KINDS: &'static [&'static KindSpec] = &[&DOMAIN_STATS];
+    const KINDS: &'static [&'static KindSpec] = &[&DOMAIN_STATS, &DOMAIN_BLOCK_JOB];
     const METRICS: &'static [MetricDesc] = METRICS;
 
     fn build(&self, cfg: &DomainStatsConfig, ctx: &mut BuildContext) -> anyhow::Result<Built> {
@@ -618,6 +835,8 @@ impl CollectorPlugin for DomainStatsPlugin {
             chunks_in_flight: cfg.chunks_in_flight,
             chunk_wait: timeout * 3 / 4,
             key_filter,
+            max_pinnings: cfg.max_pinnings,
+            vcpu_mapping: ctx.selection.enabled(Some(&VCPU_MAPPING)) && (ctx.consumers.metrics || records),
         };
         let c = DomainStatsCollector::new(ctx.ctx.clone(), settings, InfoCache::new(cfg.metadata_refresh));
         let listener = c.listener(ctx.wake.clone());

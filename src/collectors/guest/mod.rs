@@ -155,7 +155,6 @@ fn fs_field(key: &str) -> Option<(usize, &str)> {
     matches!(field, "mountpoint" | "name" | "fstype" | "total-bytes" | "used-bytes").then_some((n, field))
 }
 
-
 /// How much of what a guest says is kept.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounds {

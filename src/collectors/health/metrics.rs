@@ -2,9 +2,7 @@
 //! (control) state, managed-save image, taint and deprecation messages,
 //! and when the agent saw it start and change state.
 
-use crate::record::kind::{
-    gauge, row, InfoSpec, InfoValue, KindSpec, StatSpec, Subject, MS, NO_LABELS as NONE,
-};
+use crate::record::kind::{gauge, row, InfoSpec, InfoValue, KindSpec, StatSpec, Subject, MS, NO_LABELS as NONE};
 use crate::value::Unit::*;
 
 #[rustfmt::skip]

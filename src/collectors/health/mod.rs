@@ -258,9 +258,11 @@ impl HealthCollector {
             if !self.ctx.filter.allows(&name) {
                 continue;
             }
-            let due = self.details.get(&uuid).and_then(|d| d.read_at).is_none_or(|t| {
-                t.elapsed() >= self.cfg.details_interval || stale.contains(&uuid)
-            });
+            let due = self
+                .details
+                .get(&uuid)
+                .and_then(|d| d.read_at)
+                .is_none_or(|t| t.elapsed() >= self.cfg.details_interval || stale.contains(&uuid));
             let active = dom.is_active();
             names.insert(uuid.clone(), (name, active));
             if active || due {
