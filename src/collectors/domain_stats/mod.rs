@@ -75,6 +75,10 @@ pub const METRICS: &[MetricDesc] = &[
         "Per requested stats group: 1 if the daemon supports it and it is collected, 0 if not supported.",
     ),
     MetricDesc::counter(
+        "virtpulse_domain_xml_reads_total",
+        "Domain XMLs read (each domain every collectors.domain_stats.metadata_refresh, and after its events).",
+    ),
+    MetricDesc::counter(
         "virtpulse_domain_xml_cut_total",
         "vCPU and IOThread pinnings in domain XMLs not kept (past collectors.domain_stats.max_pinnings per domain).",
     ),
@@ -90,6 +94,7 @@ pub const METRICS: &[MetricDesc] = &[
 struct GroupsReport {
     wanted: AtomicU64,
     supported: AtomicU64,
+    xml_reads: AtomicU64,
     xml_cut: AtomicU64,
     block_job_failed: AtomicU64,
     vcpu_mapping_failed: AtomicU64,
@@ -99,6 +104,8 @@ impl Report for GroupsReport {
     fn metrics(&self, out: &mut dyn MetricWriter) {
         let cut = self.xml_cut.load(Ordering::Relaxed) as f64;
         out.sample(&find(METRICS, "virtpulse_domain_xml_cut_total"), &[], cut);
+        let reads = self.xml_reads.load(Ordering::Relaxed) as f64;
+        out.sample(&find(METRICS, "virtpulse_domain_xml_reads_total"), &[], reads);
         for (what, n) in [("block_job", &self.block_job_failed), ("vcpu_mapping", &self.vcpu_mapping_failed)] {
             let n = n.load(Ordering::Relaxed) as f64;
             out.sample(&find(METRICS, "virtpulse_domain_reads_failed_total"), &[("what", what)], n);
@@ -527,6 +534,7 @@ impl DomainStatsCollector {
                 Ok(Some(Ok(Some((uuid, r))))) => match r {
                     Ok(parsed) => {
                         self.groups.xml_cut.fetch_add(parsed.cut, Ordering::Relaxed);
+                        self.groups.xml_reads.fetch_add(1, Ordering::Relaxed);
                         self.info.put(uuid, parsed, now)
                     }
                     Err(e) if e.is_no_domain() => {}
