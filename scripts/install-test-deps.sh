@@ -16,6 +16,7 @@ ensure_cargo
 "$here/install-tansu.sh"
 # The OTLP receiver for the OTLP sink's tests.
 "$here/install-rotel.sh" >/dev/null
-# Older libvirt daemons for the support matrix (tests/e2e_matrix.rs): Debian
-# 12 (libvirt 9.0) and Debian 11 (7.0) roots, cached (about a minute each).
+# Other libvirt daemons for the support matrix (tests/e2e_matrix.rs): Debian
+# 13 with trixie-backports (libvirt 12.9), Debian 13 (11.3), Debian 12 (9.0)
+# and Debian 11 (7.0) roots, cached (under a minute each).
 "$here/build-test-roots.sh" >/dev/null

@@ -17,8 +17,11 @@
 # Guests started through it run in that namespace too (same /usr/bin paths as
 # the daemon sees them: inside ROOT with ROOT). No virtlogd is run: with
 # stdio_handler = "file" QEMU writes DIR/log/libvirt/qemu/NAME.log itself
-# (tested on libvirt 7.0, 9.0 and 11.3). Guests still running at stop are
-# left running (libvirt's design) and listed; a later start reconnects them.
+# (tested on libvirt 7.0, 9.0, 11.3 and 12.9: Debian 13's libvirt-daemon,
+# stock and from trixie-backports, still ships the monolithic libvirtd, with
+# the same config keys; no modular daemon is installed). Guests still running
+# at stop are left running (libvirt's design) and listed; a later start
+# reconnects them.
 #
 # Cgroups: without systemd libvirt uses cgroupfs and names a guest's cgroup
 # /machine/qemu-ID-NAME.libvirt-qemu in every daemon, so two daemons' guests of
