@@ -9,7 +9,14 @@ here=$(dirname "$0")
 # promtool (metrics lint, rules) and the Prometheus server; the Debian
 # libvirt exporter is the peer the benchmark compares against.
 apt_install_missing prometheus prometheus-libvirt-exporter procps curl systemd openssl python3
+# The packages' tests (tests/package.rs, tests/portable.rs, tests/rpm.rs):
+# readelf/objdump for what a binary needs, rpm for rpmbuild and its
+# queries, ca-certificates for the bundle the TLS check swaps, perl and
+# make for the vendored OpenSSL and librdkafka builds.
+apt_install_missing binutils rpm ca-certificates perl make pkg-config util-linux
 ensure_cargo
+# zig and cargo-zigbuild for the portable build (scripts/build-release.sh).
+"$here/install-zigbuild.sh" >/dev/null
 # The Linux guest for events a guest must cause (kernel + busybox initramfs).
 "$here/build-test-guest.sh"
 # The Kafka-protocol broker for the Kafka sink's tests (built once, ~9 min).

@@ -12,6 +12,8 @@ pub mod ioerror;
 pub mod kafka;
 pub mod linux;
 pub mod otlp;
+pub mod portable;
+pub mod roots;
 pub mod schema;
 pub mod tls;
 pub mod virsh;
