@@ -215,6 +215,15 @@ def fleet():
                      [(f"sum(rate(libvirt_domain_interface_receive_drops_total{{{HD}}}{RI}) + rate(libvirt_domain_interface_transmit_drops_total{{{HD}}}{RI}))", "drops"),
                       (f"sum(rate(libvirt_domain_interface_receive_errors_total{{{HD}}}{RI}) + rate(libvirt_domain_interface_transmit_errors_total{{{HD}}}{RI}))", "errors")], unit="pps"), 12, 8)
 
+    L.row("QEMU health, I/O limits and block jobs")
+    L.add(stat("QEMU monitors stuck", "Domains whose QEMU monitor a call has waited on for over 30 s (control state occupied): a hung QEMU (the DomainMonitorStuck alert).",
+               [(f"count(libvirt_domain_control_state{{{HD}}} == 2 and on (instance, uuid) libvirt_domain_control_state_seconds{{{HD}}} > 30) or vector(0)", "stuck")], red_at=1), 4, 8)
+    L.add(bargauge("Disks nearest their IOPS limit", "Read + write operations per second as a share of the disk's total <iotune> operations limit (disks with one).",
+                   [(f"topk(10, max by (instance, domain, device) (rate(libvirt_domain_block_read_requests_total{{{HD}}}{RI}) + rate(libvirt_domain_block_write_requests_total{{{HD}}}{RI})) / on (instance, domain, device) max by (instance, domain, device) (libvirt_domain_block_iotune_operations_per_second{{{HD}, direction=\"total\", limit=\"base\"}}))", "{{domain}} {{device}} @ {{instance}}")],
+                   unit="percentunit", max_=1), 10, 8)
+    L.add(table("Block jobs in flight", "Copy, commit and pull jobs: how far each has come (current / end; 1: a mirror ready to pivot).",
+                [(f"libvirt_domain_block_job_current_bytes{{{HD}}} / (libvirt_domain_block_job_end_bytes{{{HD}}} > 0)", "")]), 10, 8)
+
     L.row("Agent health")
     L.add(state_timeline("libvirt connection", "", [(f"libvirt_up{{{H}}}", "{{instance}}")],
                          mappings=[{"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}]), 12, 6)
@@ -256,6 +265,18 @@ def domain():
                          mappings=[{"type": "value", "options": {"1": {"text": "running", "color": "green"}, "3": {"text": "paused", "color": "yellow"},
                                                                   "5": {"text": "shut off", "color": "blue"}, "6": {"text": "crashed", "color": "red"}}}]), 8, 4)
 
+    L.row("QEMU monitor and CPU placement")
+    L.add(state_timeline("QEMU monitor", "The domain's control interface: ok, job (a job uses it), occupied (a call waits on it: long means a hung QEMU), error.",
+                         [(f"libvirt_domain_control_state{{{D}}}", "monitor")],
+                         mappings=[{"type": "value", "options": {"0": {"text": "ok", "color": "green"}, "1": {"text": "job", "color": "blue"},
+                                                                  "2": {"text": "occupied", "color": "orange"}, "3": {"text": "error", "color": "red"}}}]), 8, 6)
+    L.add(timeseries("Monitor busy for", "How long the control interface has been in its current state (0 when ok).",
+                     [(f"libvirt_domain_control_state_seconds{{{D}}}", "seconds")], unit="s"), 8, 6)
+    L.add(table("CPU placement (metrics.cpu_placement)", "Pinned vCPUs and emulator threads (host CPU sets) and the CPU shares from the domain XML.",
+                [(f"libvirt_domain_vcpu_pinning_info{{{D}}}", ""),
+                 (f"libvirt_domain_emulator_pinning_info{{{D}}}", ""),
+                 (f"libvirt_domain_cpu_shares{{{D}}}", "")]), 8, 6)
+
     L.row("CPU")
     L.add(timeseries("CPU usage (cores)", "Host CPU time of all QEMU threads, split into guest user and system time.",
                      [(f"sum(rate(libvirt_domain_cpu_time_seconds_total{{{D}}}{RI}))", "total"),
@@ -285,6 +306,9 @@ def domain():
                      [(f"max by (device) (rate(libvirt_domain_block_read_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_read_requests_total{{{D}}}{RI})), 1e-9)", "read {{device}}"),
                       (f"max by (device) (rate(libvirt_domain_block_write_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_write_requests_total{{{D}}}{RI})), 1e-9)", "write {{device}}"),
                       (f"max by (device) (rate(libvirt_domain_block_flush_time_seconds_total{{{D}}}{RI})) / clamp_min(max by (device) (rate(libvirt_domain_block_flush_requests_total{{{D}}}{RI})), 1e-9)", "flush {{device}}")], unit="s"), 8, 8)
+    L.add(timeseries("Disk I/O limits", "The disks' <iotune> limits (set limits only), beside the IOPS and throughput panels: a disk at its limit is throttled.",
+                     [(f"libvirt_domain_block_iotune_operations_per_second{{{D}}}", "{{device}} {{direction}} {{limit}} IOPS"),
+                      (f"libvirt_domain_block_iotune_bytes_per_second{{{D}}}", "{{device}} {{direction}} {{limit}} B/s")]), 24, 6)
     L.add(table("Disk allocation and capacity", "Every layer of every disk's backing chain.",
                 [(f"libvirt_domain_block_allocation_bytes{{{D}}}", ""),
                  (f"libvirt_domain_block_capacity_bytes{{{D}}}", ""),

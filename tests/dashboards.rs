@@ -133,7 +133,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
         "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n\
-         [collectors.guest]\nenabled = true\ninterval = \"2s\"\n\
+         [collectors.guest]\nenabled = true\ninterval = \"2s\"\n[metrics]\ncpu_placement = true\n\
          [domains]\ninclude = [\"{}\", \"{name}\", \"{}\"]\n\
          [sinks.kafka]\nenabled = true\nbrokers = [\"127.0.0.1:{}\"]\nspool_dir = \"{}\"\n\
          [sinks.otlp]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\nexport_interval = \"1s\"\n",
@@ -147,6 +147,34 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let (bad, _disk) = common::ioerror::start_guest(&name);
     wait_for(Duration::from_secs(30), "the I/O error pause", || {
         virsh::must(&["domstate", &bad.name]).contains("paused").then_some(())
+    });
+    // Tuning for the placement and I/O limit panels (a paused guest takes it).
+    virsh::must(&[
+        "blkdeviotune",
+        &bad.name,
+        "vdb",
+        "--total-iops-sec",
+        "500",
+        "--total-bytes-sec",
+        "10000000",
+        "--live",
+    ]);
+    virsh::must(&["vcpupin", &bad.name, "0", "0", "--live"]);
+    virsh::must(&["emulatorpin", &bad.name, "0-1", "--live"]);
+    virsh::must(&["schedinfo", &bad.name, "--live", "--set", "cpu_shares=256"]);
+    // A block copy in flight for the block job panel: the mirror of a
+    // nearly empty disk is ready at once and waits to be pivoted.
+    let copy = tempfile::Builder::new().prefix("dash-copy-").tempdir_in("/var/tmp").unwrap();
+    common::set_mode(copy.path(), 0o777);
+    let dest = copy.path().join("copy.qcow2");
+    virsh::must(&["blockcopy", &g.name, "vda", dest.to_str().unwrap(), "--transient-job"]);
+    wait_for(Duration::from_secs(30), "the block copy, the I/O limits and the pinning in the agent's output", || {
+        let s = agent.scrape();
+        (s.value("libvirt_domain_block_job_current_bytes", &[("domain", g.name.as_str())]).is_some()
+            && s.value("libvirt_domain_block_iotune_operations_per_second", &[("domain", name.as_str())]).is_some()
+            && s.value("libvirt_domain_emulator_pinning_info", &[("domain", name.as_str())]).is_some()
+            && s.value("libvirt_domain_cpu_shares", &[("domain", name.as_str())]) == Some(256.0))
+        .then_some(())
     });
     // A finished job stays on view (type completed) for the job panels.
     let dump = tempfile::Builder::new().prefix("dash-dump-").tempdir_in("/var/tmp").unwrap();
@@ -199,5 +227,6 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         }
     }
     assert!(problems.is_empty(), "{} dashboard problems:\n{}", problems.len(), problems.join("\n"));
+    let _ = virsh::run(&["blockjob", &g.name, "vda", "--abort"]);
     drop(bad);
 }
