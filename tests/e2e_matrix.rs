@@ -12,23 +12,23 @@
 //! the client library too: the host's 11.3 refuses IDs 28 and 29 itself);
 //! against 12.9 every domain event ID registers and a guest's virtio-serial
 //! channels connecting and disconnecting give channel_lifecycle events
-//! equal to that root's `virsh event`. On Debian 12 also the agent's
-//! `--once` inside the root, and the .deb installed there from Debian 12
-//! alone. docs/reference/libvirt-12.md has the 12.x facts behind this.
+//! equal to that root's `virsh event`. tests/portable.rs runs the release
+//! binary and installs its packages in the Debian 11, 12 and 13 roots.
+//! docs/reference/libvirt-12.md has the 12.x facts behind this.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::agent::{Agent, STDOUT};
 use common::compare::{compare_named, unmapped};
-use common::daemon::{self, PrivateDaemon};
 use common::events::{normalize_virsh, virsh_view, Capture};
 use common::exposition::Scrape;
 use common::linux::Console;
+use common::roots::{chroot, RootDaemon};
 use common::{virsh, wait_for};
 use virtpulse::record::samples::AllSamples;
 
@@ -36,51 +36,12 @@ use virtpulse::record::samples::AllSamples;
 /// every one this build registers.
 const DOMAIN_EVENT_IDS: usize = 30;
 
-/// A daemon from a root, shut down (guests and all) when dropped.
-struct RootDaemon(PrivateDaemon);
-
-impl Drop for RootDaemon {
-    fn drop(&mut self) {
-        self.0.shut_down();
-        // The guests' files (see `dir_in`).
-        if let Some(root) = &self.0.root {
-            let _ = std::fs::remove_dir_all(root.join(format!("var/tmp/vpm-{}", std::process::id())));
-        }
-    }
-}
-
-impl RootDaemon {
-    /// The daemon's PID: its mount namespace is where the root's
-    /// /run/libvirt is this daemon's.
-    fn pid(&self) -> u32 {
-        let pid = std::fs::read_to_string(self.0.dir.join("libvirtd.pid")).unwrap();
-        pid.trim().parse().unwrap()
-    }
-}
-
-fn start(root_name: &str) -> (RootDaemon, PathBuf) {
-    let root = daemon::root(root_name).unwrap_or_else(|| {
-        panic!("no {root_name} root in {}: run scripts/build-test-roots.sh (the test command does)", daemon::ROOTS)
-    });
-    let dir = PathBuf::from(format!("/var/tmp/vpd/matrix-{root_name}-{}", std::process::id()));
-    let d = PrivateDaemon::start(&dir, Some(&root)).unwrap_or_else(|e| panic!("{e}"));
-    (RootDaemon(d), root)
-}
-
-/// A directory inside the root (where the root's QEMU sees it): its path
-/// inside, and on the host.
-fn dir_in(root: &Path, tag: &str) -> (String, PathBuf) {
-    let inside = format!("/var/tmp/vpm-{}/{tag}", std::process::id());
-    let host = root.join(inside.trim_start_matches('/'));
-    std::fs::create_dir_all(&host).unwrap();
-    (inside, host)
-}
-
 /// A tiny no-OS KVM guest with a qcow2 disk and a NIC. With `newer`, also
 /// an IOThread and the disk statistics libvirt 11.10 and 12.1 added
 /// (`block.N.timed_group.*`, `block.N.latency_histogram.*`).
-fn guest(uri: &str, root: &Path, name: &str, newer: bool) -> String {
-    let (inside, dir) = dir_in(root, "guest");
+fn guest(d: &RootDaemon, name: &str, newer: bool) -> String {
+    let uri = d.uri();
+    let (dir, inside) = d.scratch_dir("guest");
     let ok = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(dir.join("disk.qcow2"))
@@ -194,11 +155,12 @@ struct Run {
 fn check(case: &Case) -> Run {
     let t0 = Instant::now();
     let root_name = case.root;
-    let (d, root) = start(root_name);
-    let uri = d.0.uri.clone();
+    let d = RootDaemon::start(root_name, "matrix");
+    let root = d.root.clone();
+    let uri = d.uri().to_string();
     let name = format!("vpt-matrix-{root_name}-{}", std::process::id());
-    let uuid = guest(&uri, &root, &name, case.newer_guest);
-    let (pool_target, _) = dir_in(&root, "pool");
+    let uuid = guest(&d, &name, case.newer_guest);
+    let (_, pool_target) = d.scratch_dir("pool");
     let pool = format!("vpt-pool-{root_name}");
     virsh::run_on(&uri, &["pool-create-as", &pool, "dir", "--target", &pool_target]).unwrap_or_else(|e| panic!("{e}"));
 
@@ -263,9 +225,9 @@ fn check(case: &Case) -> Run {
     // The daemon restarts under the agent. (An agent inside the root stays
     // in the first daemon's mount namespace; the restarted daemon binds the
     // same directory over /run/libvirt, so its sockets appear there too.)
-    d.0.stop();
+    d.daemon.stop();
     wait_for(Duration::from_secs(30), "libvirt_up 0", || (up(&agent) == Some(0.0)).then_some(()));
-    d.0.restart();
+    d.daemon.restart();
     wait_for(Duration::from_secs(30), "libvirt_up 1 again", || (up(&agent) == Some(1.0)).then_some(()));
     matches_virsh(&agent, &uri, &name, &uuid);
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
@@ -304,7 +266,7 @@ fn channel_lifecycle(run: &Run) {
     let pid = run.d.pid().to_string();
     let capture = Capture::start_with(&["nsenter", "-t", &pid, "-m", "-r", "virsh", "-c", "qemu:///system"], &[]);
     let img = common::linux::image_dir();
-    let (inside, dir) = dir_in(&run.root, "linux");
+    let (dir, inside) = run.d.scratch_dir("linux");
     for f in ["vmlinuz", "initrd.gz"] {
         std::fs::copy(img.join(f), dir.join(f)).unwrap();
     }
@@ -392,51 +354,6 @@ fn debian12_libvirt_9_0_and_its_own_client_library() {
         place: Place::Host,
         newer_guest: false,
     }));
-    // The agent binary inside the root, on Debian 12's stock libvirt0 9.0,
-    // in the daemon's namespace (where the root's /run/libvirt is its own).
-    let (d, root) = start("debian12");
-    let bin = root.join("usr/local/bin/virtpulse-under-test");
-    std::fs::copy(env!("CARGO_BIN_EXE_virtpulse"), &bin).unwrap();
-    let out = Command::new("nsenter")
-        .args(["-t", &d.pid().to_string(), "-m", "-r", "/usr/local/bin/virtpulse-under-test", "--once"])
-        .env("VIRTPULSE_AGENT__LOG_LEVEL", "warn")
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(&bin);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("\"kind\":\"node\""), "{stdout}");
-    let libvirt0 = chroot(&root, &["dpkg-query", "-W", "-f=${Version}", "libvirt0"]);
-    println!("inside debian12 with libvirt0 {libvirt0}: --once ok");
-
-    // The .deb installs there, from Debian 12 alone (no backports), and purges.
-    let out = tempfile::tempdir().unwrap();
-    let built = Command::new(common::project_root().join("scripts/build-deb.sh"))
-        .env("PROFILE", "debug")
-        .env("OUT", out.path())
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let deb = String::from_utf8_lossy(&built.stdout).trim().to_string();
-    std::fs::copy(&deb, root.join("tmp/virtpulse-under-test.deb")).unwrap();
-    let apt = |args: &[&str]| {
-        let mut all = vec!["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-q"];
-        all.extend_from_slice(args);
-        chroot(&root, &all)
-    };
-    apt(&["install", "/tmp/virtpulse-under-test.deb"]);
-    let check = chroot(&root, &["virtpulse", "--check-config", "--config", "/etc/virtpulse/config.toml"]);
-    assert!(check.contains("configuration OK"), "{check}");
-    apt(&["purge", "virtpulse"]);
-    let _ = std::fs::remove_file(root.join("tmp/virtpulse-under-test.deb"));
-    assert!(!root.join("usr/bin/virtpulse").exists(), "purged");
-}
-
-/// Runs a command inside a root; its stdout.
-fn chroot(root: &Path, args: &[&str]) -> String {
-    let out = Command::new("chroot").arg(root).args(args).output().unwrap();
-    assert!(out.status.success(), "chroot {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

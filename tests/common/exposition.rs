@@ -104,8 +104,6 @@ impl Scrape {
         self.samples.iter().filter(move |s| s.labels.get("uuid").map(String::as_str) == Some(uuid))
     }
 
-    /// The domain's statistics series (not its event counters or jobs,
-    /// which live by other rules).
     /// The domain's series that come from its domain statistics
     /// (`virConnectGetAllDomainStats`), as the catalog says: what `virsh
     /// domstats` is compared with (jobs, health, events... are not).
@@ -114,10 +112,17 @@ impl Scrape {
     }
 }
 
-/// Whether the domain stats catalog exports a metric of this name.
+/// Whether the domain stats catalog exports a metric of this name from a
+/// libvirt stats group (not from the domain XML or virDomainGetVcpus).
 pub fn from_domain_stats(name: &str) -> bool {
     use virtpulse::collectors::domain_stats::metrics::DOMAIN_STATS;
-    DOMAIN_STATS.table.iter().filter_map(|r| r.export).any(|e| e.name == name)
+    use virtpulse::libvirt::stats::group_by_name;
+    DOMAIN_STATS
+        .table
+        .iter()
+        .filter(|r| group_by_name(r.group).is_some())
+        .filter_map(|r| r.export)
+        .any(|e| e.name == name)
         || DOMAIN_STATS.rules.iter().any(|r| name.starts_with(r.metric_prefix))
         || DOMAIN_STATS.info.iter().any(|i| i.name == name)
 }

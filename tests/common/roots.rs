@@ -36,15 +36,16 @@ impl RootDaemon {
 
     /// The daemon's PID: its mount namespace is where the root's
     /// /run/libvirt is this daemon's.
-    pub fn pid(&self) -> String {
-        std::fs::read_to_string(self.daemon.dir.join("libvirtd.pid")).expect("the daemon's PID file").trim().to_string()
+    pub fn pid(&self) -> u32 {
+        let pid = std::fs::read_to_string(self.daemon.dir.join("libvirtd.pid")).expect("the daemon's PID file");
+        pid.trim().parse().expect("a PID in the daemon's PID file")
     }
 
     /// Runs `args` chrooted into the root inside the daemon's mount
     /// namespace (where a client reaches the daemon at the default
     /// qemu:///system socket), with `env` added.
     pub fn run_inside(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let pid = self.pid();
+        let pid = self.pid().to_string();
         Command::new("nsenter")
             .args(["-t", &pid, "-m", "-r", "-w"])
             .args(args)
