@@ -1162,5 +1162,123 @@ pub fn guest(data: &[u8]) {
     }
 }
 
+/// The domain XML reader (`parse_domain`): raw text, or a `<domain>` built
+/// from the elements it reads with fuzzed values, under a fuzzed pinning
+/// bound. It never panics; what it keeps is bounded (pinnings, text), set
+/// limits are positive, and every field it makes is one the catalog maps
+/// and the Prometheus sink renders.
+pub fn domain_xml(data: &[u8]) {
+    use crate::collectors::domain_stats::info::{parse_domain, MAX_TEXT};
+    use crate::collectors::domain_stats::metrics::DOMAIN_STATS;
+    use crate::record::{DomainRef, Field, Identity, Record, RecordKind};
+
+    let mut inp = Input(data);
+    let max_pinnings = usize::from(inp.byte() % 8);
+    let xml = if inp.byte() % 2 == 0 {
+        lossy(inp.0)
+    } else {
+        // Elements the reader looks at, each with a fuzzed value.
+        const PIECES: &[&str] = &[
+            "<vcpupin vcpu='{}' cpuset='{}'/>",
+            "<iothreadpin iothread='{}' cpuset='{}'/>",
+            "<emulatorpin cpuset='{}'/>",
+            "<shares>{}</shares>",
+            "<period>{}</period>",
+            "<quota>{}</quota>",
+            "<global_quota>{}</global_quota>",
+        ];
+        const DISK: &[&str] = &["total_bytes_sec", "read_iops_sec", "write_bytes_sec_max", "total_iops_sec"];
+        let esc = |s: String| s.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;");
+        let mut cputune = String::new();
+        let mut disks = String::new();
+        let mut n = 0;
+        while !inp.is_empty() && n < 500 {
+            n += 1;
+            match inp.byte() % 4 {
+                0 | 1 => {
+                    let piece = PIECES[usize::from(inp.byte()) % PIECES.len()];
+                    let mut out = String::new();
+                    for (i, part) in piece.split("{}").enumerate() {
+                        if i > 0 {
+                            out.push_str(&esc(inp.text()));
+                        }
+                        out.push_str(part);
+                    }
+                    cputune.push_str(&out);
+                }
+                2 => {
+                    let limit = DISK[usize::from(inp.byte()) % DISK.len()];
+                    let job = if inp.byte() % 2 == 0 {
+                        format!("<mirror job='{}'/>", esc(inp.text()))
+                    } else {
+                        String::new()
+                    };
+                    disks.push_str(&format!(
+                        "<disk><target dev='{}'/><iotune><{limit}>{}</{limit}></iotune>{job}</disk>",
+                        esc(inp.text()),
+                        esc(inp.text())
+                    ));
+                }
+                _ => cputune.push_str(&format!(
+                    "</cputune><numatune><memory mode='{}' nodeset='{}'/></numatune><cputune>",
+                    esc(inp.text()),
+                    esc(inp.text())
+                )),
+            }
+        }
+        format!(
+            "<domain type='kvm'><name>d</name><vcpu>{}</vcpu><memory unit='{}'>{}</memory><cputune>{cputune}</cputune><devices>{disks}</devices></domain>",
+            esc(inp.text()),
+            esc(inp.text()),
+            inp.u64()
+        )
+    };
+    let Ok(parsed) = parse_domain(&xml, max_pinnings) else { return };
+    let t = &parsed.tuning;
+    assert!(t.vcpupin.len() <= max_pinnings && t.iothreadpin.len() <= max_pinnings);
+    let info = &parsed.info;
+    for s in [&info.virt_type, &info.os_type, &info.arch, &info.machine].into_iter().flatten() {
+        assert!(s.len() <= MAX_TEXT);
+    }
+    for (_, set) in t.vcpupin.iter().chain(&t.iothreadpin) {
+        assert!(set.len() <= MAX_TEXT);
+    }
+    for (_, limits) in &t.iotune {
+        assert!(!limits.is_empty() && limits.iter().all(|(_, v)| *v > 0));
+    }
+    let mut fields = Vec::new();
+    t.fields(&mut fields);
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
+    let record = Record {
+        domain: Some(DomainRef { name: "vm".into(), uuid: "u".into(), info: None }),
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| Field {
+                unit: crate::record::mapping::unit_of(&DOMAIN_STATS, &k, &v),
+                key: Arc::from(k),
+                value: v,
+            })
+            .collect(),
+        ..Record::new(&identity, RecordKind::of(&DOMAIN_STATS), std::time::SystemTime::now())
+    };
+    let mut stats = crate::record::samples::SampleStats::default();
+    crate::record::samples::for_each_sample(&record, &crate::record::samples::AllSamples, &mut stats, |_| {});
+    assert!(stats.unmapped.is_empty(), "fields the catalog does not map: {:?}", stats.unmapped);
+    let exporter = crate::sinks::prometheus::Exporter::new(
+        crate::selfmon::Registry::new(),
+        Arc::new(crate::selection::Selection::everything(&crate::registry::catalog())),
+        u64::MAX,
+    );
+    exporter.apply(Arc::new(crate::record::Batch {
+        source: "domain_stats",
+        snapshot: true,
+        records: vec![record],
+        ..Default::default()
+    }));
+    let text = exporter.encode();
+    let pins = text.lines().filter(|l| l.starts_with("libvirt_domain_vcpu_pinning_info{")).count();
+    assert_eq!(pins, t.vcpupin.len(), "one pinning series per kept vCPU pinning");
+}
+
 #[cfg(test)]
 mod corpus;

@@ -35,8 +35,19 @@ fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree:
     node.children().find(|c| c.is_element() && c.tag_name().name() == name)
 }
 
+/// Longest text kept from the XML (Nova names are user input).
+pub(crate) const MAX_TEXT: usize = 256;
+
+fn bounded(s: &str) -> String {
+    crate::util::text::bounded(s, MAX_TEXT).0.to_string()
+}
+
 fn text(node: Option<roxmltree::Node>) -> Option<String> {
-    node.and_then(|n| n.text()).map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    node.and_then(|n| n.text()).map(|t| bounded(t.trim())).filter(|t| !t.is_empty())
+}
+
+fn attr(node: Option<roxmltree::Node>, name: &str) -> Option<String> {
+    node.and_then(|n| n.attribute(name)).map(bounded)
 }
 
 fn nova(metadata: roxmltree::Node) -> Option<OpenStackInfo> {
@@ -50,11 +61,11 @@ fn nova(metadata: roxmltree::Node) -> Option<OpenStackInfo> {
     let project = owner.and_then(|o| child(o, "project"));
     Some(OpenStackInfo {
         instance_name: text(child(inst, "name")),
-        flavor: child(inst, "flavor").and_then(|f| f.attribute("name")).map(String::from),
+        flavor: attr(child(inst, "flavor"), "name"),
         project_name: text(project),
-        project_uuid: project.and_then(|p| p.attribute("uuid")).map(String::from),
+        project_uuid: attr(project, "uuid"),
         user_name: text(user),
-        user_uuid: user.and_then(|u| u.attribute("uuid")).map(String::from),
+        user_uuid: attr(user, "uuid"),
     })
 }
 
@@ -141,8 +152,7 @@ fn number<T: std::str::FromStr>(node: roxmltree::Node) -> Option<T> {
 
 /// A cpuset or nodeset as libvirt writes it ("0-3,^2"), bounded.
 fn set_attr(node: roxmltree::Node, name: &str) -> Option<String> {
-    let v = node.attribute(name)?;
-    Some(crate::util::text::bounded(v, 256).0.to_string())
+    attr(Some(node), name)
 }
 
 /// Reads the tuning; at most `max_pinnings` vCPU and IOThread pinnings are
@@ -180,6 +190,11 @@ fn parse_tuning(root: roxmltree::Node, max_pinnings: usize) -> (Tuning, u64) {
                         continue;
                     };
                     let list = if id_attr == "vcpu" { &mut t.vcpupin } else { &mut t.iothreadpin };
+                    // libvirt refuses a second pinning of one vCPU; were one
+                    // there, its series would repeat the first's labels.
+                    if list.iter().any(|(seen, _)| *seen == id) {
+                        continue;
+                    }
                     if list.len() >= max_pinnings {
                         cut += 1;
                     } else {
@@ -192,7 +207,7 @@ fn parse_tuning(root: roxmltree::Node, max_pinnings: usize) -> (Tuning, u64) {
         }
     }
     if let Some(mem) = child(root, "numatune").and_then(|n| child(n, "memory")) {
-        let mode = mem.attribute("mode").unwrap_or("strict").to_string();
+        let mode = attr(Some(mem), "mode").unwrap_or_else(|| "strict".into());
         if let Some(nodeset) = set_attr(mem, "nodeset") {
             t.numa = Some((mode, nodeset));
         }
@@ -209,29 +224,35 @@ pub(crate) struct Parsed {
     pub(crate) cut: u64,
 }
 
-/// Parses a domain XML (`parse_domain_xml` plus the tuning).
+/// Parses a domain XML: what the info metric and records carry, and the
+/// tuning. Missing elements stay `None`; malformed XML is an error (the
+/// caller keeps the old entry). Text is cut to `MAX_TEXT` bytes.
 pub(crate) fn parse_domain(xml: &str, max_pinnings: usize) -> Result<Parsed, String> {
-    let info = parse_domain_xml(xml)?;
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
-    let (tuning, cut) = parse_tuning(doc.root_element(), max_pinnings);
+    let root = doc.root_element();
+    let info = info_of(root)?;
+    let (tuning, cut) = parse_tuning(root, max_pinnings);
     Ok(Parsed { info, tuning, cut })
 }
 
-/// Extracts what the info metric and records carry. Missing elements stay
-/// `None`; malformed XML is an error (the caller keeps the old entry).
+/// The descriptive part of `parse_domain`.
+#[cfg(test)]
 pub(crate) fn parse_domain_xml(xml: &str) -> Result<DomainInfo, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("cannot parse domain XML: {e}"))?;
-    let root = doc.root_element();
+    parse_domain(xml, 0).map(|p| p.info)
+}
+
+fn info_of(root: roxmltree::Node) -> Result<DomainInfo, String> {
     if root.tag_name().name() != "domain" {
-        return Err(format!("domain XML has root <{}>, expected <domain>", root.tag_name().name()));
+        let name = crate::util::text::bounded(root.tag_name().name(), 64).0;
+        return Err(format!("domain XML has root <{name}>, expected <domain>"));
     }
     let os_type = child(root, "os").and_then(|os| child(os, "type"));
     let vcpu = child(root, "vcpu");
     Ok(DomainInfo {
-        virt_type: root.attribute("type").map(String::from),
+        virt_type: attr(Some(root), "type"),
         os_type: text(os_type),
-        arch: os_type.and_then(|t| t.attribute("arch")).map(String::from),
-        machine: os_type.and_then(|t| t.attribute("machine")).map(String::from),
+        arch: attr(os_type, "arch"),
+        machine: attr(os_type, "machine"),
         vcpus: vcpu.and_then(|v| v.attribute("current").or(v.text())).and_then(|s| s.trim().parse().ok()),
         max_memory_bytes: child(root, "memory").and_then(memory_bytes),
         memory_bytes: child(root, "currentMemory").and_then(memory_bytes),
@@ -419,6 +440,28 @@ mod tests {
     <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>
   </devices>
 </domain>"#;
+
+    #[test]
+    fn a_vcpu_pinned_twice_keeps_its_first_pinning() {
+        // Found by the domain_xml fuzz target: two pinnings of one vCPU gave
+        // two series with the same labels.
+        let xml = "<domain><cputune><vcpupin vcpu='0' cpuset='2'/><vcpupin vcpu='0' cpuset='3'/>\
+                   <iothreadpin iothread='1' cpuset='0'/><iothreadpin iothread='1' cpuset='1'/></cputune></domain>";
+        let p = parse_domain(xml, 8).unwrap();
+        assert_eq!(p.tuning.vcpupin, vec![(0, "2".to_string())]);
+        assert_eq!(p.tuning.iothreadpin, vec![(1, "0".to_string())]);
+        assert_eq!(p.cut, 0);
+    }
+
+    #[test]
+    fn text_from_the_xml_is_bounded() {
+        let long = "x".repeat(MAX_TEXT * 2);
+        let xml = format!("<domain type='{long}'><os><type machine='{long}'>hvm</type></os><cputune><emulatorpin cpuset='{long}'/></cputune></domain>");
+        let p = parse_domain(&xml, 8).unwrap();
+        assert_eq!(p.info.virt_type.unwrap().len(), MAX_TEXT);
+        assert_eq!(p.info.machine.unwrap().len(), MAX_TEXT);
+        assert_eq!(p.tuning.emulatorpin.unwrap().len(), MAX_TEXT);
+    }
 
     #[test]
     fn tuning_reads_iotune_cputune_pinning_numa_and_mirrors() {
