@@ -11,6 +11,7 @@ pub(crate) mod controller;
 pub mod domain_stats;
 pub(crate) mod guest;
 pub(crate) mod jobs;
+pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod pools;
 

@@ -12,6 +12,7 @@ pub mod heap;
 
 pub(crate) mod jobs;
 pub(crate) mod manager;
+pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod pools;
 pub mod stats;
