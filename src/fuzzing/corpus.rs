@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("web_config", super::web_config),
     ("guest", super::guest),
     ("otel", super::otel),
+    ("network_xml", super::network_xml),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -90,4 +91,9 @@ fn otel_corpus() {
 #[test]
 fn guest_corpus() {
     replay("guest", super::guest);
+}
+
+#[test]
+fn network_xml_corpus() {
+    replay("network_xml", super::network_xml);
 }
