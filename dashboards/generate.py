@@ -223,6 +223,7 @@ def fleet():
                    unit="percentunit", max_=1), 10, 8)
     L.add(table("Block jobs in flight", "Copy, commit and pull jobs: how far each has come (current / end; 1: a mirror ready to pivot).",
                 [(f"libvirt_domain_block_job_current_bytes{{{HD}}} / (libvirt_domain_block_job_end_bytes{{{HD}}} > 0)", "")]), 10, 8)
+    networks(L)
 
     L.row("Agent health")
     L.add(state_timeline("libvirt connection", "", [(f"libvirt_up{{{H}}}", "{{instance}}")],
@@ -250,6 +251,25 @@ def fleet():
                       variable("domain", "Domain", 'label_values(libvirt_domain_info{instance=~"$instance"}, domain)')],
                      L.panels,
                      [{"title": "Domain drill-down", "type": "link", "url": "/d/virtpulse-domain", "includeVars": True, "keepTime": True}])
+
+
+def networks(L):
+    """Virtual networks and their DHCP pools ([collectors.networks])."""
+    L.row("Virtual networks")
+    L.add(stat("Active networks", "Virtual networks libvirt runs on the selected hosts (libvirt_network_up == 1).",
+               [(f"count(libvirt_network_up{{{H}}} == 1) or vector(0)", "active")]), 4, 8)
+    L.add(stat("Inactive networks", "Defined virtual networks that are not running.",
+               [(f"count(libvirt_network_up{{{H}}} == 0) or vector(0)", "inactive")]), 4, 8)
+    L.add(stat("DHCP pools over 90%", "Networks whose leases fill more than 90% of their DHCP ranges (the DhcpPoolNearlyFull alert fires after 10 minutes).",
+               [(f"count(libvirt_network_dhcp_leases{{{H}}} / (libvirt_network_dhcp_addresses{{{H}}} > 0) > 0.9) or vector(0)", "networks")], red_at=1), 4, 8)
+    L.add(table("Networks", "Bridge, forward mode, persistence and autostart of every network (libvirt_network_info).",
+                [(f"libvirt_network_info{{{H}}}", "")]), 12, 8)
+    L.add(bargauge("DHCP pool use", "Leases in use over the addresses in each network's DHCP ranges (IPv4 and IPv6 summed).",
+                   [(f"sort_desc(libvirt_network_dhcp_leases{{{H}}} / (libvirt_network_dhcp_addresses{{{H}}} > 0))", "{{network}} @ {{instance}}")],
+                   unit="percentunit", max_=1), 12, 8)
+    L.add(timeseries("DHCP leases and pool size", "Leases in use (virNetworkGetDHCPLeases) and the addresses in the DHCP ranges, per network.",
+                     [(f"libvirt_network_dhcp_leases{{{H}}}", "leases {{network}} @ {{instance}}"),
+                      (f"libvirt_network_dhcp_addresses{{{H}}}", "addresses {{network}} @ {{instance}}")]), 12, 8)
 
 
 D = 'instance=~"$instance", domain="$domain"'

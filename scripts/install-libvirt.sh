@@ -4,8 +4,12 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# The network driver, dnsmasq and iproute2: virtual networks with DHCP
+# (tests/e2e_networks.rs runs them in a private daemon's own network
+# namespace); the driver is only a Recommends of libvirt-daemon.
 pkgs=(libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-      qemu-system-x86 qemu-utils pkg-config)
+      qemu-system-x86 qemu-utils pkg-config
+      libvirt-daemon-driver-network dnsmasq-base iproute2)
 
 if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
   mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)

@@ -34,6 +34,13 @@
 # Memory (the caller's cgroup) and the rest are not given to libvirt.
 # VIRTPULSE_PRIVATE_CGROUPS=none, or a host without those v1 hierarchies,
 # gives cgroup_controllers = [] (no cgroups; no cpu.* stats on 7.0).
+#
+# Network: with VIRTPULSE_PRIVATE_NETNS=1 the daemon also gets a network
+# namespace of its own (unshare -n) with only its loopback up, so the
+# bridges, dnsmasq and firewall rules of its virtual networks, and its
+# guests' taps and DHCP traffic, never reach the host's network. Clients
+# still reach it through its unix sockets. Without it (the default) the
+# daemon shares the host's network namespace: start no network there.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -43,6 +50,9 @@ action=$1
 DIR=$(realpath -m "$2")
 ROOT=${3:+$(realpath -m "$3")}
 TIMEOUT=${VIRTPULSE_PRIVATE_TIMEOUT:-30}
+NETNS=${VIRTPULSE_PRIVATE_NETNS:-0}
+NETNS_FLAG=
+[ "$NETNS" = 1 ] && NETNS_FLAG=-n
 
 SOCK=$DIR/run/libvirt/libvirt-sock
 URI="qemu:///system?socket=$SOCK"
@@ -170,7 +180,7 @@ remove_cgroups() {
 # shellcheck disable=SC2016
 INNER='
 set -euo pipefail
-DIR=$1 ROOT=$2 CGSPECS=$3; shift 3
+DIR=$1 ROOT=$2 CGSPECS=$3 NETNS=$4; shift 4
 if [ -n "$ROOT" ]; then
   for d in dev proc sys; do mount --rbind "/$d" "$ROOT/$d"; done
   # Fresh /run and /tmp: nothing of a previous run, or of another daemon
@@ -184,6 +194,7 @@ fi
 # unified hierarchy, which libvirt 9+ would use in a hybrid setup).
 # (The host'"'"'s cgroup mounts are unmounted, not just covered: libvirt reads
 # /proc/mounts and would try the covered ones too.)
+[ "$NETNS" = 1 ] && ip link set lo up
 umount -R "$ROOT/sys/fs/cgroup" 2>/dev/null || true
 mount -t tmpfs -o mode=755 tmpfs "$ROOT/sys/fs/cgroup"
 for spec in $CGSPECS; do
@@ -243,7 +254,8 @@ start() {
   # is rooted at the cgroups of the process that creates it.
   if ! (
     for spec in "${CG_SPECS[@]}"; do echo "$BASHPID" > "${spec%%|*}/$CG_NAME/cgroup.procs"; done
-    exec unshare -m -C --propagation private bash -c "$INNER" inner "$DIR" "$ROOT" "${CG_SPECS[*]}" "${BINDS[@]}"
+    exec unshare -m -C $NETNS_FLAG --propagation private \
+      bash -c "$INNER" inner "$DIR" "$ROOT" "${CG_SPECS[*]}" "$NETNS" "${BINDS[@]}"
   ) > "$DIR/start.log" 2>&1; then
     echo "libvirtd failed to start; $DIR/start.log and $DIR/log/libvirt/libvirtd.log say:" >&2
     tail -n 20 "$DIR/start.log" "$DIR/log/libvirt/libvirtd.log" >&2 2>/dev/null || true

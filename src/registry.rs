@@ -20,6 +20,7 @@ pub static COLLECTORS: &[&dyn CollectorFactory] = &[
     &collectors::Factory(collectors::pools::PoolsPlugin),
     &collectors::Factory(collectors::guest::GuestPlugin),
     &collectors::Factory(collectors::health::HealthPlugin),
+    &collectors::Factory(collectors::networks::NetworksPlugin),
 ];
 
 /// Every sink, in the order they start (they stop in reverse).

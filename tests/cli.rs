@@ -107,12 +107,16 @@ fn once_on_the_test_driver() {
     }
     let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     // The test driver has no job statistics: no domain_job record.
-    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool"]);
+    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool", "domain_health", "network"]);
     assert_eq!(recs[0]["domain"]["name"], "test");
     assert_eq!(recs[0]["fields"]["state.state"]["value"], 1);
     assert_eq!(recs[0]["fields"]["state.state"]["unit"], "enum");
     assert_eq!(recs[1]["fields"]["info.cpus"]["value"], 16, "the test driver's fake host");
     assert_eq!(recs[2]["pool"]["name"], "default-pool");
+    // The test driver's network: 192.168.122.2 to .254 (it has no leases API).
+    let network = recs.iter().find(|r| r["kind"] == "network").unwrap();
+    assert_eq!(network["object"]["name"], "default");
+    assert_eq!(network["fields"]["dhcp.addresses"]["value"], 253);
 }
 
 #[test]

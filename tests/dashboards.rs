@@ -130,9 +130,23 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let g = Guest::start("dash", GuestSpec::default());
     let linux = common::linux::LinuxGuest::with_data("dash-ga", true);
     let name = Guest::name_for("dash-ioerr");
+    // A virtual network with a DHCP range for the network panels: defined,
+    // not started (this daemon shares the host's network namespace, where
+    // tests start no bridge or dnsmasq; e2e_networks runs one in its own).
+    let network = format!("vpt-dash-{}", std::process::id());
+    let net_xml = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        net_xml.path(),
+        format!(
+            "<network><name>{network}</name><forward mode='nat'/><ip address='192.168.151.1' prefix='24'><dhcp>\
+             <range start='192.168.151.10' end='192.168.151.29'/></dhcp></ip></network>"
+        ),
+    )
+    .unwrap();
+    virsh::must(&["net-define", net_xml.path().to_str().unwrap()]);
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
-        "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n\
+        "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n[collectors.networks]\ninterval = \"2s\"\n\
          [collectors.guest]\nenabled = true\ninterval = \"2s\"\n[metrics]\ncpu_placement = true\n\
          [domains]\ninclude = [\"{}\", \"{name}\", \"{}\"]\n\
          [sinks.kafka]\nenabled = true\nbrokers = [\"127.0.0.1:{}\"]\nspool_dir = \"{}\"\n\
@@ -226,6 +240,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
             problems.push(format!("metric {n} has no series in Prometheus"));
         }
     }
+    let _ = virsh::run(&["net-undefine", &network]);
     assert!(problems.is_empty(), "{} dashboard problems:\n{}", problems.len(), problems.join("\n"));
     let _ = virsh::run(&["blockjob", &g.name, "vda", "--abort"]);
     drop(bad);

@@ -12,6 +12,7 @@ pub mod domain_stats;
 pub(crate) mod guest;
 pub(crate) mod health;
 pub(crate) mod jobs;
+pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod pools;
 

@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("guest", super::guest),
     ("otel", super::otel),
     ("domain_xml", super::domain_xml),
+    ("network_xml", super::network_xml),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -96,4 +97,9 @@ fn guest_corpus() {
 #[test]
 fn domain_xml_corpus() {
     replay("domain_xml", super::domain_xml);
+}
+
+#[test]
+fn network_xml_corpus() {
+    replay("network_xml", super::network_xml);
 }

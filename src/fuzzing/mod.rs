@@ -1280,5 +1280,76 @@ pub fn domain_xml(data: &[u8]) {
     assert_eq!(pins, t.vcpupin.len(), "one pinning series per kept vCPU pinning");
 }
 
+/// A virtual network's XML (any text; the corpus holds real
+/// `virsh net-dumpxml` output) through the networks collector's reader and
+/// bounds, into a record, through the Prometheus exporter. Checks that
+/// address counts stay within the cap, strings within `max_string_bytes`
+/// (taken from the input's length), and that every exposition line is one
+/// well-formed sample.
+pub fn network_xml(data: &[u8]) {
+    use crate::collectors::networks::metrics::NETWORK;
+    use crate::collectors::networks::xml::{parse_network, range_size, ADDRESS_CAP};
+    use crate::collectors::networks::{xml_fields, NetworkRead};
+    use crate::record::{Field, Identity, ObjectRef, Record, RecordKind};
+
+    let text = lossy(data);
+    // Two halves of the text as a range: never a panic, never an empty range.
+    let mut mid = text.len() / 2;
+    while !text.is_char_boundary(mid) {
+        mid -= 1;
+    }
+    let (a, b) = text.split_at(mid);
+    if let Some(n) = range_size(a, b) {
+        assert!(n >= 1);
+    }
+    let Ok(facts) = parse_network(&text) else { return };
+    assert!(!facts.forward_mode.is_empty() || text.contains("mode"), "{facts:?}");
+    let (capped, cut) = facts.capped_addresses();
+    assert!(capped <= ADDRESS_CAP);
+    assert_eq!(cut, facts.addresses > u128::from(ADDRESS_CAP));
+    let max_string_bytes = data.len() % 64 + 1;
+    let active = data.len() % 2 == 0;
+    let mut read = NetworkRead::default();
+    xml_fields(&facts, active, Some(data.len() as u64), data.len() % 3 != 0, max_string_bytes, &mut read);
+    for (key, v) in &read.fields {
+        if let TypedValue::String(s) = v {
+            assert!(s.len() <= max_string_bytes, "{key}: {} bytes", s.len());
+        }
+        if let TypedValue::ULLong(n) = v {
+            assert!(*n <= ADDRESS_CAP.max(data.len() as u64), "{key}: {n}");
+        }
+    }
+    read.fields.push(("active", TypedValue::Boolean(active)));
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
+    let record = Record {
+        object: Some(ObjectRef { name: "net".into(), uuid: "u".into() }),
+        fields: read
+            .fields
+            .into_iter()
+            .map(|(k, v)| Field { unit: crate::record::mapping::unit_of(&NETWORK, k, &v), key: Arc::from(k), value: v })
+            .collect(),
+        ..Record::new(&identity, RecordKind::of(&NETWORK), std::time::SystemTime::now())
+    };
+    let exporter = crate::sinks::prometheus::Exporter::new(
+        crate::selfmon::Registry::new(),
+        Arc::new(crate::selection::Selection::everything(&crate::registry::catalog())),
+        u64::MAX,
+    );
+    exporter.apply(Arc::new(crate::record::Batch {
+        source: "networks",
+        snapshot: true,
+        records: vec![record],
+        ..Default::default()
+    }));
+    let text = exporter.encode();
+    assert_eq!(text.lines().filter(|l| l.starts_with("libvirt_network_up{")).count(), 1, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("libvirt_network_info{")).count(), 1, "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "value in {line:?}");
+        assert!(!head.is_empty());
+    }
+}
+
 #[cfg(test)]
 mod corpus;

@@ -13,6 +13,7 @@ pub mod heap;
 
 pub(crate) mod jobs;
 pub(crate) mod manager;
+pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod optional;
 pub(crate) mod pools;

@@ -23,6 +23,10 @@ pub struct PrivateDaemon {
     pub dir: PathBuf,
     pub root: Option<PathBuf>,
     pub uri: String,
+    /// In a network namespace of its own (`VIRTPULSE_PRIVATE_NETNS=1`):
+    /// the bridges, dnsmasq and guest traffic of its virtual networks never
+    /// reach the host's network. Clients still use its unix sockets.
+    pub own_network: bool,
 }
 
 impl PrivateDaemon {
@@ -30,9 +34,19 @@ impl PrivateDaemon {
     /// reason when this machine cannot host one (no root, no namespaces):
     /// the tests never fall back to the host's daemon.
     pub fn start(dir: &Path, root: Option<&Path>) -> Result<PrivateDaemon, String> {
+        Self::start_with(dir, root, false)
+    }
+
+    /// As `start`; with `own_network` the daemon gets a network namespace
+    /// of its own (only its loopback up), for tests that start virtual
+    /// networks.
+    pub fn start_with(dir: &Path, root: Option<&Path>, own_network: bool) -> Result<PrivateDaemon, String> {
         seed_capabilities(dir, root);
         let mut cmd = Command::new(project_root().join("scripts/private-libvirtd.sh"));
         cmd.arg("start").arg(dir);
+        if own_network {
+            cmd.env("VIRTPULSE_PRIVATE_NETNS", "1");
+        }
         if let Some(r) = root {
             cmd.arg(r);
         }
@@ -50,7 +64,7 @@ impl PrivateDaemon {
             return Err(format!("scripts/private-libvirtd.sh printed no URI: {uri:?}"));
         }
         keep_capabilities(dir, root);
-        Ok(PrivateDaemon { dir: dir.to_path_buf(), root: root.map(Path::to_path_buf), uri })
+        Ok(PrivateDaemon { dir: dir.to_path_buf(), root: root.map(Path::to_path_buf), uri, own_network })
     }
 
     /// Stops this daemon (SIGTERM, then SIGKILL after a deadline); its
@@ -66,7 +80,7 @@ impl PrivateDaemon {
 
     /// Starts it again in the same directories (guests are reconnected).
     pub fn restart(&self) {
-        if let Err(e) = PrivateDaemon::start(&self.dir, self.root.as_deref()) {
+        if let Err(e) = PrivateDaemon::start_with(&self.dir, self.root.as_deref(), self.own_network) {
             panic!("{e}");
         }
     }
@@ -80,11 +94,22 @@ impl PrivateDaemon {
             .unwrap_or(false)
     }
 
-    /// Destroys every guest, stops the daemon and removes its directories.
+    /// The daemon's PID (its namespaces are the guests' and dnsmasq's).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("libvirtd.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Destroys every guest and active network (their dnsmasq would
+    /// outlive the daemon), stops the daemon and removes its directories.
     pub fn shut_down(&self) {
         if let Ok(out) = Command::new("virsh").args(["-c", &self.uri, "list", "--name"]).output() {
             for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
                 let _ = Command::new("virsh").args(["-c", &self.uri, "destroy", name.trim()]).output();
+            }
+        }
+        if let Ok(out) = Command::new("virsh").args(["-c", &self.uri, "net-list", "--name"]).output() {
+            for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+                let _ = Command::new("virsh").args(["-c", &self.uri, "net-destroy", name.trim()]).output();
             }
         }
         if self.running() {
@@ -97,8 +122,18 @@ impl PrivateDaemon {
 /// This test binary's daemon: the current libvirt from the host's packages,
 /// started on first use and shut down when the binary exits.
 pub fn shared() -> &'static PrivateDaemon {
+    shared_daemon(false)
+}
+
+/// As `shared`, in a network namespace of its own: for test binaries that
+/// start virtual networks (call it before anything else starts the daemon).
+pub fn shared_with_own_network() -> &'static PrivateDaemon {
+    shared_daemon(true)
+}
+
+fn shared_daemon(own_network: bool) -> &'static PrivateDaemon {
     static DAEMON: OnceLock<PrivateDaemon> = OnceLock::new();
-    DAEMON.get_or_init(|| {
+    let daemon = DAEMON.get_or_init(|| {
         sweep_stale();
         let exe = std::env::current_exe().ok();
         let stem = exe
@@ -107,7 +142,7 @@ pub fn shared() -> &'static PrivateDaemon {
             .map(|s| s.to_string_lossy().split('-').next().unwrap_or("tests").to_string())
             .unwrap_or_else(|| "tests".into());
         let dir = PathBuf::from(BASE).join(format!("{stem}-{}", std::process::id()));
-        let daemon = PrivateDaemon::start(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+        let daemon = PrivateDaemon::start_with(&dir, None, own_network).unwrap_or_else(|e| panic!("{e}"));
         extern "C" fn at_exit() {
             if let Some(d) = DAEMON.get() {
                 d.shut_down();
@@ -116,7 +151,15 @@ pub fn shared() -> &'static PrivateDaemon {
         // SAFETY: registers a plain function; it runs once, at exit.
         unsafe { libc::atexit(at_exit) };
         daemon
-    })
+    });
+    // Only the first caller chooses; a test asking for a network namespace
+    // must never get a daemon in the host's.
+    assert!(
+        !own_network || daemon.own_network,
+        "this test binary's daemon was started in the host's network namespace before \
+         shared_with_own_network() was called"
+    );
+    daemon
 }
 
 /// Daemons of test binaries that died without cleaning up (killed, timed
@@ -129,7 +172,7 @@ fn sweep_stale() {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let dead = PrivateDaemon { dir: e.path(), root: None, uri: uri_of(&e.path()) };
+        let dead = PrivateDaemon { dir: e.path(), root: None, uri: uri_of(&e.path()), own_network: false };
         dead.shut_down();
     }
 }
