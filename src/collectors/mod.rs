@@ -12,6 +12,7 @@ pub mod domain_stats;
 pub(crate) mod guest;
 pub(crate) mod jobs;
 pub(crate) mod node;
+pub(crate) mod node_devices;
 pub(crate) mod pools;
 
 use std::fmt;

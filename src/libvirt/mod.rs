@@ -13,6 +13,7 @@ pub mod heap;
 pub(crate) mod jobs;
 pub(crate) mod manager;
 pub(crate) mod node;
+pub(crate) mod nodedev;
 pub(crate) mod pools;
 pub mod stats;
 pub mod typed_params;
