@@ -41,7 +41,9 @@ const CAPS: &[&str] = &[
     "vpd",
 ];
 
-const DETAIL: &str = "[collectors.node_devices]\ninterval = \"1s\"\n[metrics]\nnode_device_detail = true\n";
+/// Cycles every 2 s: a 1 s budget for the device reads even when the
+/// machine is loaded.
+const DETAIL: &str = "[collectors.node_devices]\ninterval = \"2s\"\n[metrics]\nnode_device_detail = true\n";
 
 fn names(out: &str) -> BTreeSet<String> {
     out.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
@@ -128,8 +130,20 @@ fn the_hosts_devices_match_virsh_nodedev_list() {
     for r in &records {
         common::schema::assert_valid(r);
     }
+    // Other guests' taps come and go on this host; a device listed while
+    // its sysfs entry is already gone fails its read. Only devices still
+    // there may not warn.
+    let now = names(&virsh::must(&["nodedev-list"]));
     let log = agent.log();
-    assert!(!log.lines().any(|l| l.contains("WARN") && l.contains("node_devices")), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("node_devices"))
+        .filter(|l| {
+            let device = l.split("device=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("");
+            !l.contains("cannot read the node device's XML") || now.contains(device)
+        })
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 /// libvirt's test driver as a host with an SR-IOV PF and an mdev-capable
@@ -241,7 +255,10 @@ fn domain_events_wake_the_collector_which_reads_only_new_domains() {
         "[collectors.node_devices]\ninterval = \"1h\"\n[metrics]\nnode_device_detail = true\n\
          [collectors.domain_stats]\nenabled = false\n[collectors.jobs]\nenabled = false\n{STDOUT}"
     ));
-    agent.wait_cycles_of("node_devices", 1, Duration::from_secs(30));
+    // The first cycle runs at start (and may be over already).
+    wait_for(Duration::from_secs(30), "the first node_devices cycle", || {
+        (agent.ok_cycles_of("node_devices") >= 1.0).then_some(())
+    });
     let first = wait_for(Duration::from_secs(10), "the first cycle's records", || {
         let r = node_device_records(&agent);
         r.iter().any(|x| x["object"]["name"] == "computer").then_some(r.len())

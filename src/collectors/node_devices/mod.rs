@@ -48,6 +48,9 @@ use xml::{bounded, parse_domain_hostdevs, parse_node_device, Bounds, Cuts, Devic
 
 pub(crate) const SOURCE: &str = "node_devices";
 
+/// Warnings that would repeat every cycle: once in ten minutes.
+static WARNINGS: crate::util::throttle::Throttle = crate::util::throttle::Throttle::new(Duration::from_secs(600));
+
 /// VF addresses kept per physical function (every VF is counted; PCIe
 /// allows 65535, NICs have up to a few hundred).
 const MAX_VFS: usize = 4096;
@@ -446,7 +449,9 @@ impl NodeDevicesCollector {
                 _ = &mut sleep => {
                     cancel.store(true, Ordering::Release);
                     NodeDevicesReport::count(&self.report.timeouts[DEVICE], 1);
-                    tracing::warn!(collector = SOURCE, deadline = ?self.settings.timeout, "node device reads past the cycle's budget; devices not read keep what was known of them");
+                    if let Some(held_back) = WARNINGS.allow("device budget") {
+                        tracing::warn!(collector = SOURCE, budget = ?(self.settings.timeout / 2), repeats_not_logged = held_back, "node device reads past the cycle's budget (half its timeout); devices not read keep what was known of them");
+                    }
                     break;
                 }
             }
