@@ -152,6 +152,26 @@ HD = 'instance=~"$instance", domain=~"$domain"'
 RI = "[$__rate_interval]"
 
 
+def node_device_panels(L):
+    """Fleet capacity of passthrough hardware: vGPU (mediated device) instances
+    left and in use, SR-IOV VFs in use. Hosts without such hardware have no
+    series: the stats read 0, the bar gauges stay empty."""
+    L.row("Node devices: vGPU and SR-IOV capacity")
+    L.add(stat("vGPU (mdev) instances left", "Mediated devices the parents can still create, all types (availableInstances).",
+               [(f"sum(libvirt_node_device_mdev_available_instances{{{H}}}) or vector(0)", "left")]), 6, 4)
+    L.add(stat("vGPU (mdev) devices created", "Mediated devices that exist, all types.",
+               [(f"sum(libvirt_node_device_mdev_devices{{{H}}}) or vector(0)", "created")]), 6, 4)
+    L.add(stat("SR-IOV VFs in use", "VFs that running domains hold (hostdev or interface type='hostdev'), over all physical functions.",
+               [(f"sum(libvirt_node_device_sriov_vfs_assigned{{{H}}}) or vector(0)", "in use")]), 6, 4)
+    L.add(stat("SR-IOV VFs free", "VFs configured on the physical functions that no running domain holds.",
+               [(f"sum(libvirt_node_device_sriov_vfs{{{H}}} - libvirt_node_device_sriov_vfs_assigned{{{H}}}) or vector(0)", "free")]), 6, 4)
+    L.add(bargauge("vGPU instances left by type", "Per mediated device type, summed over the selected hosts' parents.",
+                   [(f"sort_desc(sum by (type) (libvirt_node_device_mdev_available_instances{{{H}}}))", "{{type}}")]), 12, 8)
+    L.add(bargauge("SR-IOV VFs in use per host", "Share of each host's configured VFs that running domains hold.",
+                   [(f"sort_desc(sum by (instance) (libvirt_node_device_sriov_vfs_assigned{{{H}}}) / (sum by (instance) (libvirt_node_device_sriov_vfs{{{H}}}) > 0))", "{{instance}}")],
+                   unit="percentunit", max_=1), 12, 8)
+
+
 def fleet():
     L = Layout()
     L.row("Fleet overview")
@@ -225,6 +245,7 @@ def fleet():
                 [(f"libvirt_domain_block_job_current_bytes{{{HD}}} / (libvirt_domain_block_job_end_bytes{{{HD}}} > 0)", "")]), 10, 8)
     networks(L)
 
+    node_device_panels(L)
     L.row("Agent health")
     L.add(state_timeline("libvirt connection", "", [(f"libvirt_up{{{H}}}", "{{instance}}")],
                          mappings=[{"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}]), 12, 6)

@@ -21,6 +21,7 @@ pub static COLLECTORS: &[&dyn CollectorFactory] = &[
     &collectors::Factory(collectors::guest::GuestPlugin),
     &collectors::Factory(collectors::health::HealthPlugin),
     &collectors::Factory(collectors::networks::NetworksPlugin),
+    &collectors::Factory(collectors::node_devices::NodeDevicesPlugin),
 ];
 
 /// Every sink, in the order they start (they stop in reverse).

@@ -14,6 +14,7 @@ pub(crate) mod health;
 pub(crate) mod jobs;
 pub(crate) mod networks;
 pub(crate) mod node;
+pub(crate) mod node_devices;
 pub(crate) mod pools;
 
 use std::fmt;

@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("otel", super::otel),
     ("domain_xml", super::domain_xml),
     ("network_xml", super::network_xml),
+    ("nodedev_xml", super::nodedev_xml),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -102,4 +103,9 @@ fn domain_xml_corpus() {
 #[test]
 fn network_xml_corpus() {
     replay("network_xml", super::network_xml);
+}
+
+#[test]
+fn nodedev_xml_corpus() {
+    replay("nodedev_xml", super::nodedev_xml);
 }

@@ -1351,5 +1351,99 @@ pub fn network_xml(data: &[u8]) {
     }
 }
 
+/// Node device and domain XML (`nodedev_xml`): documents separated by NUL
+/// bytes, each read as a node device (`<device>`) or a domain's host
+/// devices (`<domain>`) by the node devices collector's readers, under
+/// bounds taken from the input's length (so the corpus stays plain XML);
+/// then the collector's inventory over all of them, into records, through
+/// the Prometheus exporter. Checks that nothing passes the bounds (strings,
+/// mdev types, VF addresses, hostdevs, assignments), that VFs in use never
+/// exceed VFs, and that every exposition line is one well-formed sample.
+pub fn nodedev_xml(data: &[u8]) {
+    use crate::collectors::node_devices::inventory::{build, DomainHostdevs, MAX_ASSIGNMENTS};
+    use crate::collectors::node_devices::metrics::NODE_DEVICE;
+    use crate::collectors::node_devices::xml::{parse_domain_hostdevs, parse_node_device, Bounds, Cuts};
+    use crate::record::{Field, Identity, ObjectRef, Record, RecordKind};
+
+    let n = data.len();
+    let bounds = Bounds { max_string_bytes: 1 + n % 97, max_mdev_types: n % 5, max_vfs: n % 7, max_hostdevs: n % 6 };
+    let mut devices = Vec::new();
+    let mut domains = Vec::new();
+    for doc in data.split(|b| *b == 0).take(64) {
+        let text = String::from_utf8_lossy(doc);
+        let mut cuts = Cuts::default();
+        if text.contains("<domain") {
+            if let Ok(h) = parse_domain_hostdevs(&text, &bounds, &mut cuts) {
+                assert!(h.len() <= bounds.max_hostdevs, "{} hostdevs kept", h.len());
+                domains.push(h);
+            }
+            continue;
+        }
+        let Ok(f) = parse_node_device(&text, &bounds, &mut cuts) else { continue };
+        let strings = [&Some(f.name.clone()), &f.parent, &f.driver, &f.vendor_id, &f.product_id];
+        for s in strings.into_iter().flatten().chain(&f.capabilities) {
+            assert!(s.len() <= bounds.max_string_bytes, "{s:?} past the bound");
+        }
+        assert!(f.mdev_types.len() <= bounds.max_mdev_types);
+        for t in &f.mdev_types {
+            for s in [&Some(t.id.clone()), &t.name, &t.device_api].into_iter().flatten() {
+                assert!(s.len() <= bounds.max_string_bytes, "{s:?} past the bound");
+            }
+        }
+        if let Some(sr) = &f.sriov {
+            assert!(sr.vfs.len() <= bounds.max_vfs && sr.vfs.len() as u64 <= sr.count);
+        }
+        devices.push(f);
+    }
+    let uuids: Vec<String> = (0..domains.len()).map(|i| format!("00000000-0000-0000-0000-{i:012}")).collect();
+    let holders: Vec<DomainHostdevs> =
+        domains.iter().zip(&uuids).map(|(h, u)| DomainHostdevs { name: "vm", uuid: u, hostdevs: h }).collect();
+    let mut cuts = Cuts::default();
+    let built = build(&devices, Some(&holders), &mut cuts);
+    assert_eq!(built.len(), devices.len());
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
+    let mut records = Vec::new();
+    for r in built {
+        let get = |k: &str| r.fields.iter().find(|(key, _)| key == k).and_then(|(_, v)| v.as_u64());
+        assert!(get("assigned.count").unwrap_or(0) <= MAX_ASSIGNMENTS as u64);
+        if let Some(used) = get("sriov.vfs.assigned") {
+            assert!(used <= get("sriov.vfs").unwrap_or(0), "more VFs in use than there are");
+        }
+        records.push(Record {
+            object: Some(ObjectRef { name: r.name.into(), uuid: r.uuid.into() }),
+            fields: r
+                .fields
+                .into_iter()
+                .map(|(k, v)| Field {
+                    unit: crate::record::mapping::unit_of(&NODE_DEVICE, &k, &v),
+                    key: Arc::from(k),
+                    value: v,
+                })
+                .collect(),
+            ..Record::new(&identity, RecordKind::of(&NODE_DEVICE), std::time::SystemTime::now())
+        });
+    }
+    let exporter = crate::sinks::prometheus::Exporter::new(
+        crate::selfmon::Registry::new(),
+        Arc::new(crate::selection::Selection::everything(&crate::registry::catalog())),
+        u64::MAX,
+    );
+    exporter.apply(Arc::new(crate::record::Batch {
+        source: "node_devices",
+        snapshot: true,
+        records,
+        ..Default::default()
+    }));
+    let text = exporter.encode();
+    let types: usize = devices.iter().map(|d| d.mdev_types.len()).sum();
+    let capacity = text.lines().filter(|l| l.starts_with("libvirt_node_device_mdev_available_instances{")).count();
+    assert!(capacity <= types, "{capacity} mdev capacity series for {types} types");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        assert!(value == "NaN" || value.ends_with("Inf") || value.parse::<f64>().is_ok(), "value in {line:?}");
+        assert!(!head.is_empty());
+    }
+}
+
 #[cfg(test)]
 mod corpus;

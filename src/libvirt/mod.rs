@@ -16,6 +16,7 @@ pub(crate) mod manager;
 pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod optional;
+pub(crate) mod nodedev;
 pub(crate) mod pools;
 pub mod stats;
 pub mod typed_params;
