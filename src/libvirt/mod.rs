@@ -14,6 +14,7 @@ pub(crate) mod jobs;
 pub(crate) mod manager;
 pub(crate) mod node;
 pub(crate) mod pools;
+pub(crate) mod snapshots;
 pub mod stats;
 pub mod typed_params;
 
