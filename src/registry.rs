@@ -19,6 +19,7 @@ pub static COLLECTORS: &[&dyn CollectorFactory] = &[
     &collectors::Factory(collectors::node::NodePlugin),
     &collectors::Factory(collectors::pools::PoolsPlugin),
     &collectors::Factory(collectors::guest::GuestPlugin),
+    &collectors::Factory(collectors::snapshots::SnapshotsPlugin),
 ];
 
 /// Every sink, in the order they start (they stop in reverse).

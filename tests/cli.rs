@@ -107,7 +107,7 @@ fn once_on_the_test_driver() {
     }
     let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     // The test driver has no job statistics: no domain_job record.
-    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool"]);
+    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool", "domain_snapshots"]);
     assert_eq!(recs[0]["domain"]["name"], "test");
     assert_eq!(recs[0]["fields"]["state.state"]["value"], 1);
     assert_eq!(recs[0]["fields"]["state.state"]["unit"], "enum");

@@ -13,6 +13,7 @@ pub(crate) mod guest;
 pub(crate) mod jobs;
 pub(crate) mod node;
 pub(crate) mod pools;
+pub(crate) mod snapshots;
 
 use std::fmt;
 use std::future::Future;
