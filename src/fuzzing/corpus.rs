@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("web_config", super::web_config),
     ("guest", super::guest),
     ("otel", super::otel),
+    ("snapshot_xml", super::snapshot_xml),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -90,4 +91,9 @@ fn otel_corpus() {
 #[test]
 fn guest_corpus() {
     replay("guest", super::guest);
+}
+
+#[test]
+fn snapshot_xml_corpus() {
+    replay("snapshot_xml", super::snapshot_xml);
 }
