@@ -128,6 +128,8 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // Real guests: one healthy, one whose disk fails (I/O error events),
     // and a Linux guest running the guest agent (the guest panels).
     let g = Guest::start("dash", GuestSpec::default());
+    // A snapshot, for the snapshot age panels (an internal one: qcow2).
+    virsh::must(&["snapshot-create-as", &g.name, "dash-snap"]);
     let linux = common::linux::LinuxGuest::with_data("dash-ga", true);
     let name = Guest::name_for("dash-ioerr");
     let spool = tempfile::tempdir().unwrap();
@@ -200,4 +202,6 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     }
     assert!(problems.is_empty(), "{} dashboard problems:\n{}", problems.len(), problems.join("\n"));
     drop(bad);
+    // Its metadata would keep the guest from being undefined.
+    let _ = virsh::run(&["snapshot-delete", &g.name, "dash-snap", "--metadata"]);
 }
