@@ -1207,8 +1207,13 @@ pub fn snapshot_xml(data: &[u8]) {
     let mut cuts = [0u64; 4];
     let fields = inventory_fields(&snapshots, current.as_deref(), Some(&checkpoints), &bounds, &mut cuts);
     for (key, v) in &fields {
-        if let TypedValue::String(s) = v {
-            assert!(s.len() <= max, "{key}: {} bytes", s.len());
+        match v {
+            // The kind is the agent's own word (internal, external, disk-only).
+            TypedValue::String(s) if key.ends_with(".kind") => {
+                assert!(["internal", "external", "disk-only"].contains(&&**s))
+            }
+            TypedValue::String(s) => assert!(s.len() <= max, "{key}: {} bytes", s.len()),
+            _ => {}
         }
     }
     let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
