@@ -170,6 +170,17 @@ def node_device_panels(L):
     L.add(bargauge("SR-IOV VFs in use per host", "Share of each host's configured VFs that running domains hold.",
                    [(f"sort_desc(sum by (instance) (libvirt_node_device_sriov_vfs_assigned{{{H}}}) / (sum by (instance) (libvirt_node_device_sriov_vfs{{{H}}}) > 0))", "{{instance}}")],
                    unit="percentunit", max_=1), 12, 8)
+def fleet_snapshots(L):
+    """Snapshots across the fleet (the snapshots collector, every 5 minutes)."""
+    L.row("Snapshots")
+    L.add(stat("Snapshots", "Snapshots libvirt keeps for the selected domains (internal, external and disk-only).",
+               [(f"sum(libvirt_domain_snapshots{{{HD}}}) or vector(0)", "snapshots")]), 4, 8)
+    L.add(stat("Domains with a snapshot older than 7 days", "What the DomainSnapshotTooOld alert counts (its threshold: 7 days).",
+               [(f"count(time() - libvirt_domain_snapshot_oldest_timestamp_seconds{{{HD}}} > 7 * 86400) or vector(0)", "domains")], red_at=1), 4, 8)
+    L.add(bargauge("Top 10 domains by oldest snapshot age", "Age of each domain's oldest snapshot: forgotten snapshots fill storage and slow I/O.",
+                   [(f"topk(10, time() - libvirt_domain_snapshot_oldest_timestamp_seconds{{{HD}}})", "{{domain}} @ {{instance}}")], unit="s"), 8, 8)
+    L.add(bargauge("Top 10 domains by snapshot count", "",
+                   [(f"topk(10, libvirt_domain_snapshots{{{HD}}})", "{{domain}} @ {{instance}}")]), 8, 8)
 
 
 def fleet():
@@ -266,6 +277,7 @@ def fleet():
                      [(f"virtpulse_sink_queue_depth{{{H}}} / (virtpulse_sink_queue_capacity{{{H}}} > 0)", "{{sink}} @ {{instance}}")], unit="percentunit"), 12, 8)
     L.add(timeseries("Agent memory and CPU", "",
                      [(f"process_resident_memory_bytes{{{H}}} and on (instance, job) virtpulse_build_info", "RSS {{instance}}")], unit="bytes"), 12, 8)
+    fleet_snapshots(L)
     return dashboard("virtpulse-fleet", "virtpulse / KVM fleet",
                      "KVM fleet overview from the virtpulse libvirt telemetry agent (metrics in docs/metrics.md).",
                      [variable("instance", "Host", "label_values(libvirt_up, instance)"),
@@ -294,6 +306,20 @@ def networks(L):
 
 
 D = 'instance=~"$instance", domain="$domain"'
+
+
+def domain_snapshots(L):
+    """One domain's snapshots and checkpoints (the snapshots collector)."""
+    L.row("Snapshots")
+    L.add(stat("Snapshots", "Snapshots libvirt keeps for the domain.",
+               [(f"libvirt_domain_snapshots{{{D}}}", "snapshots")]), 4, 6)
+    L.add(stat("Oldest snapshot age", "Age of the domain's oldest snapshot (0 when it has none); red past 7 days, the DomainSnapshotTooOld threshold.",
+               [(f"(time() - libvirt_domain_snapshot_oldest_timestamp_seconds{{{D}}}) or (0 * libvirt_domain_snapshots{{{D}}})", "age")], unit="s", red_at=7 * 86400), 4, 6)
+    L.add(stat("Checkpoints", "Checkpoints (disk bitmaps for incremental backups) libvirt keeps for the domain.",
+               [(f"libvirt_domain_checkpoints{{{D}}}", "checkpoints")]), 4, 6)
+    L.add(timeseries("Snapshots and checkpoints over time", "",
+                     [(f"libvirt_domain_snapshots{{{D}}}", "snapshots"),
+                      (f"libvirt_domain_checkpoints{{{D}}}", "checkpoints")]), 12, 6)
 
 
 def domain():
@@ -397,6 +423,7 @@ def domain():
                      [(f"sum by (event, type, detail) (increase(libvirt_domain_events_total{{{D}}}{RI}))", "{{event}} {{type}} {{detail}}")], stack=True), 16, 8)
     L.add(table("Last notable events", "When the domain last had an I/O error, watchdog, crash, block threshold, memory failure, control error or failed device removal (Unix time; empty when never).",
                 [(f"libvirt_domain_last_event_timestamp_seconds{{{D}}} * 1000", "")]), 8, 8)
+    domain_snapshots(L)
     return dashboard("virtpulse-domain", "virtpulse / KVM domain",
                      "One domain in depth, from the virtpulse libvirt telemetry agent.",
                      [variable("instance", "Host", "label_values(libvirt_up, instance)"),

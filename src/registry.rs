@@ -22,6 +22,7 @@ pub static COLLECTORS: &[&dyn CollectorFactory] = &[
     &collectors::Factory(collectors::health::HealthPlugin),
     &collectors::Factory(collectors::networks::NetworksPlugin),
     &collectors::Factory(collectors::node_devices::NodeDevicesPlugin),
+    &collectors::Factory(collectors::snapshots::SnapshotsPlugin),
 ];
 
 /// Every sink, in the order they start (they stop in reverse).

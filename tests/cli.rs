@@ -108,7 +108,7 @@ fn once_on_the_test_driver() {
     let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
     // The test driver has no job statistics: no domain_job record.
     let (devices, kinds): (Vec<&str>, Vec<&str>) = kinds.iter().partition(|k| **k == "node_device");
-    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool", "domain_health", "network"]);
+    assert_eq!(kinds, vec!["domain_stats", "node", "storage_pool", "domain_health", "network", "domain_snapshots"]);
     assert_eq!(devices.len(), 4, "one record per node device of the test driver's fake host");
     assert_eq!(recs[0]["domain"]["name"], "test");
     assert_eq!(recs[0]["fields"]["state.state"]["value"], 1);

@@ -131,6 +131,8 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     // Real guests: one healthy, one whose disk fails (I/O error events),
     // and a Linux guest running the guest agent (the guest panels).
     let g = Guest::start("dash", GuestSpec::default());
+    // A snapshot, for the snapshot age panels (an internal one: qcow2).
+    virsh::must(&["snapshot-create-as", &g.name, "dash-snap"]);
     let linux = common::linux::LinuxGuest::with_data("dash-ga", true);
     let name = Guest::name_for("dash-ioerr");
     // A virtual network with a DHCP range for the network panels: defined,
@@ -251,6 +253,8 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     assert!(problems.is_empty(), "{} dashboard problems:\n{}", problems.len(), problems.join("\n"));
     let _ = virsh::run(&["blockjob", &g.name, "vda", "--abort"]);
     drop(bad);
+    // Its metadata would keep the guest from being undefined.
+    let _ = virsh::run(&["snapshot-delete", &g.name, "dash-snap", "--metadata"]);
 }
 
 /// The node device panels over libvirt's test driver with an SR-IOV PF

@@ -16,6 +16,7 @@ pub(crate) mod networks;
 pub(crate) mod node;
 pub(crate) mod node_devices;
 pub(crate) mod pools;
+pub(crate) mod snapshots;
 
 use std::fmt;
 use std::future::Future;

@@ -19,6 +19,7 @@ const TARGETS: &[(&str, Harness)] = &[
     ("domain_xml", super::domain_xml),
     ("network_xml", super::network_xml),
     ("nodedev_xml", super::nodedev_xml),
+    ("snapshot_xml", super::snapshot_xml),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -108,4 +109,9 @@ fn network_xml_corpus() {
 #[test]
 fn nodedev_xml_corpus() {
     replay("nodedev_xml", super::nodedev_xml);
+}
+
+#[test]
+fn snapshot_xml_corpus() {
+    replay("snapshot_xml", super::snapshot_xml);
 }

@@ -1445,5 +1445,95 @@ pub fn nodedev_xml(data: &[u8]) {
     }
 }
 
+/// Target `snapshot_xml`: any text as libvirt's snapshot and checkpoint XML
+/// (the committed corpus is real `virsh snapshot-dumpxml` and
+/// `checkpoint-dumpxml` output), through the snapshots collector's readers,
+/// its bounds and a `domain_snapshots` record, through the Prometheus
+/// exporter with every switch on. Checks that no string passes the bound,
+/// that no more snapshots are described than allowed, and that every
+/// exposition line is one well-formed sample.
+pub fn snapshot_xml(data: &[u8]) {
+    use crate::collectors::snapshots::metrics::DOMAIN_SNAPSHOTS;
+    use crate::collectors::snapshots::xml::{parse_checkpoint, parse_snapshot, snapshot_kind};
+    use crate::collectors::snapshots::{bounded_checkpoint, bounded_snapshot, inventory_fields, Bounds, Item};
+    use crate::record::{DomainRef, Field, Identity, Record, RecordKind};
+
+    let text = lossy(data);
+    // The bounds come from the input's length: the corpus stays plain XML.
+    let bounds = Bounds { max_per_domain: data.len() % 4, max_string_bytes: 8 + data.len() % 57 };
+    let max = bounds.max_string_bytes;
+    let mut snapshots = Vec::new();
+    let mut checkpoints = Vec::new();
+    if let Ok(s) = parse_snapshot(&text) {
+        let (b, cut) = bounded_snapshot(s.clone(), max);
+        assert!(cut <= 5);
+        for v in [Some(&b.name), Some(&b.state), b.description.as_ref(), b.parent.as_ref(), b.memory.as_ref()] {
+            assert!(v.is_none_or(|v| v.len() <= max), "{v:?} past {max} bytes");
+        }
+        assert!(["internal", "external", "disk-only"].contains(&snapshot_kind(&b)));
+        assert_eq!(snapshot_kind(&b), snapshot_kind(&s), "bounding changed the kind");
+        // The same snapshot listed under a few names, as a domain with many.
+        for i in 0..3 {
+            snapshots.push(Item { name: format!("{}{i}", s.name), info: Some(Arc::new(b.clone())), read_now: true });
+        }
+        snapshots.push(Item { name: "unreadable".into(), info: None, read_now: false });
+    }
+    if let Ok(c) = parse_checkpoint(&text) {
+        let (b, cut) = bounded_checkpoint(c.clone(), max);
+        assert!(cut <= 3);
+        for v in [Some(&b.name), b.description.as_ref(), b.parent.as_ref()] {
+            assert!(v.is_none_or(|v| v.len() <= max), "{v:?} past {max} bytes");
+        }
+        checkpoints.push(Item { name: c.name.clone(), info: Some(Arc::new(b)), read_now: true });
+    }
+    let current = snapshots.first().map(|i| i.name.clone());
+    let mut cuts = [0u64; 4];
+    let fields = inventory_fields(&snapshots, current.as_deref(), Some(&checkpoints), &bounds, &mut cuts);
+    for (key, v) in &fields {
+        match v {
+            // The kind is the agent's own word (internal, external, disk-only).
+            TypedValue::String(s) if key.ends_with(".kind") => {
+                assert!(["internal", "external", "disk-only"].contains(&&**s))
+            }
+            TypedValue::String(s) => assert!(s.len() <= max, "{key}: {} bytes", s.len()),
+            _ => {}
+        }
+    }
+    let identity = Identity { host: "h".into(), uri: "qemu:///system".into() };
+    let record = Record {
+        domain: Some(DomainRef { name: "vm".into(), uuid: "u".into(), info: None }),
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| Field {
+                unit: crate::record::mapping::unit_of(&DOMAIN_SNAPSHOTS, &k, &v),
+                key: Arc::from(k),
+                value: v,
+            })
+            .collect(),
+        ..Record::new(&identity, RecordKind::of(&DOMAIN_SNAPSHOTS), std::time::SystemTime::now())
+    };
+    let exporter = crate::sinks::prometheus::Exporter::new(
+        crate::selfmon::Registry::new(),
+        Arc::new(crate::selection::Selection::everything(&crate::registry::catalog())),
+        u64::MAX,
+    );
+    exporter.apply(Arc::new(crate::record::Batch {
+        source: "snapshots",
+        snapshot: true,
+        records: vec![record],
+        ..Default::default()
+    }));
+    let out = exporter.encode();
+    let info = out.lines().filter(|l| l.starts_with("libvirt_domain_snapshot_info{")).count();
+    assert!(info <= bounds.max_per_domain, "{info} snapshots described, at most {}", bounds.max_per_domain);
+    let count = out.lines().find(|l| l.starts_with("libvirt_domain_snapshots{"));
+    assert_eq!(count.and_then(|l| l.rsplit(' ').next()), Some(snapshots.len().to_string().as_str()));
+    for line in out.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+        assert!(value == "NaN" || value.ends_with("Inf") || value.parse::<f64>().is_ok(), "value in {line:?}");
+        assert!(!head.is_empty());
+    }
+}
+
 #[cfg(test)]
 mod corpus;

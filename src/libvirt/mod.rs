@@ -18,6 +18,7 @@ pub(crate) mod node;
 pub(crate) mod optional;
 pub(crate) mod nodedev;
 pub(crate) mod pools;
+pub(crate) mod snapshots;
 pub mod stats;
 pub mod typed_params;
 

@@ -232,31 +232,34 @@ pub fn start(
 }
 
 /// Takes batches from the router: snapshots replace their source's, events
-/// join the log queue. Never waits on the receiver.
+/// join the log queue (a snapshot may carry event-like records too: the
+/// snapshots collector's change records). Never waits on the receiver.
 async fn intake(shared: Arc<Shared>, mut queue: SinkQueue, metrics: bool, logs: bool) {
     while let Some(batch) = queue.recv().await {
         let n = batch.records.len() as u64;
-        if batch.snapshot {
-            if metrics {
-                if let Ok(mut r) = shared.resource.lock() {
-                    for rec in &batch.records {
-                        r.observe(rec);
-                    }
-                }
-                let expires = batch.ttl.map(|t| Instant::now() + t);
-                if let Ok(mut s) = shared.snapshots.lock() {
-                    s.insert(batch.source, (batch, expires));
+        let now = SystemTime::now();
+        let records: Vec<LogRecord> = match (logs, batch.snapshot) {
+            (false, _) => Vec::new(),
+            (true, false) => batch.records.iter().filter_map(|r| logs::log_record(r, now)).collect(),
+            (true, true) => {
+                batch.records.iter().filter(|r| r.kind.is_event).filter_map(|r| logs::log_record(r, now)).collect()
+            }
+        };
+        if batch.snapshot && metrics {
+            if let Ok(mut r) = shared.resource.lock() {
+                for rec in &batch.records {
+                    r.observe(rec);
                 }
             }
+            let expires = batch.ttl.map(|t| Instant::now() + t);
+            if let Ok(mut s) = shared.snapshots.lock() {
+                s.insert(batch.source, (batch, expires));
+            }
+        }
+        if records.is_empty() {
             queue.stats.sent(n);
             continue;
         }
-        if !logs {
-            queue.stats.sent(n);
-            continue;
-        }
-        let now = SystemTime::now();
-        let records: Vec<LogRecord> = batch.records.iter().filter_map(|r| logs::log_record(r, now)).collect();
         let mut dropped = 0;
         if let Ok(mut q) = shared.logs.lock() {
             for rec in records {
