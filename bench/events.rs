@@ -150,7 +150,7 @@ fn main() {
     let started = Instant::now();
     let mut bytes = 0usize;
     for seq in 0..n {
-        let r = to_record(raw.clone(), Stamp { identity: &identity, run_id: "bench", seq, job_kind: None });
+        let r = to_record(&raw, Stamp { identity: &identity, run_id: "bench", seq, job_kind: None });
         bytes += r.to_json().len();
     }
     let per = started.elapsed().as_secs_f64() / n as f64;

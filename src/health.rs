@@ -39,7 +39,7 @@ impl Health {
     pub(crate) fn liveness(&self) -> Result<(), String> {
         for c in self.registry.collectors() {
             let quiet = c.since_beat();
-            let allowed = c.interval * 2 + GRACE;
+            let allowed = c.interval() * 2 + GRACE;
             if quiet > allowed {
                 return Err(format!(
                     "the {} collector's loop has not come round for {:.0} s (allowed {:.0} s)",
@@ -66,7 +66,7 @@ impl Health {
         for c in self.registry.collectors() {
             let last = c.last_success_unix();
             let age = (last > 0.0).then(|| (now.as_secs_f64() - last).max(0.0));
-            let ok = age.is_some_and(|a| a <= (c.interval * 2 + GRACE).as_secs_f64());
+            let ok = age.is_some_and(|a| a <= (c.interval() * 2 + GRACE).as_secs_f64());
             fresh &= ok;
             collectors.insert(c.name.to_string(), json!({ "ok": ok, "last_success_age_seconds": age }));
         }

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     let code = if cli.once {
         runtime.block_on(app::run_once(cfg))
     } else {
-        match runtime.block_on(app::run_daemon(cfg)) {
+        match runtime.block_on(app::run_daemon(cfg, cli.config.clone())) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::error!("{e:#}");

@@ -21,7 +21,8 @@ impl Report for ConnectionReport {
     fn metrics(&self, out: &mut dyn MetricWriter) {
         let m = &self.0;
         let own = self.1.map(|c| ("connection", c));
-        let uri: Vec<(&str, &str)> = std::iter::once(("uri", m.uri())).chain(own).collect();
+        let target = m.uri();
+        let uri: Vec<(&str, &str)> = std::iter::once(("uri", target.as_str())).chain(own).collect();
         for (name, v) in [
             ("libvirt_up", if m.is_up() { 1.0 } else { 0.0 }),
             ("virtpulse_libvirt_connects_total", m.connects() as f64),

@@ -233,8 +233,8 @@ mod tests {
     #[tokio::test]
     async fn wake_runs_a_collection_before_the_next_tick() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut router = Router::new();
-        let _q = router.add_sink(SinkStats::new("t", 64));
+        let router = Router::new();
+        let _q = router.add_sink(SinkStats::new("t", 64), crate::router::WhenFull::DropNewest);
         let sched =
             Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
         let wake = Wake::default();
@@ -263,8 +263,8 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_wakes_runs_one_collection() {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut router = Router::new();
-        let _q = router.add_sink(SinkStats::new("t", 64));
+        let router = Router::new();
+        let _q = router.add_sink(SinkStats::new("t", 64), crate::router::WhenFull::DropNewest);
         let sched =
             Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
         let stats = CollectorStats::new("counting", sched.interval);

@@ -3,11 +3,13 @@
 //! registered on each connection, normalized into records and routed to the
 //! sinks like everything else.
 //!
-//! Callbacks run on the libvirt event-loop thread and only `try_send` into a
-//! bounded queue; a full queue is counted, never waited on. After every
-//! (re)connect, all callbacks are registered again and one `resync` record
-//! per domain tells consumers the state the agent finds.
+//! Callbacks run on the libvirt event-loop thread and only offer the event
+//! to the lanes' bounded hand-off queues (`lanes`); a full queue is
+//! counted, never waited on there, while a durable sink's lane waits for its
+//! sink. After every (re)connect, all callbacks are registered again and one
+//! `resync` record per domain tells consumers the state the agent finds.
 
+pub(crate) mod lanes;
 pub(crate) mod names;
 pub mod normalize;
 mod stats;
@@ -18,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::filter::DomainFilter;
@@ -27,21 +28,20 @@ use crate::libvirt::stats::FLAG_NOWAIT;
 use crate::libvirt::typed_params::KeyInterner;
 use crate::libvirt::{ConnectionManager, Session};
 use crate::record::kind::KindSpec;
-use crate::record::Batch;
 use crate::record::Identity;
 use crate::router::Router;
+use crate::util::live::Live;
 use crate::util::throttle::LogOnce;
 use crate::value::TypedValue;
-use normalize::{to_record, Stamp};
+use lanes::{Handoff, Lanes, Normalizer};
+pub use lanes::{LaneDrop, LaneStats, SHARED};
 pub use stats::{EventStats, METRICS};
 pub use typed::{Event, Listener};
 
 pub const SOURCE: &str = "events";
 
-/// Events taken from the queue per batch at most.
-const MAX_BATCH: usize = 512;
-
 pub struct Settings {
+    /// Each lane's hand-off queue, in events.
     pub queue_capacity: usize,
     pub qemu_monitor: bool,
     pub resync: bool,
@@ -59,23 +59,6 @@ fn run_id() -> String {
         bytes = (t ^ u64::from(std::process::id())).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn make_sink(tx: mpsc::Sender<RawEvent>, stats: Arc<EventStats>) -> EventSink {
-    Arc::new(move |ev: RawEvent| {
-        let family = ev.family.as_str();
-        match tx.try_send(ev) {
-            Ok(()) => {
-                stats.depth.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut m) = stats.received.lock() {
-                    *m.entry(family).or_default() += 1;
-                }
-            }
-            Err(_) => {
-                stats.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    })
 }
 
 /// Registers every callback on a new connection, then emits resync records.
@@ -138,120 +121,88 @@ fn register_and_resync(
     }
 }
 
-/// Starts the registrar and the processor. Returns their tasks.
-pub fn start(
-    settings: Settings,
-    manager: Arc<ConnectionManager>,
-    router: Arc<Router>,
-    listeners: Vec<Arc<dyn Listener>>,
-    identity: Identity,
-    filter: Arc<DomainFilter>,
-    stats: Arc<EventStats>,
-) -> EventTasks {
-    let (tx, mut rx) = mpsc::channel::<RawEvent>(settings.queue_capacity.max(1));
-    let sink = make_sink(tx, stats.clone());
-    let job_kind = settings.job_kind;
-    let settings = Arc::new(settings);
+/// What the event subsystem reads that a reload may replace.
+pub struct Inputs {
+    pub manager: Arc<ConnectionManager>,
+    pub router: Arc<Router>,
+    /// The collectors' event listeners (a reload rebuilds collectors).
+    pub listeners: Live<Vec<Arc<dyn Listener>>>,
+    pub identity: Live<Identity>,
+    pub filter: Live<DomainFilter>,
+    pub stats: Arc<EventStats>,
+}
 
-    let registrar = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut sessions = manager.subscribe();
-            let mut done_generation = 0;
-            let mut refused_logged = LogOnce::default();
-            loop {
-                let current = sessions.borrow_and_update().clone();
-                if let Some(session) = current.filter(|s| s.generation != done_generation) {
-                    done_generation = session.generation;
-                    let (sink, settings, stats) = (sink.clone(), settings.clone(), stats.clone());
-                    let logged = std::mem::take(&mut refused_logged);
-                    let result = tokio::task::spawn_blocking(move || {
-                        let mut logged = logged;
-                        register_and_resync(&session, &sink, &settings, &stats, &mut logged);
-                        logged
-                    })
-                    .await;
-                    if let Ok(logged) = result {
-                        refused_logged = logged;
-                    }
-                }
-                if sessions.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
+/// Starts the registrar and the lanes: the shared one and one per sink the
+/// router says blocks when full.
+pub fn start(settings: Settings, inputs: Inputs) -> EventTasks {
+    let Inputs { manager, router, listeners, identity, filter, stats } = inputs;
+    let handoff = Handoff::new(filter, stats.clone());
+    let normalizer = Normalizer { identity, run_id: Arc::from(run_id()), job_kind: settings.job_kind };
+    let lanes =
+        Lanes::start(handoff.clone(), router.clone(), normalizer, stats.clone(), settings.queue_capacity, listeners);
+    for name in router.blocking_sinks() {
+        lanes.add_blocking(name);
+    }
+    let sink: EventSink = {
+        let handoff = handoff.clone();
+        Arc::new(move |ev: RawEvent| handoff.offer(ev))
     };
-
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stop_rx = stop.clone();
-    let processor = tokio::spawn(async move {
-        let run = run_id();
-        let mut seq: u64 = 0;
-        let mut buf: Vec<RawEvent> = Vec::with_capacity(MAX_BATCH);
-        let mut stopping = false;
+    let settings = Arc::new(settings);
+    let registrar = tokio::spawn(async move {
+        let mut sessions = manager.subscribe();
+        let mut done_generation = 0;
+        let mut refused_logged = LogOnce::default();
         loop {
-            tokio::select! {
-                biased;
-                _ = stop_rx.notified() => {
-                    // Whatever libvirt handed over before the callbacks went
-                    // away is still routed (the Kafka sink spools it).
-                    rx.close();
-                    while let Ok(ev) = rx.try_recv() {
-                        buf.push(ev);
-                    }
-                    stopping = true;
-                }
-                n = rx.recv_many(&mut buf, MAX_BATCH) => {
-                    if n == 0 {
-                        return;
-                    }
+            let current = sessions.borrow_and_update().clone();
+            if let Some(session) = current.filter(|s| s.generation != done_generation) {
+                done_generation = session.generation;
+                let (sink, settings, stats) = (sink.clone(), settings.clone(), stats.clone());
+                let logged = std::mem::take(&mut refused_logged);
+                let result = tokio::task::spawn_blocking(move || {
+                    let mut logged = logged;
+                    register_and_resync(&session, &sink, &settings, &stats, &mut logged);
+                    logged
+                })
+                .await;
+                if let Ok(logged) = result {
+                    refused_logged = logged;
                 }
             }
-            let n = buf.len();
-            stats.depth.fetch_sub(n.min(stats.depth()), Ordering::Relaxed);
-            let mut records = Vec::with_capacity(n);
-            for ev in buf.drain(..) {
-                // Domains left out by [domains] include/exclude: their events too.
-                if matches!(ev.family, Family::Domain | Family::QemuMonitor) && !filter.allows(&ev.object_name) {
-                    continue;
-                }
-                let delay = ev.at.elapsed().as_nanos() as u64;
-                stats.delay_ns_total.fetch_add(delay, Ordering::Relaxed);
-                stats.delay_ns_max.fetch_max(delay, Ordering::Relaxed);
-                let typed = Event::of(&ev);
-                for l in &listeners {
-                    l.on_event(&typed);
-                }
-                seq += 1;
-                records.push(to_record(ev, Stamp { identity: &identity, run_id: &run, seq, job_kind }));
-            }
-            stats.processed.fetch_add(n as u64, Ordering::Relaxed);
-            if !records.is_empty() {
-                router.route(Batch { source: SOURCE, snapshot: false, records, ..Default::default() });
-            }
-            if stopping {
+            if sessions.changed().await.is_err() {
                 return;
             }
         }
     });
-    EventTasks { registrar, processor, stop }
+    EventTasks { registrar, lanes }
 }
 
 /// The event subsystem's tasks.
 pub struct EventTasks {
     registrar: JoinHandle<()>,
-    processor: JoinHandle<()>,
-    stop: Arc<tokio::sync::Notify>,
+    lanes: Lanes,
 }
 
 impl EventTasks {
-    /// Stops registering; routes the events already handed over, then ends.
-    /// Call after the callbacks were deregistered.
+    /// Gives a sink that blocks when full (just added) a lane of its own.
+    pub fn add_blocking_lane(&self, sink: &'static str) {
+        self.lanes.add_blocking(sink);
+    }
+
+    /// Closes a blocking sink's lane before the sink goes: what it holds is
+    /// handed to the sink within `wait`.
+    pub async fn close_lane(&self, sink: &str, wait: std::time::Duration) {
+        self.lanes.close(sink, wait).await;
+    }
+
+    /// The sinks that have a lane of their own.
+    pub fn blocking_lanes(&self) -> Vec<&'static str> {
+        self.lanes.blocking()
+    }
+
+    /// Stops registering; routes the events already handed over (each lane
+    /// within `wait`), then ends. Call after the callbacks were deregistered.
     pub async fn shutdown(self, wait: std::time::Duration) {
         self.registrar.abort();
-        self.stop.notify_one();
-        if tokio::time::timeout(wait, self.processor).await.is_err() {
-            tracing::warn!("the event processor did not finish routing within {wait:?}");
-        }
+        self.lanes.close_all(wait).await;
     }
 }

@@ -118,11 +118,11 @@ pub struct Stamp<'a> {
     pub job_kind: Option<&'static KindSpec>,
 }
 
-pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
-    let (kind, detail) = classify(&ev);
+pub fn to_record(ev: &RawEvent, stamp: Stamp) -> Record {
+    let (kind, detail) = classify(ev);
     let mut fields = Vec::with_capacity(ev.fields.len() * 2);
     for (key, value) in &ev.fields {
-        if let (Some(f), Some(code)) = (namer(ev.family, ev.name, key), int(&ev, key)) {
+        if let (Some(f), Some(code)) = (namer(ev.family, ev.name, key), int(ev, key)) {
             fields.push(Field { key: key.clone(), unit: Unit::Enum, value: value.clone() });
             fields.push(Field {
                 key: Arc::from(format!("{key}_name")),
@@ -130,7 +130,7 @@ pub fn to_record(ev: RawEvent, stamp: Stamp) -> Record {
                 value: TypedValue::String(f(code).into()),
             });
         } else {
-            fields.push(Field { key: key.clone(), unit: unit(&ev, key, value, stamp.job_kind), value: value.clone() });
+            fields.push(Field { key: key.clone(), unit: unit(ev, key, value, stamp.job_kind), value: value.clone() });
         }
     }
     let is_domain = matches!(ev.family, Family::Domain | Family::QemuMonitor);
@@ -187,7 +187,7 @@ mod tests {
     fn lifecycle_gets_names_and_keeps_codes() {
         let id = here();
         let r = to_record(
-            raw(Family::Domain, "lifecycle", vec![("event", TypedValue::Int(3)), ("detail", TypedValue::Int(2))]),
+            &raw(Family::Domain, "lifecycle", vec![("event", TypedValue::Int(3)), ("detail", TypedValue::Int(2))]),
             stamp(&id),
         );
         let e = r.event.as_ref().unwrap();
@@ -227,12 +227,12 @@ mod tests {
         let net =
             raw(Family::Network, "lifecycle", vec![("event", TypedValue::Int(2)), ("detail", TypedValue::Int(0))]);
         let id = here();
-        let r = to_record(net, stamp(&id));
+        let r = to_record(&net, stamp(&id));
         assert_eq!(r.event.as_ref().unwrap().kind, "started");
         assert!(r.domain.is_none());
         assert_eq!(r.event.as_ref().unwrap().object.as_ref().unwrap().name.as_ref(), "vm1");
         let b = raw(Family::Domain, "balloon_change", vec![("actual", TypedValue::ULLong(163840))]);
-        let r = to_record(b, stamp(&id));
+        let r = to_record(&b, stamp(&id));
         assert_eq!(r.fields[0].unit, Unit::Kibibytes);
         let unknown =
             raw(Family::Domain, "lifecycle", vec![("event", TypedValue::Int(40)), ("detail", TypedValue::Int(1))]);

@@ -523,7 +523,7 @@ pub fn events(data: &[u8]) {
     let (kind, detail) = classify(&raw);
     let identity = crate::record::Identity { host: "fuzz-host".into(), uri: "qemu:///system".into() };
     let stamp = Stamp { identity: &identity, run_id: &run_id, seq, job_kind: crate::registry::job_statistics() };
-    let record = to_record(raw.clone(), stamp);
+    let record = to_record(&raw, stamp);
     assert_eq!(record.kind, RecordKind::of(&EVENT));
     assert_eq!(record.time, time);
     let ev = record.event.as_ref().expect("an event record has its event");

@@ -41,12 +41,17 @@ impl CloseSignal {
         }
     }
 
+    pub fn reason_code(&self) -> i32 {
+        self.reason.load(Ordering::Relaxed)
+    }
+
     pub fn reason(&self) -> &'static str {
         match self.reason.load(Ordering::Relaxed) as u32 {
             sys::VIR_CONNECT_CLOSE_REASON_ERROR => "error",
             sys::VIR_CONNECT_CLOSE_REASON_EOF => "eof",
             sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE => "keepalive",
             sys::VIR_CONNECT_CLOSE_REASON_CLIENT => "client",
+            x if x as i32 == CLOSE_REASON_RETARGETED => "retargeted",
             _ => "call_failed",
         }
     }
@@ -54,6 +59,8 @@ impl CloseSignal {
 
 /// Reason code used when the agent itself decides the connection is dead.
 pub const CLOSE_REASON_CALL_FAILED: i32 = -1;
+/// The agent closed it to connect elsewhere (a reload changed `[libvirt]`).
+pub const CLOSE_REASON_RETARGETED: i32 = -2;
 
 unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
     // Runs on the libvirt event-loop thread: only a non-blocking hand-off.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::connection::{Connection, OpenOptions, CLOSE_REASON_CALL_FAILED};
+use super::connection::{Connection, OpenOptions, CLOSE_REASON_CALL_FAILED, CLOSE_REASON_RETARGETED};
 use super::error::LibvirtError;
 
 /// A live connection plus a generation number that changes on every
@@ -31,7 +31,10 @@ pub struct ManagerOptions {
 }
 
 pub struct ConnectionManager {
-    opts: ManagerOptions,
+    /// Where and how to connect; a reload may retarget it.
+    opts: std::sync::RwLock<ManagerOptions>,
+    /// Wakes a connect loop sleeping in its backoff (a retarget).
+    retargeted: tokio::sync::Notify,
     current: watch::Sender<Option<Session>>,
     up: AtomicBool,
     connects: AtomicU64,
@@ -43,7 +46,8 @@ impl ConnectionManager {
     pub fn new(opts: ManagerOptions) -> Arc<Self> {
         let (current, _) = watch::channel(None);
         Arc::new(Self {
-            opts,
+            opts: std::sync::RwLock::new(opts),
+            retargeted: tokio::sync::Notify::new(),
             current,
             up: AtomicBool::new(false),
             connects: AtomicU64::new(0),
@@ -52,8 +56,24 @@ impl ConnectionManager {
         })
     }
 
-    pub fn uri(&self) -> &str {
-        &self.opts.uri
+    pub fn uri(&self) -> String {
+        self.opts().uri
+    }
+
+    fn opts(&self) -> ManagerOptions {
+        self.opts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connects elsewhere (or otherwise) from now on: the current connection
+    /// is closed and the loop reconnects with `opts` at once. Everything
+    /// that follows sessions (event callbacks, collectors) moves along as
+    /// after any reconnect.
+    pub fn retarget(&self, opts: ManagerOptions) {
+        *self.opts.write().unwrap_or_else(|e| e.into_inner()) = opts;
+        if let Some(s) = self.current() {
+            s.conn.close_signal().trip(CLOSE_REASON_RETARGETED);
+        }
+        self.retargeted.notify_one();
     }
 
     pub fn is_up(&self) -> bool {
@@ -105,11 +125,12 @@ impl ConnectionManager {
     }
 
     fn open_options(&self) -> OpenOptions {
+        let o = self.opts();
         OpenOptions {
-            uri: self.opts.uri.clone(),
-            read_only: self.opts.read_only,
-            keepalive_interval: self.opts.keepalive_interval.as_secs().min(i32::MAX as u64) as i32,
-            keepalive_count: self.opts.keepalive_count,
+            uri: o.uri,
+            read_only: o.read_only,
+            keepalive_interval: o.keepalive_interval.as_secs().min(i32::MAX as u64) as i32,
+            keepalive_count: o.keepalive_count,
         }
     }
 
@@ -129,18 +150,19 @@ impl ConnectionManager {
 
     /// Runs forever: connect, wait for loss, reconnect.
     pub async fn run(self: Arc<Self>) {
-        let mut backoff = self.opts.min_backoff;
+        let mut backoff = self.opts().min_backoff;
         loop {
             let opts = self.open_options();
+            let (uri, read_only) = (opts.uri.clone(), opts.read_only);
             let attempt = tokio::task::spawn_blocking(move || Connection::open(&opts)).await;
             match attempt {
                 Ok(Ok(conn)) => {
-                    backoff = self.opts.min_backoff;
+                    backoff = self.opts().min_backoff;
                     let session = self.publish(conn);
                     tracing::info!(
-                        uri = %self.opts.uri,
+                        uri = %uri,
                         generation = session.generation,
-                        read_only = self.opts.read_only,
+                        read_only,
                         keepalive = session.conn.has_keepalive(),
                         "connected to libvirt"
                     );
@@ -150,19 +172,27 @@ impl ConnectionManager {
                     self.up.store(false, Ordering::Relaxed);
                     self.disconnects.fetch_add(1, Ordering::Relaxed);
                     self.current.send_replace(None);
-                    tracing::warn!(uri = %self.opts.uri, reason = signal.reason(), "libvirt connection lost; reconnecting");
+                    if signal.reason_code() == CLOSE_REASON_RETARGETED {
+                        tracing::info!(uri = %uri, "closing the libvirt connection to connect as reconfigured");
+                    } else {
+                        tracing::warn!(uri = %uri, reason = signal.reason(), "libvirt connection lost; reconnecting");
+                    }
                 }
                 Ok(Err(err)) => {
                     self.up.store(false, Ordering::Relaxed);
                     self.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        uri = %self.opts.uri,
+                        uri = %uri,
                         error = %err,
                         retry_in = ?backoff,
                         "cannot connect to libvirt; is libvirtd (or virtqemud) running and is the socket readable?"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    // A retarget tries the new place at once.
+                    if tokio::time::timeout(backoff, self.retargeted.notified()).await.is_ok() {
+                        backoff = self.opts().min_backoff;
+                    } else {
+                        backoff = (backoff * 2).min(self.opts().max_backoff);
+                    }
                 }
                 Err(join_err) => {
                     tracing::error!(error = %join_err, "libvirt connect task failed");

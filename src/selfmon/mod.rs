@@ -7,9 +7,11 @@
 pub(crate) mod render;
 mod stats;
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-pub use stats::{ChunkMiss, CollectorStats, CycleOutcome, SinkStats, METRICS};
+pub mod reload;
+pub use stats::{ChunkMiss, CollectorStats, CycleOutcome, DropReason, SinkStats, METRICS};
 
 use crate::util::clock::unix_seconds;
 use crate::value::MetricType;
@@ -71,12 +73,21 @@ pub trait Probe: Send + Sync {
     fn readiness(&self) -> (bool, serde_json::Value);
 }
 
+/// A report, and who owns it when the owner can go (a collector or sink a
+/// reload removes) or be rebuilt (and keep counting where it left off).
+struct Owned {
+    owner: Option<String>,
+    report: Arc<dyn Report>,
+    /// The same object, for `keep` to hand back to a rebuilt owner.
+    any: Option<Arc<dyn Any + Send + Sync>>,
+}
+
 /// Everything the agent knows about itself.
 #[derive(Default)]
 pub struct Registry {
     collectors: Mutex<Vec<Arc<CollectorStats>>>,
     sinks: Mutex<Vec<Arc<SinkStats>>>,
-    reports: Mutex<Vec<Arc<dyn Report>>>,
+    reports: Mutex<Vec<Owned>>,
     pub started_unix: f64,
 }
 
@@ -97,20 +108,90 @@ impl Registry {
 
     pub fn add_collector(&self, c: Arc<CollectorStats>) {
         if let Ok(mut v) = self.collectors.lock() {
+            v.retain(|o| o.name != c.name);
             v.push(c);
         }
     }
 
+    /// The collector's counters: those it had before a reload rebuilt it
+    /// (with the new interval), or new ones.
+    pub fn collector(&self, name: &'static str, interval: std::time::Duration) -> Arc<CollectorStats> {
+        let mut v = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = v.iter().find(|c| c.name == name) {
+            c.set_interval(interval);
+            return c.clone();
+        }
+        let c = CollectorStats::new(name, interval);
+        v.push(c.clone());
+        c
+    }
+
+    /// Forgets a collector a reload turned off (its series go).
+    pub fn remove_collector(&self, name: &str) {
+        self.collectors.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| c.name != name);
+        self.remove_owned(name);
+    }
+
     pub fn add_sink(&self, s: Arc<SinkStats>) {
         if let Ok(mut v) = self.sinks.lock() {
+            v.retain(|o| o.name != s.name);
             v.push(s);
         }
     }
 
-    /// A component's own report (connection, events, a sink's transport).
+    /// The sink's queue counters: those it had before a reload restarted it
+    /// (when its queue keeps its size), or new ones.
+    pub fn sink(&self, name: &'static str, capacity: usize) -> Arc<SinkStats> {
+        let mut v = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = v.iter().find(|s| s.name == name && s.capacity == capacity) {
+            return s.clone();
+        }
+        v.retain(|s| s.name != name);
+        let s = SinkStats::new(name, capacity);
+        v.push(s.clone());
+        s
+    }
+
+    /// Forgets a sink a reload removed (its series go).
+    pub fn remove_sink(&self, name: &str) {
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| s.name != name);
+        self.remove_owned(name);
+    }
+
+    /// A component's own report (connection, events).
     pub fn add_report(&self, r: Arc<dyn Report>) {
         if let Ok(mut v) = self.reports.lock() {
-            v.push(r);
+            v.push(Owned { owner: None, report: r, any: None });
+        }
+    }
+
+    /// A report `owner` (a collector's or sink's name) replaces when it is
+    /// rebuilt and that goes with it (`remove_owned`).
+    pub fn add_owned(&self, owner: &str, r: Arc<dyn Report>) {
+        if let Ok(mut v) = self.reports.lock() {
+            v.retain(|o| o.owner.as_deref() != Some(owner) || o.any.is_some());
+            v.push(Owned { owner: Some(owner.to_string()), report: r, any: None });
+        }
+    }
+
+    /// The report of type `T` that `owner` registered before a reload
+    /// rebuilt it, so its counters run on; or a new one from `make`.
+    pub fn keep<T: Report + Send + Sync + 'static>(&self, owner: &str, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut v = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        for o in v.iter().filter(|o| o.owner.as_deref() == Some(owner)) {
+            if let Some(t) = o.any.clone().and_then(|a| a.downcast::<T>().ok()) {
+                return t;
+            }
+        }
+        let t = Arc::new(make());
+        v.push(Owned { owner: Some(owner.to_string()), report: t.clone(), any: Some(t.clone()) });
+        t
+    }
+
+    /// Forgets every report of `owner`.
+    pub fn remove_owned(&self, owner: &str) {
+        if let Ok(mut v) = self.reports.lock() {
+            v.retain(|o| o.owner.as_deref() != Some(owner));
         }
     }
 
@@ -123,7 +204,7 @@ impl Registry {
     }
 
     pub fn reports(&self) -> Vec<Arc<dyn Report>> {
-        self.reports.lock().map(|v| v.clone()).unwrap_or_default()
+        self.reports.lock().map(|v| v.iter().map(|o| o.report.clone()).collect()).unwrap_or_default()
     }
 
     /// Every metric of every collector, sink and report.

@@ -54,7 +54,8 @@ impl CycleOutcome {
 #[derive(Debug)]
 pub struct CollectorStats {
     pub name: &'static str,
-    pub interval: Duration,
+    /// Its interval in milliseconds (a reload may change it).
+    interval_ms: AtomicU64,
     outcomes: [AtomicU64; 4],
     skipped: AtomicU64,
     last_duration_ns: AtomicU64,
@@ -76,7 +77,7 @@ impl CollectorStats {
     pub fn new(name: &'static str, interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             name,
-            interval,
+            interval_ms: AtomicU64::new(interval.as_millis().min(u128::from(u64::MAX)) as u64),
             outcomes: Default::default(),
             skipped: AtomicU64::new(0),
             last_duration_ns: AtomicU64::new(0),
@@ -90,6 +91,14 @@ impl CollectorStats {
             last_beat_ms: AtomicU64::new(process_millis()),
             chunked: AtomicBool::new(false),
         })
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn set_interval(&self, interval: Duration) {
+        self.interval_ms.store(interval.as_millis().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
     pub fn record(&self, outcome: CycleOutcome, duration: Duration, error: Option<String>) {
@@ -185,6 +194,26 @@ impl CollectorStats {
     }
 }
 
+/// Why the router dropped records for a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The sink's queue was full (a slow or stuck sink).
+    QueueFull,
+    /// The sink had stopped (shutdown, or removed by a reload).
+    Stopped,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Stopped => "stopped",
+        }
+    }
+}
+
 /// Counters of one sink's queue.
 #[derive(Debug)]
 pub struct SinkStats {
@@ -192,7 +221,7 @@ pub struct SinkStats {
     pub capacity: usize,
     depth: AtomicUsize,
     sent_records: AtomicU64,
-    dropped_records: AtomicU64,
+    dropped_records: [AtomicU64; 2],
     failed_records: AtomicU64,
 }
 
@@ -203,7 +232,7 @@ impl SinkStats {
             capacity,
             depth: AtomicUsize::new(0),
             sent_records: AtomicU64::new(0),
-            dropped_records: AtomicU64::new(0),
+            dropped_records: Default::default(),
             failed_records: AtomicU64::new(0),
         })
     }
@@ -217,8 +246,8 @@ impl SinkStats {
         let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
     }
 
-    pub fn dropped(&self, records: u64) {
-        self.dropped_records.fetch_add(records, Ordering::Relaxed);
+    pub fn dropped(&self, why: DropReason, records: u64) {
+        self.dropped_records[why as usize].fetch_add(records, Ordering::Relaxed);
     }
 
     pub fn sent(&self, records: u64) {
@@ -237,8 +266,13 @@ impl SinkStats {
         self.sent_records.load(Ordering::Relaxed)
     }
 
+    /// Dropped for any reason.
     pub fn dropped_records(&self) -> u64 {
-        self.dropped_records.load(Ordering::Relaxed)
+        DropReason::ALL.iter().map(|r| self.dropped_for(*r)).sum()
+    }
+
+    pub fn dropped_for(&self, why: DropReason) -> u64 {
+        self.dropped_records[why as usize].load(Ordering::Relaxed)
     }
 
     pub fn failed_records(&self) -> u64 {
@@ -287,7 +321,7 @@ pub const METRICS: &[MetricDesc] = &[
     MetricDesc::counter("virtpulse_sink_records_sent_total", "Records delivered by the sink."),
     MetricDesc::counter(
         "virtpulse_sink_records_dropped_total",
-        "Records dropped because the sink's queue was full or closed.",
+        "Records the router dropped for the sink, by reason (queue_full: the sink's queue was full; stopped: the sink had stopped). Events of sinks that block when full are never dropped here.",
     ),
     MetricDesc::counter("virtpulse_sink_records_failed_total", "Records the sink could not deliver."),
 ];
@@ -330,10 +364,13 @@ impl Report for SinkStats {
             ("virtpulse_sink_queue_depth", self.depth() as f64),
             ("virtpulse_sink_queue_capacity", self.capacity as f64),
             ("virtpulse_sink_records_sent_total", self.sent_records() as f64),
-            ("virtpulse_sink_records_dropped_total", self.dropped_records() as f64),
             ("virtpulse_sink_records_failed_total", self.failed_records() as f64),
         ] {
             out.sample(&find(METRICS, name), &l, v);
+        }
+        for why in DropReason::ALL {
+            let labels = [("sink", self.name), ("reason", why.as_str())];
+            out.sample(&find(METRICS, "virtpulse_sink_records_dropped_total"), &labels, self.dropped_for(why) as f64);
         }
     }
 }

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use crate::config::{typed, AnyConfig, SectionConfig, SectionSpec};
 use crate::record::kind::Catalog;
-use crate::router::SinkQueue;
+use crate::router::{SinkQueue, WhenFull};
 use crate::selection::Selection;
 use crate::selfmon::{MetricDesc, Probe, Registry, Report};
+use crate::util::live::Live;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -31,8 +32,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct SinkContext {
     /// The agent's own telemetry (the Prometheus sink serves it).
     pub registry: Arc<Registry>,
-    /// What the metric sinks export.
-    pub selection: Arc<Selection>,
+    /// What the metric sinks export (a reload may replace it).
+    pub selection: Live<Selection>,
     pub hostname: String,
     pub libvirt_uri: String,
     /// Answers health checks (the Prometheus sink's /healthz and /readyz).
@@ -88,6 +89,11 @@ pub trait SinkPlugin: Sync + 'static {
 
     /// Batches its queue from the router holds.
     fn queue_capacity(&self, cfg: &Self::Config) -> usize;
+    /// What its queue does with events when full: block (a lane of its
+    /// own, at least once from the hand-off on) or drop the newest.
+    fn when_full(&self, _cfg: &Self::Config) -> WhenFull {
+        WhenFull::DropNewest
+    }
     fn consumes(&self, cfg: &Self::Config) -> Consumes;
     /// Whether it serves `/healthz`, `/readyz` and the agent's own metrics
     /// (then the admin listener is not needed).
@@ -118,6 +124,7 @@ pub trait SinkFactory: Sync {
     fn section(&self) -> &dyn SectionSpec;
     fn metrics(&self) -> &'static [MetricDesc];
     fn queue_capacity(&self, cfg: &AnyConfig) -> usize;
+    fn when_full(&self, cfg: &AnyConfig) -> WhenFull;
     fn consumes(&self, cfg: &AnyConfig) -> Consumes;
     fn serves_health(&self, cfg: &AnyConfig) -> bool;
     fn check(&self, cfg: &AnyConfig, ctx: &CheckContext) -> Result<(), String>;
@@ -148,6 +155,10 @@ impl<P: SinkPlugin> SinkFactory for Factory<P> {
 
     fn queue_capacity(&self, cfg: &AnyConfig) -> usize {
         self.0.queue_capacity(&typed::<P::Config>(cfg))
+    }
+
+    fn when_full(&self, cfg: &AnyConfig) -> WhenFull {
+        self.0.when_full(&typed::<P::Config>(cfg))
     }
 
     fn consumes(&self, cfg: &AnyConfig) -> Consumes {

@@ -218,9 +218,9 @@ pub struct DomainStatsCollector {
 
 impl DomainStatsCollector {
     pub fn new(ctx: CollectorContext, settings: Settings, info: InfoCache) -> Self {
-        let groups =
-            Arc::new(GroupsReport { wanted: AtomicU64::new(u64::from(settings.groups)), ..Default::default() });
-        ctx.registry.add_report(groups.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let groups = ctx.registry.keep(ctx.stats.name, GroupsReport::default);
+        groups.wanted.store(u64::from(settings.groups), Ordering::Relaxed);
         ctx.stats.set_chunked();
         Self {
             ctx,

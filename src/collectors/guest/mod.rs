@@ -302,8 +302,8 @@ pub(crate) struct GuestCollector {
 
 impl GuestCollector {
     pub(crate) fn new(ctx: CollectorContext, settings: Settings) -> Self {
-        let report = Arc::new(GuestReport::default());
-        ctx.registry.add_report(report.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let report = ctx.registry.keep(ctx.stats.name, GuestReport::default);
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.calls_in_flight.max(1)));
         Self {
             ctx,

@@ -206,8 +206,8 @@ pub(crate) struct HealthCollector {
 
 impl HealthCollector {
     fn new(ctx: CollectorContext, cfg: HealthConfig, call_timeout: Duration) -> Self {
-        let report = Arc::new(HealthReport::default());
-        ctx.registry.add_report(report.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let report = ctx.registry.keep(ctx.stats.name, HealthReport::default);
         let permits = Arc::new(tokio::sync::Semaphore::new(cfg.calls_in_flight.max(1)));
         Self {
             ctx,

@@ -325,8 +325,8 @@ pub(crate) struct NetworksCollector {
 
 impl NetworksCollector {
     pub(crate) fn new(ctx: CollectorContext, settings: Settings) -> Self {
-        let report = Arc::new(NetworksReport::default());
-        ctx.registry.add_report(report.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let report = ctx.registry.keep(ctx.stats.name, NetworksReport::default);
         Self {
             ctx,
             settings: Arc::new(settings),

@@ -275,8 +275,8 @@ fn full_refresh_due(last: Option<Instant>, interval: Duration, now: Instant) -> 
 
 impl NodeDevicesCollector {
     pub(crate) fn new(ctx: CollectorContext, settings: Settings) -> Self {
-        let report = Arc::new(NodeDevicesReport::default());
-        ctx.registry.add_report(report.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let report = ctx.registry.keep(ctx.stats.name, NodeDevicesReport::default);
         let permits = Arc::new(tokio::sync::Semaphore::new(settings.reads_in_flight.max(1)));
         Self {
             ctx,

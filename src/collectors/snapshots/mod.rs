@@ -887,8 +887,8 @@ pub(crate) struct SnapshotsCollector {
 
 impl SnapshotsCollector {
     pub(crate) fn new(ctx: CollectorContext, settings: Settings) -> Self {
-        let report = Arc::new(SnapshotsReport::default());
-        ctx.registry.add_report(report.clone());
+        // Counters run on when a reload rebuilds the collector.
+        let report = ctx.registry.keep(ctx.stats.name, SnapshotsReport::default);
         let readers = Readers::new(
             ctx.tracker.clone(),
             settings.calls_in_flight,

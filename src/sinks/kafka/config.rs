@@ -1,6 +1,7 @@
 //! `[sinks.kafka]`: brokers, topics, the disk spool, and librdkafka
 //! properties passed through as they are.
 
+use crate::router::WhenFull;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -103,6 +104,9 @@ pub struct KafkaConfig {
     pub max_in_flight: usize,
     /// Batches waiting between the router and the sink.
     pub queue_capacity: usize,
+    /// Events when the queue is full: "block" (the sink's event lane waits;
+    /// at least once from libvirt's hand-off on) or "drop_newest".
+    pub when_full: WhenFull,
     /// On shutdown, how long to wait for messages in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -133,6 +137,7 @@ impl Default for KafkaConfig {
             spool_sync_interval: Duration::from_secs(1),
             max_in_flight: 10_000,
             queue_capacity: 4096,
+            when_full: WhenFull::Block,
             shutdown_timeout: Duration::from_secs(5),
             properties: Properties::default(),
             secret_files: BTreeMap::new(),

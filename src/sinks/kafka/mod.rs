@@ -85,6 +85,10 @@ impl SinkPlugin for KafkaPlugin {
         cfg.queue_capacity
     }
 
+    fn when_full(&self, cfg: &KafkaConfig) -> crate::router::WhenFull {
+        cfg.when_full
+    }
+
     fn consumes(&self, cfg: &KafkaConfig) -> Consumes {
         Consumes { metrics: false, records: cfg.metrics, durable_events: true }
     }

@@ -74,7 +74,8 @@ pub struct MetricBuilder {
     names: Names,
     generation: u64,
     cardinality_limit: usize,
-    selection: std::sync::Arc<Selection>,
+    /// What is exported; a reload may replace it.
+    selection: crate::util::live::Live<Selection>,
 }
 
 /// One metric of a request: its points, each already a tagged
@@ -226,13 +227,13 @@ fn encode_request(resource: &[u8], scope: &[u8], metrics: &[MetricBuf]) -> Vec<u
 }
 
 impl MetricBuilder {
-    pub fn new(cardinality_limit: usize, selection: std::sync::Arc<Selection>) -> Self {
+    pub fn new(cardinality_limit: usize, selection: impl Into<crate::util::live::Live<Selection>>) -> Self {
         Self {
             starts: FxHashMap::default(),
             names: Names::default(),
             generation: 0,
             cardinality_limit: cardinality_limit.max(1),
-            selection,
+            selection: selection.into(),
         }
     }
 
@@ -310,7 +311,7 @@ impl MetricBuilder {
             point: Vec::with_capacity(512),
             built: Built::default(),
         };
-        let selection = self.selection.clone();
+        let selection = self.selection.get();
         let filter: &dyn SampleFilter = &*selection;
         let mut out = Vec::new();
         for (r, start) in records.into_iter().zip(starts) {

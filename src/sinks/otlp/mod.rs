@@ -185,7 +185,7 @@ pub fn start(
     cfg: &OtlpConfig,
     host: &str,
     uri: &str,
-    selection: Arc<crate::selection::Selection>,
+    selection: crate::util::live::Live<crate::selection::Selection>,
     queue: SinkQueue,
     release_memory: fn(),
 ) -> anyhow::Result<OtlpSink> {

@@ -33,6 +33,7 @@ use crate::selfmon::Probe;
 use crate::selfmon::Registry;
 use crate::sinks::{BoxFuture, Consumes, Running, SinkContext, SinkPlugin};
 use crate::util::clock::process_millis;
+use crate::util::live::Live;
 use body::{Chunks, Frames, Output};
 pub use body::{Encoding, Written};
 pub use config::PrometheusConfig;
@@ -86,7 +87,8 @@ struct Inner {
 pub struct Exporter {
     inner: Arc<RwLock<Inner>>,
     registry: Arc<Registry>,
-    selection: Arc<Selection>,
+    /// What is exported; a reload may replace it.
+    selection: Live<Selection>,
     max_series: u64,
     prerender_max: usize,
     render_slots: Arc<tokio::sync::Semaphore>,
@@ -102,11 +104,11 @@ pub struct Exporter {
 type Guard<'a> = std::sync::RwLockReadGuard<'a, Inner>;
 
 impl Exporter {
-    pub fn new(registry: Arc<Registry>, selection: Arc<Selection>, max_series: u64) -> Self {
+    pub fn new(registry: Arc<Registry>, selection: impl Into<Live<Selection>>, max_series: u64) -> Self {
         Self {
             inner: Arc::default(),
             registry,
-            selection,
+            selection: selection.into(),
             max_series,
             prerender_max: 0,
             render_slots: Arc::new(tokio::sync::Semaphore::new(RENDER_SLOTS)),
@@ -166,7 +168,7 @@ impl Exporter {
         let present: Option<HashSet<Arc<str>>> = batch
             .lists_every_domain
             .then(|| batch.records.iter().filter_map(|r| r.domain.as_ref()).map(|d| d.uuid.clone()).collect());
-        let mut plan = SourcePlan::build(batch, &self.selection, self.max_series.saturating_sub(others));
+        let mut plan = SourcePlan::build(batch, &self.selection.get(), self.max_series.saturating_sub(others));
         plan.prerender(self.prerender_max, self.gzip_expected());
         let Ok(mut inner) = self.inner.write() else {
             tracing::error!("Prometheus sink: state lock poisoned; snapshot not applied");
@@ -224,9 +226,10 @@ impl Exporter {
         let mut own = crate::selfmon::render::render(&self.registry);
         selfmetrics::add_facts(&mut own, facts);
         let mut counted = Families::new();
-        inner.events.render(&mut counted, &*self.selection);
+        let selection = self.selection.get();
+        inner.events.render(&mut counted, &*selection);
         // Event counters are metrics about libvirt: the selection applies.
-        counted.retain(|name, _| self.selection.selects_name(name));
+        counted.retain(|name, _| selection.selects_name(name));
         own.extend(counted);
         own
     }

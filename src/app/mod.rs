@@ -1,25 +1,31 @@
 //! Wiring: builds the connection manager, collectors, router and sinks from
-//! the configuration, runs them, and shuts down cleanly on SIGTERM/SIGINT.
+//! the configuration (`agent`), runs them, reloads in place on SIGHUP
+//! (`reload`), and shuts down cleanly on SIGTERM/SIGINT.
+
+mod agent;
+pub(crate) mod reload;
+
+use agent::{load_checked, Agent};
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::anyhow;
 
 use crate::collectors::blocking::CallTracker;
-use crate::collectors::connection::ConnectionReport;
 use crate::collectors::controller::{self, Schedule, Wake};
 use crate::collectors::{manager_options, BuildContext, Collector, CollectorContext, Consumers, Identity};
 use crate::config::{Config, LogFormat};
-use crate::events::{self, EventStats, Listener};
+use crate::events;
 use crate::filter::DomainFilter;
 use crate::health::Health;
 use crate::libvirt::ConnectionManager;
 use crate::registry::{COLLECTORS, SINKS};
-use crate::router::Router;
 use crate::selection::Selection;
-use crate::selfmon::{CollectorStats, CycleOutcome, Registry, SinkStats};
-use crate::sinks::{CheckContext, Consumes, SinkContext};
+use crate::selfmon::{CollectorStats, CycleOutcome, Registry};
+use crate::sinks::{CheckContext, Consumes};
 
 /// Exit codes (sysexits.h).
 pub const EXIT_CONFIG: i32 = 78;
@@ -39,33 +45,43 @@ pub fn journal_wanted(format: LogFormat, journal_stream: Option<&str>, socket_ex
     }
 }
 
+/// The log filter, replaced by a reload that changes `agent.log_level`.
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
 pub fn init_logging(cfg: &Config) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_new(&cfg.agent.log_level)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.agent.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(handle);
+    let base = tracing_subscriber::registry().with(filter);
     let stream = std::env::var("JOURNAL_STREAM").ok();
     if journal_wanted(cfg.agent.log_format, stream.as_deref(), std::path::Path::new(JOURNAL_SOCKET).exists()) {
         match tracing_journald::layer() {
             Ok(layer) => {
-                let layer = layer.with_syslog_identifier("virtpulse".into());
-                let _ = tracing_subscriber::registry().with(filter()).with(layer).try_init();
+                let _ = base.with(layer.with_syslog_identifier("virtpulse".into())).try_init();
                 return;
             }
             Err(e) => eprintln!("virtpulse: cannot log to the journal ({e}); logging to stderr"),
         }
     }
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = match cfg.agent.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        _ => builder.try_init(),
+        LogFormat::Json => base.with(fmt.json()).try_init(),
+        _ => base.with(fmt.with_ansi(std::io::stderr().is_terminal())).try_init(),
     };
+}
+
+/// Applies a new `agent.log_level` (checked by the configuration already).
+pub(crate) fn set_log_level(level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    match LOG_FILTER.get() {
+        Some(h) => h.reload(filter).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// Every check a start makes short of connecting anywhere: what
@@ -86,7 +102,7 @@ pub fn preflight(cfg: &Config) -> Result<(), String> {
 }
 
 /// What the enabled sinks consume, together.
-fn consumes(cfg: &Config) -> Consumes {
+pub(crate) fn consumes(cfg: &Config) -> Consumes {
     SINKS.iter().zip(&cfg.sinks).filter(|(_, c)| c.enabled).fold(Consumes::default(), |a, (f, c)| {
         let b = f.consumes(&c.config);
         Consumes {
@@ -97,33 +113,30 @@ fn consumes(cfg: &Config) -> Consumes {
     })
 }
 
-fn serves_health(cfg: &Config) -> bool {
+pub(crate) fn serves_health(cfg: &Config) -> bool {
     SINKS.iter().zip(&cfg.sinks).any(|(f, c)| c.enabled && f.serves_health(&c.config))
 }
 
-fn filter(cfg: &Config) -> anyhow::Result<Arc<DomainFilter>> {
+pub(crate) fn filter(cfg: &Config) -> anyhow::Result<Arc<DomainFilter>> {
     cfg.domains.filter().map(Arc::new).map_err(|e| anyhow!("domains.{}: {}", e.key, e.message))
 }
 
-fn identity(cfg: &Config) -> Identity {
+pub(crate) fn identity(cfg: &Config) -> Identity {
     Identity { host: cfg.hostname().into(), uri: cfg.libvirt.uri.as_str().into() }
 }
 
-/// A collector ready to run, with what runs it.
+/// A collector built for `--once`, with what runs it.
 struct Planned {
     name: &'static str,
     collector: Box<dyn Collector>,
-    listener: Option<Arc<dyn Listener>>,
     /// A connection of the collector's own (read-write for the guest agent).
     own_manager: Option<Arc<ConnectionManager>>,
     sched: Schedule,
-    tracker: CallTracker,
     stats: Arc<CollectorStats>,
-    wake: Wake,
 }
 
 /// The enabled collectors, in the registry's order, each built by its
-/// factory with its own schedule, call tracker and counters.
+/// factory with its own schedule and counters (`--once`).
 fn plan_collectors(
     cfg: &Config,
     manager: &Arc<ConnectionManager>,
@@ -145,19 +158,15 @@ fn plan_collectors(
             identity: identity(cfg),
             filter: filter(cfg)?,
         };
-        let tracker = ctx.tracker.clone();
         let wake = Wake::counted(stats.clone());
-        let mut build = BuildContext::new(ctx, sched, wake.clone(), selection.clone(), consumers, cfg.libvirt.clone());
+        let mut build = BuildContext::new(ctx, sched, wake, selection.clone(), consumers, cfg.libvirt.clone());
         let built = factory.build(&c.config, &mut build).map_err(|e| anyhow!("collectors.{}: {e:#}", c.name))?;
         out.push(Planned {
             name: c.name,
             collector: built.collector,
-            listener: built.listener,
             own_manager: build.own_connection(),
             sched,
-            tracker,
             stats,
-            wake,
         });
     }
     Ok(out)
@@ -250,155 +259,101 @@ fn watchdog(health: Arc<Health>, period: Duration) {
     }
 }
 
-/// SIGHUP would end the process by default. Reloading in place is not
-/// supported: the connection, the event callbacks and every sink are built
-/// from the configuration, and a restart rebuilds them in well under a
-/// second while the Kafka spool keeps every undelivered event.
-async fn refuse_reload() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-    while hup.recv().await.is_some() {
-        tracing::warn!("SIGHUP: configuration reload is not supported; restart the service to apply changes (systemctl restart virtpulse)");
+/// Reloads on SIGHUP: the file and the environment are read and checked
+/// as `--check-config` does; only a configuration that passes is applied,
+/// in place. A bad one leaves the running configuration as it is.
+async fn reload(agent: &mut Agent, path: Option<PathBuf>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let new = match load_checked(path).await {
+        Ok(c) => c,
+        Err(e) => {
+            agent.reloads.failed(&e);
+            tracing::error!(error = %e, "configuration reload failed; the running configuration stays (virtpulse_config_last_reload_successful = 0)");
+            return;
+        }
+    };
+    match agent.apply(new).await {
+        Ok(restart) => {
+            agent.reloads.succeeded(!restart.is_empty());
+            if restart.is_empty() {
+                tracing::info!("configuration reloaded");
+            } else {
+                tracing::warn!(keys = ?restart, "configuration reloaded; these changes take effect at the next restart (virtpulse_config_restart_required = 1)");
+            }
+        }
+        Err(e) => {
+            agent.reloads.failed(&e);
+            tracing::error!(error = %e, "configuration reload applied in part: these components could not start; the rest runs as configured");
+        }
     }
 }
 
-async fn shutdown_signal() {
+enum Signal {
+    Stop,
+    Reload,
+}
+
+async fn next_signal(hup: &mut Option<tokio::signal::unix::Signal>) -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    let hangup = async {
+        match hup {
+            Some(h) => {
+                h.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     match (term, int) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
+                _ = t.recv() => Signal::Stop,
+                _ = i.recv() => Signal::Stop,
+                _ = hangup => Signal::Reload,
             }
         }
         _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = hangup => Signal::Reload,
+            }
         }
     }
 }
 
-/// The daemon. Returns when a termination signal arrives.
-pub async fn run_daemon(cfg: Config) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let selection = Arc::new(cfg.selection().map_err(|(k, m)| anyhow!("metrics.{k}: {m}"))?);
-    let manager = ConnectionManager::new(manager_options(&cfg.libvirt));
-    registry.add_report(Arc::new(ConnectionReport(manager.clone(), None)));
-    let health = Health::new(registry.clone(), manager.clone());
-
-    let mut router = Router::new();
-    let context = SinkContext {
-        registry: registry.clone(),
-        selection: selection.clone(),
-        hostname: cfg.hostname(),
-        libvirt_uri: cfg.libvirt.uri.clone(),
-        probe: health.clone(),
-        catalog: cfg.catalog,
-        release_memory: crate::libvirt::heap::trim,
-    };
-    let mut sinks = Vec::new();
-    for (factory, c) in SINKS.iter().zip(&cfg.sinks).filter(|(_, c)| c.enabled) {
-        let stats = SinkStats::new(c.name, factory.queue_capacity(&c.config));
-        registry.add_sink(stats.clone());
-        let sink = factory.start(&c.config, router.add_sink(stats), context.clone()).await?;
-        if let Some(report) = sink.report.clone() {
-            registry.add_report(report);
-        }
-        sinks.push(sink);
-    }
-    let admin = match crate::admin::wanted(&cfg.admin, serves_health(&cfg)) {
-        true => Some(crate::admin::start(&cfg.admin, registry.clone(), health.clone()).await?),
-        false => None,
-    };
-    let router = Arc::new(router);
-
-    let mut tasks = vec![tokio::spawn(manager.clone().run())];
-    let mut listeners = Vec::new();
-    let mut collectors = Vec::new();
-    let wanted = consumes(&cfg);
-    let consumers = Consumers { metrics: wanted.metrics, records: wanted.records };
-    for p in plan_collectors(&cfg, &manager, &registry, &selection, consumers)? {
-        tracing::info!(collector = p.name, interval = ?p.sched.interval, timeout = ?p.sched.timeout, "collector started");
-        listeners.extend(p.listener);
-        if let Some(m) = &p.own_manager {
-            registry.add_report(Arc::new(ConnectionReport(m.clone(), Some(p.name))));
-            tasks.push(tokio::spawn(m.clone().run()));
-        }
-        collectors.push(tokio::spawn(controller::run(
-            p.collector,
-            p.sched,
-            p.tracker,
-            p.stats,
-            router.clone(),
-            p.wake,
-        )));
-    }
-    let events = match cfg.events.enabled {
-        true => Some(start_events(&cfg, &manager, &router, &registry, listeners)?),
-        false => None,
-    };
-    drop(router);
-
-    notify_ready(&cfg, &manager).await;
+/// The daemon. Returns when a termination signal arrives; SIGHUP reloads
+/// `path` (and the environment) in place.
+pub async fn run_daemon(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Before anything slow: SIGHUP's default action would end the process.
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let log_uri = cfg.libvirt.uri.clone();
+    let mut agent = Agent::start(cfg).await?;
+    notify_ready(&log_uri, &agent.manager()).await;
     if let Some(period) = sd_notify::watchdog_enabled() {
-        let h = health.clone();
+        let h = agent.health();
         // Its own thread: a worker thread wedged by a bug must not take the
         // judge down with it (its heartbeats stop; the judge sees that).
         if let Err(e) = std::thread::Builder::new().name("watchdog".into()).spawn(move || watchdog(h, period)) {
             tracing::error!(error = %e, "cannot start the watchdog thread; systemd will restart the agent when WatchdogSec passes");
         }
     }
-    tasks.push(tokio::spawn(refuse_reload()));
-
-    shutdown_signal().await;
+    while let Signal::Reload = next_signal(&mut hup).await {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+        reload(&mut agent, path.clone()).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    for c in collectors {
-        c.abort();
-        let _ = c.await;
-    }
-    stop_events(&manager, events).await;
-    // With every collector and the event processor gone the router is
-    // dropped and the sink queues close: each sink hands over what it holds,
-    // the Prometheus endpoint last.
-    for sink in sinks.into_iter().rev() {
-        let (wait, name) = (sink.stop_within, sink.name);
-        if tokio::time::timeout(wait, (sink.stop)(wait)).await.is_err() {
-            tracing::warn!(sink = name, "the sink did not stop within {wait:?}");
-        }
-    }
-    if let Some(a) = admin {
-        let _ = tokio::time::timeout(Duration::from_secs(5), a.stop()).await;
-    }
-    for t in tasks {
-        t.abort();
-    }
+    agent.stop().await;
     Ok(())
-}
-
-fn start_events(
-    cfg: &Config,
-    manager: &Arc<ConnectionManager>,
-    router: &Arc<Router>,
-    registry: &Registry,
-    listeners: Vec<Arc<dyn Listener>>,
-) -> anyhow::Result<events::EventTasks> {
-    let stats = EventStats::new(cfg.events.queue_capacity);
-    registry.add_report(stats.clone());
-    let settings = events::Settings {
-        queue_capacity: cfg.events.queue_capacity,
-        qemu_monitor: cfg.events.qemu_monitor,
-        resync: cfg.events.resync,
-        job_kind: crate::registry::job_statistics(),
-    };
-    Ok(events::start(settings, manager.clone(), router.clone(), listeners, identity(cfg), filter(cfg)?, stats))
 }
 
 /// Deregisters the callbacks while the connection is still open, stops the
 /// libvirt event loop thread (it must not hold the exit up), then lets the
 /// processor route what was handed over.
-async fn stop_events(manager: &ConnectionManager, events: Option<events::EventTasks>) {
+pub(crate) async fn stop_events(manager: &ConnectionManager, events: Option<events::EventTasks>) {
     if let Some(session) = manager.current() {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -419,7 +374,7 @@ async fn stop_events(manager: &ConnectionManager, events: Option<events::EventTa
 /// Tells systemd the service is up once the first connection attempt ended
 /// either way: a service that waited for libvirtd could hold up the boot
 /// forever.
-async fn notify_ready(cfg: &Config, manager: &ConnectionManager) {
+async fn notify_ready(uri: &str, manager: &ConnectionManager) {
     let attempted = tokio::time::timeout(Duration::from_secs(10), async {
         while manager.connects() + manager.failed_attempts() == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -428,12 +383,12 @@ async fn notify_ready(cfg: &Config, manager: &ConnectionManager) {
     .await
     .is_ok();
     let status = match (manager.is_up(), attempted) {
-        (true, _) => format!("connected to {}", cfg.libvirt.uri),
-        (false, true) => format!("waiting for libvirt at {} (first attempt failed; retrying)", cfg.libvirt.uri),
-        (false, false) => format!("connecting to libvirt at {}", cfg.libvirt.uri),
+        (true, _) => format!("connected to {}", uri),
+        (false, true) => format!("waiting for libvirt at {} (first attempt failed; retrying)", uri),
+        (false, false) => format!("connecting to libvirt at {}", uri),
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %cfg.libvirt.uri, "virtpulse running");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), uri = %uri, "virtpulse running");
 }
 
 #[cfg(test)]
