@@ -191,6 +191,44 @@ impl Agent {
         self.child.id()
     }
 
+    /// The configuration file the agent was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Writes `extra` as `start` would have (same port, same private daemon).
+    pub fn rewrite_config(&self, extra: &str) {
+        let config = format!("[sinks.prometheus]\nlisten = \"127.0.0.1:{}\"\n{}\n", self.port, with_private_uri(extra));
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// Rewrites the configuration and sends SIGHUP; returns once the agent
+    /// counted the reload (either way) and says whether it succeeded.
+    pub fn reload_with(&self, extra: &str) -> bool {
+        self.rewrite_config(extra);
+        self.reload()
+    }
+
+    /// Sends SIGHUP and waits until the agent counted one more reload;
+    /// whether it succeeded.
+    pub fn reload(&self) -> bool {
+        let reloads =
+            |s: &Scrape, result: &str| s.value("virtpulse_config_reloads_total", &[("result", result)]).unwrap_or(0.0);
+        let s = self.scrape();
+        let before = reloads(&s, "success") + reloads(&s, "failure");
+        self.signal("-HUP");
+        let s = wait_for(Duration::from_secs(30), "the reload to finish", || {
+            let s = self.scrape();
+            (reloads(&s, "success") + reloads(&s, "failure") > before).then_some(s)
+        });
+        s.value("virtpulse_config_last_reload_successful", &[]) == Some(1.0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success(), "kill {sig}");
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(mut self) {
         let _ = self.child.kill();
