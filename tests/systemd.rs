@@ -178,21 +178,28 @@ fn watchdog_pings_stop_when_a_collector_loop_is_wedged() {
     // among them): that is why the watchdog, not an endpoint, must catch it.
     let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
     assert!(log.contains("no longer pinging the systemd watchdog"), "{log}");
-    assert!(log.contains("the domain_stats collector's loop has not come round"), "{log}");
+    // The wedged loop, or another one its wedged worker thread starves.
+    assert!(log.contains("collector's loop has not come round"), "{log}");
     drop(child);
 }
 
 #[test]
-fn sighup_is_logged_not_fatal() {
+fn sighup_reloads_and_tells_systemd() {
     let mut n = Notify::new();
     let (mut child, dir, port) = start(&n, TEST_DRIVER, &[]);
     n.wait_for("READY=1", Duration::from_secs(20)).expect("READY=1");
     let _ = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
-    std::thread::sleep(Duration::from_millis(500));
+    // RELOADING=1, then READY=1 again once applied (ExecReload= in the unit
+    // sends the signal; systemd waits for these).
+    n.wait_for("RELOADING=1", Duration::from_secs(20)).expect("RELOADING=1");
+    let log_path = dir.path().join("agent.log");
+    common::wait_for(Duration::from_secs(20), "the reload in the log", || {
+        std::fs::read_to_string(&log_path).ok().filter(|l| l.contains("configuration reloaded")).map(|_| ())
+    });
+    n.read_for(Duration::from_millis(300));
+    assert_eq!(n.times_of("READY=1").len(), 2, "READY=1 after the reload: {:?}", n.got);
     assert_eq!(child.try_wait().unwrap(), None, "SIGHUP ended the agent");
     assert_eq!(get(port, "/healthz").0, 200);
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
-    assert!(log.contains("reload is not supported"), "{log}");
     assert_eq!(terminate(&mut child), Some(0));
 }
 
