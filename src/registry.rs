@@ -68,6 +68,7 @@ pub fn self_metrics() -> Vec<crate::selfmon::MetricDesc> {
         collectors::connection::METRICS,
         crate::selfmon::METRICS,
         crate::events::METRICS,
+        crate::web::METRICS,
     ]
     .concat();
     all.extend(COLLECTORS.iter().flat_map(|c| c.metrics().iter().copied()));
