@@ -24,7 +24,7 @@ pub(crate) fn wanted(cfg: &AdminConfig, a_sink_serves_health: bool) -> bool {
 /// The listener's TLS and basic auth, if configured.
 pub(crate) fn security(cfg: &AdminConfig) -> Result<Option<Arc<Security>>, String> {
     match &cfg.web_config_file {
-        Some(f) => Security::load(f).map(|s| Some(Arc::new(s))).map_err(|e| format!("admin.web_config_file: {e}")),
+        Some(f) => Security::load(f, "admin").map(Some).map_err(|e| format!("admin.web_config_file: {e}")),
         None => Ok(None),
     }
 }
@@ -48,8 +48,12 @@ pub(crate) async fn start(cfg: &AdminConfig, registry: Arc<Registry>, probe: Arc
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (admin.listen): is another process using the port?"))?;
+    if let Some(sec) = &security {
+        // Its reloads and certificate expiry among the agent's own metrics.
+        registry.add_report(sec.clone());
+    }
     let app = axum::Router::new().route("/metrics", get(move || own_metrics(registry.clone())));
     let app = crate::web::with_health(app, probe);
-    tracing::info!(%addr, tls = security.as_ref().is_some_and(|s| s.tls.is_some()), "serving /healthz, /readyz and the agent's own metrics");
+    tracing::info!(%addr, tls = security.as_ref().is_some_and(|s| s.is_tls()), "serving /healthz, /readyz and the agent's own metrics");
     Ok(Server::start(listener, app, security))
 }

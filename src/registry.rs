@@ -69,6 +69,7 @@ pub fn self_metrics() -> Vec<crate::selfmon::MetricDesc> {
         crate::selfmon::METRICS,
         crate::events::METRICS,
         crate::selfmon::reload::METRICS,
+        crate::web::METRICS,
     ]
     .concat();
     all.extend(COLLECTORS.iter().flat_map(|c| c.metrics().iter().copied()));

@@ -46,7 +46,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("health", &["libvirt", "selfmon", "util"]),
     ("admin", &["config", "exposition", "selfmon", "web"]),
     // The one list of collectors and sinks.
-    ("registry", &["collectors", "config", "events", "record", "selfmon", "sinks"]),
+    // (`web` for the self-metrics its listeners report.)
+    ("registry", &["collectors", "config", "events", "record", "selfmon", "sinks", "web"]),
     ("reference", &["record", "registry", "sinks"]),
     // The composition root and the fuzzing harnesses may use everything.
     ("app", &["*"]),

@@ -272,7 +272,19 @@ async fn reload(agent: &mut Agent, path: Option<PathBuf>) {
             return;
         }
     };
-    match agent.apply(new).await {
+    // Listeners whose configuration did not change re-read their web
+    // config and certificates too (they also do by themselves on change).
+    let web = tokio::task::spawn_blocking(crate::web::reload_all)
+        .await
+        .unwrap_or_else(|e| Err(format!("internal error: {e}")));
+    let applied = agent.apply(new).await;
+    let applied = match (applied, web) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(w)) => Err(format!("web config: {w}")),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(w)) => Err(format!("{e}; web config: {w}")),
+    };
+    match applied {
         Ok(restart) => {
             agent.reloads.succeeded(!restart.is_empty());
             if restart.is_empty() {

@@ -430,8 +430,8 @@ pub fn router(exporter: Exporter, path: &str, health: Arc<dyn Probe>) -> axum::R
 /// The endpoint's TLS and basic auth, if configured.
 fn security(cfg: &PrometheusConfig) -> Result<Option<Arc<crate::web::Security>>, String> {
     match &cfg.web_config_file {
-        Some(f) => crate::web::Security::load(f)
-            .map(|s| Some(Arc::new(s)))
+        Some(f) => crate::web::Security::load(f, "prometheus")
+            .map(Some)
             .map_err(|e| format!("sinks.prometheus.web_config_file: {e}")),
         None => Ok(None),
     }
@@ -483,13 +483,15 @@ impl SinkPlugin for PrometheusPlugin {
             exporter.release_memory = ctx.release_memory;
             let intake = tokio::spawn(run_sink(exporter.clone(), queue));
             let app = router(exporter, &cfg.path, ctx.probe.clone());
-            let tls = security.as_ref().is_some_and(|s| s.tls.is_some());
+            let tls = security.as_ref().is_some_and(|s| s.is_tls());
+            // Its reloads and certificate expiry among the agent's own metrics.
+            let report = security.clone().map(|s| s as Arc<dyn crate::selfmon::Report>);
             let basic_auth = security.as_ref().is_some_and(|s| s.requires_auth());
             tracing::info!(%addr, path = %cfg.path, tls, basic_auth, "serving Prometheus metrics");
             let server = crate::web::Server::start(listener, app, security);
             Ok(Running {
                 name: "prometheus",
-                report: None,
+                report,
                 stop_within: Duration::from_secs(5),
                 // Scrapes under way finish; the intake ends with its queue.
                 stop: Box::new(move |deadline| {

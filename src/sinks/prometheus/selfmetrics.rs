@@ -91,6 +91,10 @@ mod tests {
             max_backoff: Duration::from_secs(2),
         });
         registry.add_report(Arc::new(crate::collectors::connection::ConnectionReport(manager, None)));
+        let dir = tempfile::tempdir().unwrap();
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, "http_server_config:\n  headers:\n    X-A: a\n").unwrap();
+        registry.add_report(crate::web::Security::load(&web, "prometheus").unwrap());
         let declared = crate::registry::self_metrics();
         let mut fams = crate::selfmon::render::render(&registry);
         add_facts(&mut fams, SinkFacts::default());
@@ -105,7 +109,12 @@ mod tests {
                 "{name}: counters and only counters end in _total"
             );
         }
-        for must in ["virtpulse_kafka_event_delivery_seconds", "virtpulse_otlp_exports_total", "libvirt_up"] {
+        for must in [
+            "virtpulse_kafka_event_delivery_seconds",
+            "virtpulse_otlp_exports_total",
+            "libvirt_up",
+            "virtpulse_web_config_reloads_total",
+        ] {
             assert!(fams.contains_key(must), "{must} missing");
         }
         assert!(fams["libvirt_up"].body.contains("libvirt_up{uri=\"test:///default\"} 0"));
