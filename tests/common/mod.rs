@@ -16,6 +16,7 @@ pub mod portable;
 pub mod pykafka;
 pub mod roots;
 pub mod schema;
+pub mod slowdisk;
 pub mod tls;
 pub mod virsh;
 
