@@ -17,6 +17,7 @@ pub mod pykafka;
 pub mod roots;
 pub mod schema;
 pub mod slowdisk;
+pub mod storm;
 pub mod tls;
 pub mod virsh;
 
