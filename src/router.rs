@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, watch};
 
 use crate::record::Batch;
-use crate::selfmon::{DropReason, SinkStats};
+use crate::selfmon::{DropReason, DropStream, SinkStats};
 use crate::util::throttle::Throttle;
 
 /// Drops are counted every time; the warning shows once a minute per sink.
@@ -149,6 +149,7 @@ impl Router {
     pub fn route(&self, batch: Batch) {
         let n = batch.records.len() as u64;
         let events_only = !batch.snapshot;
+        let stream = if events_only { DropStream::Events } else { DropStream::Metrics };
         let batch = Arc::new(batch);
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         for r in routes.iter().filter(|r| !(events_only && r.events == WhenFull::Block)) {
@@ -158,14 +159,14 @@ impl Router {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     r.stats.dequeued();
-                    r.stats.dropped(DropReason::QueueFull, n);
+                    r.stats.dropped(stream, DropReason::QueueFull, n);
                     if let Some(held_back) = DROP_WARNINGS.allow(r.stats.name) {
                         tracing::warn!(sink = r.stats.name, records = n, earlier_drops_not_logged = held_back, "sink queue full; batch dropped (counted in virtpulse_sink_records_dropped_total; this warning shows once a minute)");
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     r.stats.dequeued();
-                    r.stats.dropped(DropReason::Stopped, n);
+                    r.stats.dropped(stream, DropReason::Stopped, n);
                     if let Some(held_back) = DROP_WARNINGS.allow(&format!("{}/stopped", r.stats.name)) {
                         tracing::error!(
                             sink = r.stats.name,
@@ -259,7 +260,7 @@ mod tests {
         router.route(batch(3));
         router.route(batch(2));
         assert_eq!(slow.dropped_records(), 2);
-        assert_eq!(slow.dropped_for(DropReason::QueueFull), 2);
+        assert_eq!(slow.dropped_for(DropStream::Metrics, DropReason::QueueFull), 2);
         assert_eq!(slow.depth(), 1);
         assert_eq!(fast.dropped_records(), 0);
         assert_eq!(fast.depth(), 2);
@@ -276,7 +277,7 @@ mod tests {
         drop(router.add_sink(s.clone(), WhenFull::DropNewest));
         router.route(batch(5));
         assert_eq!(s.dropped_records(), 5);
-        assert_eq!(s.dropped_for(DropReason::Stopped), 5);
+        assert_eq!(s.dropped_for(DropStream::Metrics, DropReason::Stopped), 5);
     }
 
     #[tokio::test]
@@ -289,6 +290,19 @@ mod tests {
         router.route(batch_of(3, true));
         assert_eq!(q.try_recv().unwrap().records.len(), 3);
         assert_eq!(router.blocking_sinks(), vec!["durable"]);
+    }
+
+    #[tokio::test]
+    async fn drops_are_counted_by_what_the_batch_carried() {
+        let router = Router::new();
+        let s = SinkStats::new("slow", 1);
+        let _q = router.add_sink(s.clone(), WhenFull::DropNewest);
+        router.route(batch_of(1, true));
+        router.route(batch_of(2, false));
+        router.route(batch_of(4, true));
+        assert_eq!(s.dropped_for(DropStream::Events, DropReason::QueueFull), 2);
+        assert_eq!(s.dropped_for(DropStream::Metrics, DropReason::QueueFull), 4);
+        assert_eq!(s.dropped_records(), 6);
     }
 
     #[tokio::test]

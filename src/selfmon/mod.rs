@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 pub mod reload;
-pub use stats::{ChunkMiss, CollectorStats, CycleOutcome, DropReason, SinkStats, METRICS};
+pub use stats::{ChunkMiss, CollectorStats, CycleOutcome, DropReason, DropStream, SinkStats, METRICS};
 
 use crate::util::clock::unix_seconds;
 use crate::value::MetricType;

@@ -214,6 +214,26 @@ impl DropReason {
     }
 }
 
+/// What a dropped batch carried. Kept apart because an event dropped is a
+/// hole in `event.seq` a consumer must account for, while a dropped metric
+/// snapshot is superseded by the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropStream {
+    Events,
+    Metrics,
+}
+
+impl DropStream {
+    pub const ALL: [DropStream; 2] = [DropStream::Events, DropStream::Metrics];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropStream::Events => "events",
+            DropStream::Metrics => "metrics",
+        }
+    }
+}
+
 /// Counters of one sink's queue.
 #[derive(Debug)]
 pub struct SinkStats {
@@ -221,7 +241,8 @@ pub struct SinkStats {
     pub capacity: usize,
     depth: AtomicUsize,
     sent_records: AtomicU64,
-    dropped_records: [AtomicU64; 2],
+    /// By `DropStream`, then `DropReason`.
+    dropped_records: [[AtomicU64; 2]; 2],
     failed_records: AtomicU64,
 }
 
@@ -246,8 +267,8 @@ impl SinkStats {
         let _ = self.depth.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(1)));
     }
 
-    pub fn dropped(&self, why: DropReason, records: u64) {
-        self.dropped_records[why as usize].fetch_add(records, Ordering::Relaxed);
+    pub fn dropped(&self, stream: DropStream, why: DropReason, records: u64) {
+        self.dropped_records[stream as usize][why as usize].fetch_add(records, Ordering::Relaxed);
     }
 
     pub fn sent(&self, records: u64) {
@@ -268,11 +289,11 @@ impl SinkStats {
 
     /// Dropped for any reason.
     pub fn dropped_records(&self) -> u64 {
-        DropReason::ALL.iter().map(|r| self.dropped_for(*r)).sum()
+        DropStream::ALL.iter().flat_map(|s| DropReason::ALL.iter().map(move |r| self.dropped_for(*s, *r))).sum()
     }
 
-    pub fn dropped_for(&self, why: DropReason) -> u64 {
-        self.dropped_records[why as usize].load(Ordering::Relaxed)
+    pub fn dropped_for(&self, stream: DropStream, why: DropReason) -> u64 {
+        self.dropped_records[stream as usize][why as usize].load(Ordering::Relaxed)
     }
 
     pub fn failed_records(&self) -> u64 {
@@ -321,7 +342,7 @@ pub const METRICS: &[MetricDesc] = &[
     MetricDesc::counter("virtpulse_sink_records_sent_total", "Records delivered by the sink."),
     MetricDesc::counter(
         "virtpulse_sink_records_dropped_total",
-        "Records the router dropped for the sink, by reason (queue_full: the sink's queue was full; stopped: the sink had stopped). Events of sinks that block when full are never dropped here.",
+        "Records the router dropped for the sink, by stream (events, metrics) and reason (queue_full: the sink's queue was full; stopped: the sink had stopped). Events of sinks that block when full are never dropped here.",
     ),
     MetricDesc::counter("virtpulse_sink_records_failed_total", "Records the sink could not deliver."),
 ];
@@ -368,9 +389,12 @@ impl Report for SinkStats {
         ] {
             out.sample(&find(METRICS, name), &l, v);
         }
-        for why in DropReason::ALL {
-            let labels = [("sink", self.name), ("reason", why.as_str())];
-            out.sample(&find(METRICS, "virtpulse_sink_records_dropped_total"), &labels, self.dropped_for(why) as f64);
+        for stream in DropStream::ALL {
+            for why in DropReason::ALL {
+                let labels = [("sink", self.name), ("stream", stream.as_str()), ("reason", why.as_str())];
+                let v = self.dropped_for(stream, why) as f64;
+                out.sample(&find(METRICS, "virtpulse_sink_records_dropped_total"), &labels, v);
+            }
         }
     }
 }
