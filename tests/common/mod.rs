@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod linux;
 pub mod otlp;
 pub mod portable;
+pub mod reference;
 pub mod roots;
 pub mod schema;
 pub mod tls;
