@@ -151,6 +151,41 @@ fn metrics_reference_in_docs_is_current() {
     );
 }
 
+/// The generated stats-key reference of libvirt 12.9 names, for each key
+/// pattern, the metric this build's catalog maps it to (or none): a
+/// catalog change makes it stale, and this says so.
+#[test]
+fn stats_key_reference_of_libvirt_12_9_matches_the_catalog() {
+    use virtpulse::collectors::domain_stats::metrics::DOMAIN_STATS;
+    use virtpulse::record::mapping::mapping;
+    const FILE: &str = "docs/reference/keys-12.9.md";
+    let mut stale = Vec::new();
+    for (pattern, cell) in common::reference::stats_key_rows(FILE) {
+        let m = mapping(&DOMAIN_STATS, &pattern.replace('*', "0"));
+        let documented = cell.split('`').nth(1).filter(|n| n.starts_with("libvirt_"));
+        let ok = match (&m.export, documented) {
+            (Some(e), Some(name)) => e.name == name,
+            (None, None) => m.unmapped == cell.starts_with("unmapped"),
+            _ => false,
+        };
+        if !ok {
+            let now = m.export.as_ref().map(|e| e.name.to_string()).unwrap_or_else(|| {
+                if m.unmapped {
+                    "unmapped".into()
+                } else {
+                    "records only".into()
+                }
+            });
+            stale.push(format!("{pattern}: the file says {cell:?}, the catalog {now}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "{FILE} is out of date (run scripts/reference-keys.sh debian13-bp {FILE}):\n{}",
+        stale.join("\n")
+    );
+}
+
 /// The quick-start default: the daemon on the test driver prints records on
 /// stdout and serves /metrics.
 #[test]

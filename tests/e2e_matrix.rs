@@ -14,6 +14,8 @@
 //! channels connecting and disconnecting give channel_lifecycle events
 //! equal to that root's `virsh event`. tests/portable.rs runs the release
 //! binary and installs its packages in the Debian 11, 12 and 13 roots.
+//! Every key the 12.9 daemon returns must have a row in the generated
+//! docs/reference/keys-12.9.md (scripts/reference-keys.sh).
 //! docs/reference/libvirt-12.md has the 12.x facts behind this.
 
 mod common;
@@ -30,6 +32,7 @@ use common::exposition::Scrape;
 use common::linux::Console;
 use common::roots::{chroot, RootDaemon};
 use common::{virsh, wait_for};
+use virtpulse::record::mapping::pattern_of;
 use virtpulse::record::samples::AllSamples;
 
 /// libvirt's domain event IDs 0 (lifecycle) to 29 (channel_lifecycle):
@@ -81,7 +84,8 @@ fn up(agent: &Agent) -> Option<f64> {
 /// Compares the agent with that daemon's `virsh domstats` (every group).
 /// Keys the stat-key table does not know must be counted in
 /// `virtpulse_prometheus_unmapped_stat_keys` and logged, not exported.
-fn matches_virsh(agent: &Agent, uri: &str, name: &str, uuid: &str) {
+/// Returns every key virsh showed.
+fn matches_virsh(agent: &Agent, uri: &str, name: &str, uuid: &str) -> BTreeSet<String> {
     wait_for(Duration::from_secs(30), "the guest's stats", || {
         agent.scrape().value("libvirt_domain_block_read_bytes_total", &[("uuid", uuid)]).map(|_| ())
     });
@@ -108,6 +112,7 @@ fn matches_virsh(agent: &Agent, uri: &str, name: &str, uuid: &str) {
         );
     }
     println!("{name}: {} virsh keys compared, unmapped: {unknown:?}", before.len());
+    before.into_keys().chain(after.into_keys()).collect()
 }
 
 fn errors(s: &Scrape, collector: &str) -> f64 {
@@ -148,6 +153,8 @@ struct Run {
     d: RootDaemon,
     root: PathBuf,
     uri: String,
+    /// Every stats key that daemon's virsh showed for the guest.
+    keys: BTreeSet<String>,
 }
 
 /// Domain stats, unsupported groups and events, jobs, node, pools,
@@ -174,7 +181,7 @@ fn check(case: &Case) -> Run {
         Place::Root => Agent::start_in_root(&root, d.pid(), &format!("[libvirt]\nuri = \"qemu:///system\"\n{rest}")),
     };
     wait_for(Duration::from_secs(20), "libvirt_up 1", || (up(&agent) == Some(1.0)).then_some(()));
-    matches_virsh(&agent, &uri, &name, &uuid);
+    let mut keys = matches_virsh(&agent, &uri, &name, &uuid);
 
     // Groups and event IDs the daemon lacks: reported, not errors.
     let s = agent.scrape();
@@ -229,10 +236,10 @@ fn check(case: &Case) -> Run {
     wait_for(Duration::from_secs(30), "libvirt_up 0", || (up(&agent) == Some(0.0)).then_some(()));
     d.daemon.restart();
     wait_for(Duration::from_secs(30), "libvirt_up 1 again", || (up(&agent) == Some(1.0)).then_some(()));
-    matches_virsh(&agent, &uri, &name, &uuid);
+    keys.extend(matches_virsh(&agent, &uri, &name, &uuid));
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
     println!("{root_name}: checked in {:.1} s", t0.elapsed().as_secs_f64());
-    Run { agent, d, root, uri }
+    Run { agent, d, root, uri, keys }
 }
 
 #[test]
@@ -246,6 +253,16 @@ fn debian13_backports_libvirt_12_9_on_its_own_client_library() {
     });
     let libvirt0 = chroot(&run.root, &["dpkg-query", "-W", "-f=${Version}", "libvirt0"]);
     assert!(libvirt0.starts_with("12.9."), "libvirt0 {libvirt0} in debian13-bp");
+    // The generated reference (scripts/reference-keys.sh) has a row for
+    // every key this daemon returned.
+    const REFERENCE: &str = "docs/reference/keys-12.9.md";
+    let rows = common::reference::stats_key_rows(REFERENCE);
+    let missing: Vec<&String> = run.keys.iter().filter(|k| !rows.contains_key(&pattern_of(k))).collect();
+    assert!(
+        missing.is_empty(),
+        "keys the 12.9 daemon returns that {REFERENCE} lacks (run scripts/reference-keys.sh debian13-bp \
+         {REFERENCE}): {missing:?}"
+    );
     // Every callback of every family, on each connection.
     assert!(run.agent.log().contains("registered=38 refused=0"), "{}", run.agent.log());
     // Node keys of 11.8 and 12.3, mapped (the domain keys are compared above).

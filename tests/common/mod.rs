@@ -14,6 +14,7 @@ pub mod linux;
 pub mod otlp;
 pub mod portable;
 pub mod pykafka;
+pub mod reference;
 pub mod roots;
 pub mod schema;
 pub mod slowdisk;
