@@ -23,6 +23,9 @@ ensure_cargo
 "$here/install-tansu.sh"
 # The OTLP receiver for the OTLP sink's tests.
 "$here/install-rotel.sh" >/dev/null
+# The independent Kafka consumer (kafka-python, no librdkafka) that checks
+# what the Kafka sink delivered (tests/tools/kafka_consume.py).
+"$here/install-kafka-python.sh" >/dev/null
 # Other libvirt daemons for the support matrix (tests/e2e_matrix.rs): Debian
 # 13 with trixie-backports (libvirt 12.9), Debian 13 (11.3), Debian 12 (9.0)
 # and Debian 11 (7.0) roots, cached (under a minute each).

@@ -13,8 +13,11 @@ pub mod kafka;
 pub mod linux;
 pub mod otlp;
 pub mod portable;
+pub mod pykafka;
 pub mod roots;
 pub mod schema;
+pub mod slowdisk;
+pub mod storm;
 pub mod tls;
 pub mod virsh;
 
