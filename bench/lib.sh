@@ -1,5 +1,11 @@
 # Helpers for the benchmark scripts (sourced).
 
+# The daemon the guest helpers talk to, and its runtime directory as seen
+# from here (a private daemon of scripts/private-libvirtd.sh: its socket URI
+# and DIR/run/libvirt). The host's daemon by default.
+LIBVIRT_URI=${LIBVIRT_URI:-qemu:///system}
+LIBVIRT_RUN=${LIBVIRT_RUN:-/run/libvirt}
+
 # CPU time (user+system) of a process in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 clk_tck() { getconf CLK_TCK; }
@@ -17,11 +23,11 @@ wait_http() {
 # Creates N tiny no-OS guests named $prefix-1..N (KVM if possible).
 make_guests() {
   local prefix=$1 n=$2 dir=$3 vt=qemu
-  if [ -e /dev/kvm ] && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then vt=kvm; fi
+  if [ -e /dev/kvm ] && virsh -c "$LIBVIRT_URI" domcapabilities --virttype kvm >/dev/null 2>&1; then vt=kvm; fi
   mkdir -p "$dir"; chmod 755 "$dir"
   for i in $(seq 1 "$n"); do
     local name="$prefix-$i"
-    virsh -c qemu:///system domstate "$name" >/dev/null 2>&1 && continue
+    virsh -c "$LIBVIRT_URI" domstate "$name" >/dev/null 2>&1 && continue
     qemu-img create -q -f qcow2 "$dir/$name.qcow2" 64M; chmod 666 "$dir/$name.qcow2"
     cat > "$dir/$name.xml" <<XML
 <domain type='$vt'><name>$name</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
@@ -29,7 +35,7 @@ make_guests() {
 <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$dir/$name.qcow2'/><target dev='vda' bus='virtio'/></disk>
 <interface type='ethernet'><model type='virtio'/></interface><memballoon model='virtio'><stats period='5'/></memballoon></devices></domain>
 XML
-    virsh -c qemu:///system create "$dir/$name.xml" >/dev/null
+    virsh -c "$LIBVIRT_URI" create "$dir/$name.xml" >/dev/null
   done
 }
 
@@ -51,12 +57,12 @@ make_halting_image() {
 # boot sector halts the guest. Started four at a time.
 make_shaped_guests() {
   local prefix=$1 n=$2 dir=$3 vcpus=$4 vt=qemu
-  if [ -e /dev/kvm ] && virsh -c qemu:///system domcapabilities --virttype kvm >/dev/null 2>&1; then vt=kvm; fi
+  if [ -e /dev/kvm ] && virsh -c "$LIBVIRT_URI" domcapabilities --virttype kvm >/dev/null 2>&1; then vt=kvm; fi
   mkdir -p "$dir"; chmod 755 "$dir"
   [ -f "$dir/base.qcow2" ] || { make_halting_image "$dir/base.qcow2"; chmod 644 "$dir/base.qcow2"; }
   for i in $(seq 1 "$n"); do
     local name="$prefix-$i"
-    virsh -c qemu:///system domstate "$name" >/dev/null 2>&1 && continue
+    virsh -c "$LIBVIRT_URI" domstate "$name" >/dev/null 2>&1 && continue
     qemu-img create -q -f qcow2 -b "$dir/base.qcow2" -F qcow2 "$dir/$name-vda.qcow2"
     qemu-img create -q -f qcow2 "$dir/$name-vdb.qcow2" 64M
     chmod 666 "$dir/$name-vda.qcow2" "$dir/$name-vdb.qcow2"
@@ -71,15 +77,15 @@ make_shaped_guests() {
 <memballoon model='virtio'><stats period='5'/></memballoon></devices></domain>
 XML
     echo "$dir/$name.xml"
-  done | xargs -r -P 4 -n 1 virsh -q -c qemu:///system create >/dev/null
+  done | xargs -r -P 4 -n 1 virsh -q -c "$LIBVIRT_URI" create >/dev/null
 }
 
 remove_guests() {
   local prefix=$1
-  for name in $(virsh -c qemu:///system list --all --name | grep "^$prefix-" || true); do
-    local pid; pid=$(cat "/run/libvirt/qemu/$name.pid" 2>/dev/null || true)
+  for name in $(virsh -c "$LIBVIRT_URI" list --all --name | grep "^$prefix-" || true); do
+    local pid; pid=$(cat "$LIBVIRT_RUN/qemu/$name.pid" 2>/dev/null || true)
     [ -n "$pid" ] && kill -CONT "$pid" 2>/dev/null || true
-    virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
+    virsh -c "$LIBVIRT_URI" destroy "$name" >/dev/null 2>&1 || true
   done
 }
 
