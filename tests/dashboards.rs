@@ -151,7 +151,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     virsh::must(&["net-define", net_xml.path().to_str().unwrap()]);
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
-        "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n[collectors.networks]\ninterval = \"2s\"\n\
+        "[collectors]\ninterval = \"1s\"\n[collectors.node]\ninterval = \"2s\"\n[collectors.pools]\ninterval = \"2s\"\n[collectors.networks]\ninterval = \"2s\"\n[collectors.health]\ninterval = \"2s\"\n\
          [collectors.guest]\nenabled = true\ninterval = \"2s\"\n[metrics]\ncpu_placement = true\n\
          [domains]\ninclude = [\"{}\", \"{name}\", \"{}\"]\n\
          [sinks.kafka]\nenabled = true\nbrokers = [\"127.0.0.1:{}\"]\nspool_dir = \"{}\"\n\

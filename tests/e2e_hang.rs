@@ -24,7 +24,7 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
     let healthy = Guest::start("hang", GuestSpec::default());
     let agent = Agent::start_for(
         &[&hung.name, &healthy.name],
-        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n[metrics]\nprofile = \"everything\"\n",
+        "[collectors]\ninterval = \"1s\"\ntimeout = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n[collectors.health]\ninterval = \"1s\"\n[metrics]\nprofile = \"everything\"\n",
     );
     let control = |s: &common::exposition::Scrape, g: &Guest| {
         s.value("libvirt_domain_control_state", &[("uuid", g.uuid.as_str())])
