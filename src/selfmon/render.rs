@@ -35,6 +35,14 @@ pub(crate) const METRICS: &[MetricDesc] = &[
         "process_start_time_seconds",
         "Start time of the agent process (Unix time).",
     ),
+    MetricDesc::gauge(
+        "process_threads",
+        "Threads of the agent process (tokio workers, blocking threads running libvirt calls, libvirt's event loop, librdkafka's).",
+    ),
+    MetricDesc::gauge(
+        "virtpulse_runtime_alive_tasks",
+        "Tasks alive in the agent's async runtime: flat over time unless something leaks tasks.",
+    ),
 ];
 
 /// Registry reports, written as Prometheus families.
@@ -55,6 +63,7 @@ struct ProcStat {
     start_unix: f64,
     rss_bytes: f64,
     vsize_bytes: f64,
+    threads: f64,
 }
 
 fn proc_stat() -> Option<ProcStat> {
@@ -71,6 +80,7 @@ fn proc_stat() -> Option<ProcStat> {
     Some(ProcStat {
         cpu_seconds: (num(11)? + num(12)?) / ticks,
         start_unix: boot + num(19)? / ticks,
+        threads: num(17)?,
         vsize_bytes: num(20)?,
         rss_bytes: num(21)? * page,
     })
@@ -93,6 +103,10 @@ pub(crate) fn render(registry: &Registry) -> Families {
         put(&mut w, "process_virtual_memory_bytes", &[], p.vsize_bytes);
         put(&mut w, "process_cpu_seconds_total", &[], p.cpu_seconds);
         put(&mut w, "process_start_time_seconds", &[], p.start_unix);
+        put(&mut w, "process_threads", &[], p.threads);
+    }
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        put(&mut w, "virtpulse_runtime_alive_tasks", &[], rt.metrics().num_alive_tasks() as f64);
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         put(&mut w, "process_open_fds", &[], dir.count() as f64);

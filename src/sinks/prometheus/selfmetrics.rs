@@ -118,6 +118,18 @@ mod tests {
             assert!(fams.contains_key(must), "{must} missing");
         }
         assert!(fams["libvirt_up"].body.contains("libvirt_up{uri=\"test:///default\"} 0"));
+        assert!(fams.contains_key("process_threads"));
+        // Outside a runtime there is no task count to give; inside one
+        // there is (the soak samples it for leaks).
+        assert!(!fams.contains_key("virtpulse_runtime_alive_tasks"));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let inside = rt.block_on(async {
+            let parked = tokio::spawn(std::future::pending::<()>());
+            let fams = crate::selfmon::render::render(&registry);
+            parked.abort();
+            fams
+        });
+        assert!(inside["virtpulse_runtime_alive_tasks"].body.contains("virtpulse_runtime_alive_tasks 1"));
         let mut names: Vec<_> = declared.iter().map(|d| d.name).collect();
         names.sort();
         let n = names.len();
