@@ -459,13 +459,20 @@ fn a_sigkill_after_acknowledgements_resends_only_what_the_spool_had_not_marked()
     agent.kill();
 
     let agent = Agent::start(&config);
-    let log = agent.log();
+    // The spool is opened, and a replay logged (only when something is
+    // pending), before the sink logs that it started; /metrics may answer
+    // earlier, so wait for that line.
+    let log = wait_for(Duration::from_secs(20), "the Kafka sink started", || {
+        let log = agent.log();
+        log.contains("Kafka sink started").then_some(log)
+    });
     let replayed: usize = log
         .lines()
         .find(|l| l.contains("replaying events spooled by an earlier run"))
-        .and_then(|l| l.split("pending=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+        .map(|l| {
+            let n = l.split("pending=").nth(1).and_then(|v| v.split_whitespace().next());
+            n.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no pending=<n> in the replay line: {l}"))
+        })
         .unwrap_or(0);
     wait_for(Duration::from_secs(30), "an empty spool", || {
         (value(&agent, "virtpulse_kafka_spool_records", &[]) == 0.0).then_some(())

@@ -40,9 +40,8 @@ fn sum(s: &Scrape, name: &str, labels: &[(&str, &str)], keep: impl Fn(&BTreeMap<
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Lost {
     /// The hand-off queue between libvirt's callbacks and the router: the
-    /// one queue today (no `lane` label), the Kafka sink's own lane once
-    /// lanes exist. Drops in the `shared` lane lose events for the
-    /// best-effort sinks only and are not counted here.
+    /// Kafka sink's own lane. Drops in the `shared` lane lose events for
+    /// the best-effort sinks only and are not counted here.
     handoff: f64,
     /// The Kafka sink's queue in the router, events only (dropped metric
     /// snapshot batches count under `stream="metrics"`).
@@ -125,9 +124,17 @@ impl Stage {
         for (name, n) in &storm.per_guest {
             self.capture.wait_count(name, *n, Duration::from_secs(120));
         }
-        // Anything else the guests emitted in the meantime shows up too.
-        std::thread::sleep(Duration::from_millis(500));
-        self.names().iter().map(|n| self.capture.of(n).len()).sum()
+        // Anything else the guests emitted in the meantime shows up too:
+        // the count is taken once it holds for half a second.
+        let count = || self.names().iter().map(|n| self.capture.of(n).len()).sum::<usize>();
+        let mut last = (count(), Instant::now());
+        wait_for(Duration::from_secs(10), "virsh's count of the guests' events to settle", || {
+            let now = count();
+            if now != last.0 {
+                last = (now, Instant::now());
+            }
+            (last.1.elapsed() >= Duration::from_millis(500)).then_some(now)
+        })
     }
 }
 

@@ -74,7 +74,11 @@ fn remove_cgroup(cgroup: &Path) {
 fn remove_disk(dir: &Path, loop_dev: Option<&str>) {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     let prefix = dir.to_string_lossy().to_string();
-    for m in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)).filter(|m| m.starts_with(&prefix)) {
+    for m in mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+    {
         if sh("umount", &[m]).is_err() {
             let _ = sh("umount", &["-l", m]);
         }
