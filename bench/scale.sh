@@ -58,7 +58,12 @@ running=$(virsh -r -c qemu:///system list --name | grep -c "^$PREFIX-" || true)
 [ "$running" -ge "$GUESTS" ] || { echo "only $running of $GUESTS guests run" >&2; exit 1; }
 sleep 5
 # The host's daemon, not a private one a test runs in its own namespace.
-lpid=$(cat /run/libvirtd.pid)
+lpid=$(cat /run/libvirtd.pid 2>/dev/null || true)
+if [ -z "$lpid" ] || [ "$(cat "/proc/$lpid/comm" 2>/dev/null)" != libvirtd ] ||
+  [ "$(readlink "/proc/$lpid/ns/mnt")" != "$(readlink /proc/self/ns/mnt)" ]; then
+  echo "/run/libvirtd.pid names no libvirtd of this mount namespace (a virtqemud host?): cannot measure the daemon" >&2
+  exit 1
+fi
 cg_setup
 cg_move libvirtd "$lpid"
 
@@ -143,6 +148,7 @@ read -r F_ALL F_ALL_WALL <<<"$($M floor "$lpid" 10 virsh -r -c qemu:///system do
 # networks, node_devices) to show what they add.
 printf '' > "$DIR/schedule.toml"
 SCHEDULE_MINUTES=${SCHEDULE_MINUTES:-2}
+[ "$SCHEDULE_MINUTES" -ge 1 ] || { echo "SCHEDULE_MINUTES must be at least 1" >&2; exit 1; }
 WITHOUT_INVENTORY="VIRTPULSE_COLLECTORS__HEALTH__ENABLED=false VIRTPULSE_COLLECTORS__SNAPSHOTS__ENABLED=false VIRTPULSE_COLLECTORS__NETWORKS__ENABLED=false VIRTPULSE_COLLECTORS__NODE_DEVICES__ENABLED=false"
 # schedule NAME ENV...: fills S_CPU, S_LCPU and S_MISSED under NAME.
 declare -A S_CPU S_LCPU S_MISSED
