@@ -46,13 +46,16 @@ URI=
 cleanup() {
   if [ -n "$URI" ]; then
     virsh -q -c "$URI" destroy "$NAME" >/dev/null 2>&1 || true
-    "$repo/scripts/private-libvirtd.sh" stop "$DIR" >&2 || true
   fi
+  # Also when the start failed half-way: a daemon may be running.
+  if [ -d "$DIR" ]; then "$repo/scripts/private-libvirtd.sh" stop "$DIR" >&2 || true; fi
   rm -rf "$DIR" "${ROOT:?}$S" "$WORK"
 }
 trap cleanup EXIT
 
-URI=$("$repo/scripts/private-libvirtd.sh" start "$DIR" "$ROOT" | tail -n 1)
+# In a network namespace of its own: the guest's NIC makes a tap device,
+# which then never appears on the host.
+URI=$(VIRTPULSE_PRIVATE_NETNS=1 "$repo/scripts/private-libvirtd.sh" start "$DIR" "$ROOT" | tail -n 1)
 PID=$(cat "$DIR/libvirtd.pid")
 # Chrooted into the root, in the daemon's mount namespace: the root's own
 # virsh and libvirt0 reach the daemon at the default qemu:///system.
