@@ -10,7 +10,7 @@
 #   - a configuration reload (rewritten file + SIGHUP) every RELOAD_EVERY s,
 #     toggling [domains] include and the domain stats interval;
 #   - one guest's QEMU SIGSTOPped at SIGSTOP_AT s for SIGSTOP_FOR s.
-# Every SAMPLE_EVERY s: the agent's VmRSS, RssAnon, open fds, threads, spool
+# Every SAMPLE_EVERY s: the agent's VmRSS, RssAnon, open fds, threads, tokio tasks, spool
 # size on disk and records, series (samples.csv), and which destroyed churn
 # guests still have series. At the end: summary.txt (slopes per hour after
 # WARMUP s, every drop/error/failure counter, the event accounting of the
@@ -114,6 +114,8 @@ ip netns add "$NETNS"
 ip netns exec "$NETNS" ip link set lo up
 start_libvirtd() { nsenter --net="/run/netns/$NETNS" scripts/private-libvirtd.sh start "$VPD" 2>>"$OUT/libvirtd.log"; }
 URI=$(start_libvirtd)
+# Never the host's daemon: an empty URI would make virsh use qemu:///system.
+case $URI in *"socket=$VPD/"*) ;; *) echo "private libvirtd gave no URI of its own: '$URI'" >&2; exit 1 ;; esac
 export LIBVIRT_URI=$URI LIBVIRT_RUN=$VPD/run/libvirt
 echo "private libvirtd: $URI (results in $OUT)" >&2
 
@@ -200,6 +202,9 @@ metric_sum() { metrics | awk -v re="$1" '$0 ~ re && $0 !~ /^#/ {s += $NF} END {p
 
 # --- background: churn and sampler ------------------------------------------------
 churn_loop() {
+  # A failed command here is logged, not fatal: errexit would end the loop
+  # silently and the soak would go on without churn.
+  set +e
   local i=0 alive=() name vt=qemu
   if [ -e /dev/kvm ] && virsh -c "$URI" domcapabilities --virttype kvm >/dev/null 2>&1; then vt=kvm; fi
   destroy_oldest() {
@@ -216,7 +221,10 @@ churn_loop() {
     if [ -e "$CTL/pause" ]; then touch "$CTL/paused"; sleep 0.2; continue; fi
     rm -f "$CTL/paused"
     i=$((i + 1)); name=$CPREFIX-$i
-    qemu-img create -q -f qcow2 -b "$GDIR/base.qcow2" -F qcow2 "$GDIR/churn/$name.qcow2"
+    if ! qemu-img create -q -f qcow2 -b "$GDIR/base.qcow2" -F qcow2 "$GDIR/churn/$name.qcow2" 2>>"$OUT/churn.err"; then
+      echo "$(date +%s.%N) image-failed $name" >> "$OUT/churn.log"
+      sleep "$CHURN_EVERY"; continue
+    fi
     cat > "$GDIR/churn/$name.xml" <<XML
 <domain type='$vt'><name>$name</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><features><acpi/><apic/></features>
@@ -246,8 +254,11 @@ pause_churn() {
 resume_churn() { rm -f "$CTL/pause" "$CTL/paused"; }
 
 sampler_loop() {
+  # Not errexit: du fails when a spool segment goes mid-walk, awk when the
+  # agent just exited; a sample with a gap beats a sampler that stopped.
+  set +e
   local next now m pid
-  echo "t,rss_kib,rss_anon_kib,fds,threads,spool_bytes,spool_records,series,libvirt_up" > "$OUT/samples.csv"
+  echo "t,rss_kib,rss_anon_kib,fds,threads,spool_bytes,spool_records,series,libvirt_up,tasks" > "$OUT/samples.csv"
   echo "t,domain,kind" > "$OUT/churn-series.csv"
   next=$(date +%s)
   while [ ! -e "$CTL/stop" ]; do
@@ -257,7 +268,7 @@ sampler_loop() {
     pid=$AGENT
     [ -d "/proc/$pid" ] || { echo "$now agent gone" >> "$OUT/faults.log"; break; }
     m=$(curl -s --max-time 5 "$URL" || true)
-    local rss anon fds thr spool srec series up
+    local rss anon fds thr spool srec series up tasks
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
     anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
     thr=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")
@@ -266,7 +277,8 @@ sampler_loop() {
     srec=$(awk '/^virtpulse_kafka_spool_records / {print $NF}' <<<"$m")
     series=$(awk '/^virtpulse_prometheus_series / {print $NF}' <<<"$m")
     up=$(awk '/^libvirt_up[{ ]/ {print $NF; exit}' <<<"$m")
-    echo "$((now - T0)),$rss,$anon,$fds,$thr,${spool:-0},${srec:-},${series:-},${up:-}" >> "$OUT/samples.csv"
+    tasks=$(awk '/^virtpulse_runtime_alive_tasks / {print $NF}' <<<"$m")
+    echo "$((now - T0)),$rss,$anon,$fds,$thr,${spool:-0},${srec:-},${series:-},${up:-},${tasks:-}" >> "$OUT/samples.csv"
     # Churn guests with series now: stats series vs per-domain event series.
     awk -v t="$((now - T0))" -v p="$CPREFIX-" '
       /^#/ { next }
