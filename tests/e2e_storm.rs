@@ -234,19 +234,7 @@ fn a_storm_with_room_for_it_delivers_every_event() {
     let names = st.names();
     let agent = st.agent(&disk, "queue_capacity = 100000\nmetrics = false\n", "[events]\nqueue_capacity = 100000\n");
     let resync = GUESTS;
-
-    let stop = AtomicBool::new(false);
-    let (storm, watched) = std::thread::scope(|scope| {
-        let monitor = scope.spawn(|| watch(&agent, &stop));
-        let storm = metadata_storm(&names, PER_GUEST, 1);
-        stop.store(true, Ordering::Relaxed);
-        (storm, monitor.join().expect("monitor"))
-    });
-    let storm_end = Instant::now();
-    assert_eq!(storm.failed, 0, "virsh commands failed: {:?}", storm.errors);
-    let seen_by_virsh = st.captured(&storm);
-    assert_eq!(seen_by_virsh, storm.emitted(), "virsh event saw what the storm counted");
-    let emitted = resync + seen_by_virsh;
+    let (storm, watched, storm_end, emitted) = run_storm(&st, &agent, &names);
 
     // Drained: the broker acknowledged every event.
     let drained = wait_for(Duration::from_secs(600), "every event acknowledged by the broker", || {
@@ -333,6 +321,24 @@ struct Watch {
     peak_spool: (f64, f64),
 }
 
+/// Runs the storm while watching the agent; returns the storm, what the
+/// watch saw, when the storm ended, and the events emitted (virsh's count
+/// of the storm plus one resync record per guest).
+fn run_storm(st: &Stage, agent: &Agent, names: &[&str]) -> (Storm, Watch, Instant, usize) {
+    let stop = AtomicBool::new(false);
+    let (storm, watched) = std::thread::scope(|scope| {
+        let monitor = scope.spawn(|| watch(agent, &stop));
+        let storm = metadata_storm(names, PER_GUEST, 1);
+        stop.store(true, Ordering::Relaxed);
+        (storm, monitor.join().expect("monitor"))
+    });
+    let storm_end = Instant::now();
+    assert_eq!(storm.failed, 0, "virsh commands failed: {:?}", storm.errors);
+    let seen_by_virsh = st.captured(&storm);
+    assert_eq!(seen_by_virsh, storm.emitted(), "virsh event saw what the storm counted");
+    (storm, watched, storm_end, GUESTS + seen_by_virsh)
+}
+
 /// Scrapes every 250 ms until `stop`.
 fn watch(agent: &Agent, stop: &AtomicBool) -> Watch {
     let mut w = Watch::default();
@@ -374,19 +380,7 @@ fn a_storm_without_room_loses_only_counted_events() {
     let names = st.names();
     let agent = st.agent(&disk, "queue_capacity = 2\nmetrics = false\n", "[events]\nqueue_capacity = 256\n");
     let resync = GUESTS;
-
-    let stop = AtomicBool::new(false);
-    let (storm, watched) = std::thread::scope(|scope| {
-        let monitor = scope.spawn(|| watch(&agent, &stop));
-        let storm = metadata_storm(&names, PER_GUEST, 1);
-        stop.store(true, Ordering::Relaxed);
-        (storm, monitor.join().expect("monitor"))
-    });
-    let storm_end = Instant::now();
-    assert_eq!(storm.failed, 0, "virsh commands failed: {:?}", storm.errors);
-    let seen_by_virsh = st.captured(&storm);
-    assert_eq!(seen_by_virsh, storm.emitted(), "virsh event saw what the storm counted");
-    let emitted = resync + seen_by_virsh;
+    let (storm, watched, storm_end, emitted) = run_storm(&st, &agent, &names);
 
     let (s, lost) = settle(&agent, Duration::from_secs(300));
     let drain = storm_end.elapsed();
