@@ -180,7 +180,12 @@ impl Agent {
     fn start_collector(&self, cfg: &Config, i: usize, c: &Component) -> anyhow::Result<RunningCollector> {
         let consumers = Self::consumers(cfg);
         let (interval, timeout) = cfg.schedule(c);
-        let sched = Schedule { interval, timeout, max_stuck_calls: cfg.collector_defaults.max_stuck_calls };
+        let sched = Schedule {
+            interval,
+            timeout,
+            max_stuck_calls: cfg.collector_defaults.max_stuck_calls,
+            phase: phase(cfg, i),
+        };
         let stats = self.registry.collector(c.name, interval);
         let ctx = CollectorContext {
             manager: self.manager.clone(),
@@ -412,4 +417,48 @@ pub(crate) async fn load_checked(path: Option<PathBuf>) -> Result<Config, String
     })
     .await
     .unwrap_or_else(|e| Err(format!("internal error while loading the configuration: {e}")))
+}
+
+/// When collector `i`'s first collection runs: each enabled collector is
+/// offset by an equal share of the shortest interval. Collectors on one tick
+/// would call libvirt at the same instant: the health collector would read
+/// each monitor while the agent's own domain stats call occupies it, and
+/// report the agent's call as a busy monitor on every cycle.
+fn phase(cfg: &Config, i: usize) -> Duration {
+    let enabled: Vec<usize> = cfg.collectors.iter().enumerate().filter(|(_, c)| c.enabled).map(|(j, _)| j).collect();
+    let shortest = enabled.iter().map(|&j| cfg.schedule(&cfg.collectors[j]).0).min().unwrap_or_default();
+    let k = enabled.iter().position(|&j| j == i).unwrap_or(0);
+    shortest * k as u32 / enabled.len().max(1) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::from_parts(text, "test", &[], &crate::registry::schema()).unwrap()
+    }
+
+    fn phases(cfg: &Config) -> Vec<(&'static str, Duration)> {
+        cfg.collectors.iter().enumerate().filter(|(_, c)| c.enabled).map(|(i, c)| (c.name, phase(cfg, i))).collect()
+    }
+
+    #[test]
+    fn collectors_start_apart_within_the_shortest_interval() {
+        for text in ["", "[collectors]\ninterval = \"1s\"\n[collectors.jobs]\ninterval = \"1s\"\n[collectors.health]\ninterval = \"1s\"\n"] {
+            let cfg = cfg(text);
+            let p = phases(&cfg);
+            let shortest = cfg.collectors.iter().filter(|c| c.enabled).map(|c| cfg.schedule(c).0).min().unwrap();
+            let of = |name: &str| p.iter().find(|(n, _)| *n == name).unwrap().1;
+            assert_eq!(of("domain_stats"), Duration::ZERO);
+            let mut seen: Vec<Duration> = p.iter().map(|(_, d)| *d).collect();
+            seen.dedup();
+            assert_eq!(seen.len(), p.len(), "two collectors share a start: {p:?}");
+            assert!(p.iter().all(|(_, d)| *d < shortest), "{p:?}");
+            // Health reads monitors between domain stats cycles, never at their start.
+            let ds = cfg.schedule(cfg.collector("domain_stats").unwrap()).0;
+            let offset = of("health").as_nanos() % ds.as_nanos();
+            assert!(offset > 0, "health starts with domain stats: {p:?}");
+        }
+    }
 }

@@ -147,7 +147,12 @@ fn plan_collectors(
     let mut out = Vec::new();
     for (factory, c) in COLLECTORS.iter().zip(&cfg.collectors).filter(|(_, c)| c.enabled) {
         let (interval, timeout) = cfg.schedule(c);
-        let sched = Schedule { interval, timeout, max_stuck_calls: cfg.collector_defaults.max_stuck_calls };
+        let sched = Schedule {
+            interval,
+            timeout,
+            max_stuck_calls: cfg.collector_defaults.max_stuck_calls,
+            phase: Duration::ZERO,
+        };
         let stats = CollectorStats::new(c.name, interval);
         registry.add_collector(stats.clone());
         let ctx = CollectorContext {

@@ -19,6 +19,8 @@ pub struct Schedule {
     pub timeout: Duration,
     /// Calls still running past their deadline before cycles are skipped.
     pub max_stuck_calls: usize,
+    /// How long after start the first collection runs (see `agent::phase`).
+    pub phase: Duration,
 }
 
 impl Schedule {
@@ -156,7 +158,7 @@ pub(crate) async fn run(
     router: Arc<Router>,
     wake: Wake,
 ) {
-    let mut ticker = tokio::time::interval(sched.interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + sched.phase, sched.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut last_start: Option<Instant> = None;
     let wedge = wedge_requested(c.name());
@@ -235,8 +237,12 @@ mod tests {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let router = Router::new();
         let _q = router.add_sink(SinkStats::new("t", 64), crate::router::WhenFull::DropNewest);
-        let sched =
-            Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
+        let sched = Schedule {
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            max_stuck_calls: 2,
+            phase: Duration::ZERO,
+        };
         let wake = Wake::default();
         let stats = CollectorStats::new("counting", sched.interval);
         let task = tokio::spawn(run(
@@ -265,8 +271,12 @@ mod tests {
         let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let router = Router::new();
         let _q = router.add_sink(SinkStats::new("t", 64), crate::router::WhenFull::DropNewest);
-        let sched =
-            Schedule { interval: Duration::from_secs(3600), timeout: Duration::from_secs(1), max_stuck_calls: 2 };
+        let sched = Schedule {
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(1),
+            max_stuck_calls: 2,
+            phase: Duration::ZERO,
+        };
         let stats = CollectorStats::new("counting", sched.interval);
         let wake = Wake::counted(stats.clone());
         let task = tokio::spawn(run(
