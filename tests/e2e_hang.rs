@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::agent::Agent;
@@ -14,12 +15,25 @@ use common::{virsh, wait_for};
 
 const DEADLINE: Duration = Duration::from_secs(1);
 
+/// The two tests share this binary's daemon, and must not overlap: while
+/// libvirt destroys a guest (the other test ending) it holds that guest's
+/// lock until QEMU exits, and every domain listing waits for it (`virsh
+/// list` took 1.8 s beside `virsh destroy` of a running guest on libvirt
+/// 11.3, 11.4 s beside a stopped one's). A 1 s cycle that times out then is
+/// the daemon's stall, not the hung guest's: one test at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
 #[test]
 fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
+    let _exclusive = exclusive();
     let hung = Guest::start("hang", GuestSpec::default());
     let healthy = Guest::start("hang", GuestSpec::default());
     let agent = Agent::start_for(
@@ -143,6 +157,7 @@ fn stopped_qemu_delays_neither_metrics_nor_other_guests() {
 
 #[test]
 fn a_stuck_domain_in_one_chunk_leaves_the_other_chunks_fresh() {
+    let _exclusive = exclusive();
     let hung = Guest::start("chunk-hang", GuestSpec::default());
     let healthy: Vec<Guest> = (0..2).map(|_| Guest::start("chunk-ok", GuestSpec::default())).collect();
     let names: Vec<&str> = std::iter::once(hung.name.as_str()).chain(healthy.iter().map(|g| g.name.as_str())).collect();
