@@ -130,7 +130,16 @@ prepare_config() {
   # (libvirt's default is 0777 when built with polkit): root only.
   set_conf "$d" unix_sock_rw_perms '"0700"'
   # Without a file output the daemon logs to syslog, i.e. the host's.
-  set_conf "$d" log_outputs '"3:file:/var/log/libvirt/libvirtd.log"'
+  # LIBVIRTD_LOG_FILTERS (e.g. "1:rpc.server") logs those sources
+  # at their level too: to see, while debugging, which calls a client has
+  # in flight.
+  if [ -n "${LIBVIRTD_LOG_FILTERS:-}" ]; then
+    set_conf "$d" log_filters "\"$LIBVIRTD_LOG_FILTERS 3:*\""
+    set_conf "$d" log_outputs '"1:file:/var/log/libvirt/libvirtd.log"'
+  else
+    sed -i -E '/^[[:space:]]*log_filters[[:space:]]*=/d' "$d"
+    set_conf "$d" log_outputs '"3:file:/var/log/libvirt/libvirtd.log"'
+  fi
 }
 
 # Finds the cgroup v1 hierarchies of the wanted controllers and creates the
