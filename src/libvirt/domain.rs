@@ -14,6 +14,7 @@ pub struct Domain {
     /// instructions, callgrind); what cannot change for this object is
     /// asked once.
     uuid: std::sync::OnceLock<String>,
+    name: std::sync::OnceLock<String>,
     id: std::sync::OnceLock<u32>,
 }
 
@@ -26,7 +27,7 @@ impl Domain {
     /// # Safety
     /// `ptr` must be a valid domain reference that the caller owns.
     pub(crate) unsafe fn from_owned(ptr: sys::virDomainPtr) -> Self {
-        Self { ptr, uuid: std::sync::OnceLock::new(), id: std::sync::OnceLock::new() }
+        Self { ptr, uuid: std::sync::OnceLock::new(), name: std::sync::OnceLock::new(), id: std::sync::OnceLock::new() }
     }
 
     pub(crate) fn as_ptr(&self) -> sys::virDomainPtr {
@@ -35,8 +36,9 @@ impl Domain {
 
     /// Name as cached in the client-side object (no RPC).
     pub fn name(&self) -> String {
+        let ptr = self.ptr;
         // SAFETY: ptr is valid for the lifetime of self.
-        unsafe { domain_name(self.ptr) }
+        self.name.get_or_init(|| unsafe { domain_name(ptr) }).clone()
     }
 
     /// Whether the domain was running (or paused) when it was listed: the
