@@ -1,6 +1,7 @@
 //! Domain jobs against real guests: a live memory dump whose progress the
 //! agent follows, and a save (shorter than the interval) reported once as a
 //! completed job with the statistics `virsh domjobinfo --completed` shows.
+//! The guest starts after the agent: the collector lists it on its start event.
 
 mod common;
 
@@ -41,10 +42,16 @@ fn domjobinfo_completed(name: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn dump_progress_and_a_short_save_are_reported() {
-    // 2 GiB to write: a dump of a few seconds, several 500 ms cycles.
-    let mut g = Guest::start("job", GuestSpec { memory_mib: 2048, ..Default::default() });
-    let agent = Agent::start_for(&[&g.name], &format!("{JOBS_EVERY_CYCLE}{STDOUT}"));
+    let agent = Agent::start(&format!(
+        "{JOBS_EVERY_CYCLE}{STDOUT}[domains]\ninclude = [\"{}job-*\"]\n",
+        common::guest::PREFIX
+    ));
     agent.wait_cycles_of("jobs", 2, Duration::from_secs(20));
+    // Started after the collector listed the domains (it keeps that listing
+    // for a minute): its start event has them listed again, or its dump
+    // below would go unseen. 2 GiB to write: a dump of a few seconds,
+    // several 500 ms cycles.
+    let mut g = Guest::start("job", GuestSpec { memory_mib: 2048, ..Default::default() });
 
     // A live dump writes all guest memory: a job of a few seconds.
     let dump = g.dir().join("dump.elf");
