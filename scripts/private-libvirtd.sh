@@ -130,10 +130,14 @@ prepare_config() {
   # (libvirt's default is 0777 when built with polkit): root only.
   set_conf "$d" unix_sock_rw_perms '"0700"'
   # Without a file output the daemon logs to syslog, i.e. the host's.
-  # LIBVIRTD_LOG_FILTERS (e.g. "1:rpc.server") logs those sources
+  # LIBVIRTD_LOG_FILTERS (e.g. "1:rpc") logs those sources
   # at their level too: to see, while debugging, which calls a client has
   # in flight.
   if [ -n "${LIBVIRTD_LOG_FILTERS:-}" ]; then
+    [[ $LIBVIRTD_LOG_FILTERS =~ ^[0-9A-Za-z_.:\ ]+$ ]] || {
+      echo "LIBVIRTD_LOG_FILTERS='$LIBVIRTD_LOG_FILTERS': expected libvirt log filters such as \"1:rpc 1:qemu.qemu_monitor\"" >&2
+      exit 2
+    }
     set_conf "$d" log_filters "\"$LIBVIRTD_LOG_FILTERS 3:*\""
     set_conf "$d" log_outputs '"1:file:/var/log/libvirt/libvirtd.log"'
   else
