@@ -42,10 +42,8 @@ fn domjobinfo_completed(name: &str) -> BTreeMap<String, u64> {
 
 #[test]
 fn dump_progress_and_a_short_save_are_reported() {
-    let agent = Agent::start(&format!(
-        "{JOBS_EVERY_CYCLE}{STDOUT}[domains]\ninclude = [\"{}job-*\"]\n",
-        common::guest::PREFIX
-    ));
+    let agent =
+        Agent::start(&format!("{JOBS_EVERY_CYCLE}{STDOUT}[domains]\ninclude = [\"{}job-*\"]\n", common::guest::PREFIX));
     agent.wait_cycles_of("jobs", 2, Duration::from_secs(20));
     // Started after the collector listed the domains (it keeps that listing
     // for a minute): its start event has them listed again, or its dump
