@@ -179,9 +179,8 @@ const RELIST_EVERY: Duration = Duration::from_secs(60);
 
 /// The domains as last listed.
 struct Listing {
+    /// Each says whether it ran when listed (`Domain::is_active`).
     domains: Vec<Arc<Domain>>,
-    /// UUIDs of those running when listed.
-    active: HashSet<String>,
     at: Instant,
     generation: u64,
 }
@@ -457,7 +456,6 @@ impl JobsCollector {
     fn plan_reads(
         &mut self,
         domains: &[Arc<Domain>],
-        active: &HashSet<String>,
         read_now: &HashSet<String>,
         now: Instant,
     ) -> Vec<(Arc<Domain>, bool, bool)> {
@@ -465,7 +463,7 @@ impl JobsCollector {
         let mut reads = Vec::new();
         for dom in domains {
             let uuid = dom.uuid();
-            let is_active = active.contains(&uuid);
+            let is_active = dom.is_active();
             let told = read_now.contains(&uuid);
             let (running, completed) = match self.schedule.get(&uuid) {
                 // First sight: both, to know what was there.
@@ -549,24 +547,29 @@ impl JobsCollector {
                 let manager = self.ctx.manager.clone();
                 let filter = self.ctx.filter.clone();
                 let listing = self.ctx.tracker.run(move || {
-                    // One listing: whether a domain runs comes with it (its id).
+                    // One listing: whether a domain runs comes with it (its
+                    // id). The handles cache it and the UUID here, on this
+                    // blocking thread.
                     let listed = s.conn.list_all_domains(0).map(|all| {
-                        let chosen: Vec<Arc<Domain>> =
-                            all.into_iter().filter(|d| filter.allows(&d.name())).map(Arc::new).collect();
-                        let active: HashSet<String> =
-                            chosen.iter().filter(|d| d.is_active()).map(|d| d.uuid()).collect();
-                        (chosen, active)
+                        all.into_iter()
+                            .filter(|d| filter.allows(&d.name()))
+                            .inspect(|d| {
+                                d.is_active();
+                                d.uuid();
+                            })
+                            .map(Arc::new)
+                            .collect::<Vec<Arc<Domain>>>()
                     });
                     listed.inspect_err(|e: &LibvirtError| manager.note_error(&s, e))
                 });
                 // Past the cycle's deadline the listing is cut off as a
                 // timeout; records waiting in `unsent` go with the next cycle.
-                let (domains, active) = listing.await??;
-                Listing { domains, active, at: Instant::now(), generation: session.generation }
+                let domains = listing.await??;
+                Listing { domains, at: Instant::now(), generation: session.generation }
             }
         };
         let present: HashSet<String> = listing.domains.iter().map(|d| d.uuid()).collect();
-        let reads = self.plan_reads(&listing.domains, &listing.active, &read_now, now);
+        let reads = self.plan_reads(&listing.domains, &read_now, now);
         self.listing = Some(listing);
         let asked: HashMap<String, bool> = reads.iter().map(|(d, _, completed)| (d.uuid(), *completed)).collect();
         let results = self.read_all(reads, deadline).await;
