@@ -34,8 +34,33 @@ pub fn toml_str(s: &str) -> String {
 /// Config snippet that turns the stdout sink on (records land in `records()`).
 pub const STDOUT: &str = "[sinks.stdout]\nenabled = true\n";
 
+/// A loopback port that is free now and that nothing else in this run will
+/// be handed: the caller gives it to a process that binds it later.
+///
+/// Not a port from the kernel (`bind(0)`): those come from the ephemeral
+/// range, which the kernel also hands to every outgoing connection (the
+/// agent's scrapes, Kafka and OTLP clients), so one was once taken between
+/// this answer and the agent's bind ("Address already in use" in CI).
+/// Ports below that range are never handed out implicitly; a counter keeps
+/// the tests of one binary apart, and the process id spreads binaries.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&first| first > LOWEST + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    let start = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span {
+        let port = (LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOWEST} and {ephemeral}");
 }
 
 pub fn bin() -> &'static str {
