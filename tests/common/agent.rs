@@ -39,7 +39,7 @@ pub const STDOUT: &str = "[sinks.stdout]\nenabled = true\n";
 ///
 /// Not a port from the kernel (`bind(0)`): those come from the ephemeral
 /// range, which the kernel also hands to every outgoing connection (the
-/// agent's scrapes, Kafka and OTLP clients), so one was once taken between
+/// tests' scrapes, Kafka and OTLP clients), so one was once taken between
 /// this answer and the agent's bind ("Address already in use" in CI).
 /// Ports below that range are never handed out implicitly; a counter keeps
 /// the tests of one binary apart, and the process id spreads binaries.
